@@ -1,0 +1,267 @@
+"""Audio front-end: read, mix to mono, resample, normalise, trim; log-mel; write.
+
+Files are read with soundfile (wav, flac, ogg, and mp3 where libsndfile has
+it); torchaudio is used for resampling and the mel filterbank only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vckit.config import MelConfig
+from vckit.errors import (
+    EmptyAudioError,
+    NonFiniteAudioError,
+    SilentAudioError,
+    TooShortAudioError,
+    UnreadableAudioError,
+    VckitError,
+)
+
+log = logging.getLogger(__name__)
+
+AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+
+TARGET_RMS_DB = -20.0  # loudness of active speech after normalisation, dBFS
+PEAK_LIMIT = 0.95
+SILENCE_PEAK = 1e-4  # below this peak amplitude a signal counts as silent
+TRIM_DB = 40.0  # frames this far below the loudest count as silence when trimming
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a file as float32 ``(channels, samples)`` and its sample rate."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableAudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise UnreadableAudioError(f"expected an audio file, got a folder: {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for bad files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnreadableAudioError(f"cannot read audio file {path.name}: {msg}") from None
+    return np.ascontiguousarray(data.T), int(sr)
+
+
+def to_mono(wav: np.ndarray) -> np.ndarray:
+    """``(channels, samples)`` or ``(samples,)`` -> ``(samples,)`` by averaging."""
+    if wav.ndim == 1:
+        return wav
+    if wav.ndim != 2:
+        raise VckitError(f"audio array must be 1-D or (channels, samples), got shape {wav.shape}")
+    if wav.shape[0] > wav.shape[1]:  # (samples, channels) given: transpose
+        wav = wav.T
+    return wav.mean(axis=0)
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Band-limited resampling of a 1-D float array (torchaudio's sinc resampler)."""
+    if orig_sr == target_sr:
+        return wav
+    if orig_sr <= 0:
+        raise VckitError(f"sample rate must be positive, got {orig_sr}")
+    import torchaudio.functional as AF
+
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(orig_sr), int(target_sr))
+    return out.numpy()
+
+
+def check_signal(wav: np.ndarray, what: str = "audio") -> None:
+    """Raise the documented error if ``wav`` is empty, non-finite or silent."""
+    if wav.size == 0:
+        raise EmptyAudioError(f"{what} is empty (0 samples)")
+    if not np.isfinite(wav).all():
+        raise NonFiniteAudioError(f"{what} contains NaN or infinite samples")
+    if float(np.abs(wav).max()) < SILENCE_PEAK:
+        raise SilentAudioError(f"{what} is silent (peak below {SILENCE_PEAK:g})")
+
+
+def _frame_rms_db(wav: np.ndarray, frame: int) -> np.ndarray:
+    n = len(wav) // frame
+    if n == 0:
+        return np.array([20 * np.log10(np.sqrt(np.mean(wav**2)) + 1e-12)])
+    x = wav[: n * frame].reshape(n, frame).astype(np.float64)
+    return 20 * np.log10(np.sqrt((x**2).mean(axis=1)) + 1e-12)
+
+
+def normalize_loudness(wav: np.ndarray, sr: int, target_db: float = TARGET_RMS_DB) -> np.ndarray:
+    """Scale so active speech has RMS ``target_db`` dBFS; peaks limited to 0.95."""
+    db = _frame_rms_db(wav, max(1, sr // 50))
+    active = db[db > db.max() - TRIM_DB]
+    rms_db = 10 * np.log10(np.mean(10 ** (active / 10)) + 1e-20)
+    gain = 10 ** ((target_db - rms_db) / 20)
+    out = wav * gain
+    peak = float(np.abs(out).max())
+    if peak > PEAK_LIMIT:
+        out = out * (PEAK_LIMIT / peak)
+    return out.astype(np.float32)
+
+
+def trim_silence(wav: np.ndarray, sr: int, top_db: float = TRIM_DB, margin_s: float = 0.05) -> np.ndarray:
+    """Cut leading and trailing frames more than ``top_db`` below the loudest."""
+    frame = max(1, sr // 100)
+    db = _frame_rms_db(wav, frame)
+    keep = np.nonzero(db > db.max() - top_db)[0]
+    if len(keep) == 0:
+        return wav
+    margin = int(margin_s * sr)
+    start = max(0, keep[0] * frame - margin)
+    end = min(len(wav), (keep[-1] + 1) * frame + margin)
+    return wav[start:end]
+
+
+def load_audio(
+    src: AudioInput,
+    target_sr: int,
+    sr: int | None = None,
+    *,
+    normalize: bool = True,
+    trim: bool = True,
+    min_seconds: float = 0.0,
+    what: str | None = None,
+) -> np.ndarray:
+    """Read or take audio and make it ready for the model.
+
+    Args:
+        src: a path, or an array/tensor of samples ``(samples,)`` or
+            ``(channels, samples)``; arrays need ``sr``.
+        target_sr: the model's sample rate.
+        sr: the sample rate of an array input (ignored for paths).
+        normalize: scale active speech to -20 dBFS RMS.
+        trim: cut leading and trailing silence.
+        min_seconds: raise :class:`TooShortAudioError` if shorter after trimming.
+        what: how errors name this input (default: the file name or "audio").
+
+    Returns:
+        float32 mono waveform ``(samples,)`` at ``target_sr``.
+    """
+    if isinstance(src, (str, os.PathLike)):
+        what = what or Path(src).name
+        wav, sr = read_audio(src)
+        wav = wav.mean(axis=0)  # (channels, samples) -> mono
+    else:
+        what = what or "audio"
+        if sr is None:
+            raise VckitError(f"{what}: an array input needs its sample rate (sr=...)")
+        wav = src.detach().cpu().numpy() if isinstance(src, torch.Tensor) else np.asarray(src)
+        if not np.issubdtype(wav.dtype, np.floating):
+            if np.issubdtype(wav.dtype, np.integer):
+                wav = wav.astype(np.float32) / float(np.iinfo(wav.dtype).max)
+            else:
+                raise VckitError(f"{what}: unsupported sample type {wav.dtype}")
+        wav = wav.astype(np.float32, copy=False)
+    if sr <= 0:
+        raise VckitError(f"{what}: sample rate must be positive, got {sr}")
+    wav = to_mono(wav)
+    check_signal(wav, what)
+    wav = resample(wav, sr, target_sr)
+    if trim:
+        wav = trim_silence(wav, target_sr)
+    if normalize:
+        wav = normalize_loudness(wav, target_sr)
+    dur = len(wav) / target_sr
+    if dur < min_seconds:
+        raise TooShortAudioError(f"{what} too short: {dur:.1f} s (need at least {min_seconds:g} s)")
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def write_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sr: int, *, overwrite: bool = False) -> Path:
+    """Write 16-bit PCM WAV atomically (temp file, fsync, rename).
+
+    Raises :class:`VckitError` if ``path`` exists and ``overwrite`` is false.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise VckitError(f"{path} already exists (pass overwrite to replace it)")
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().float().numpy()
+    wav = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sf.write(f, wav, sr, format="WAV", subtype="PCM_16")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
+    """Mel filters ``(n_mels, n_fft // 2 + 1)``, Slaney scale and norm by default."""
+    import torchaudio.functional as AF
+
+    fb = AF.melscale_fbanks(
+        n_freqs=cfg.n_fft // 2 + 1,
+        f_min=cfg.fmin,
+        f_max=cfg.fmax,
+        n_mels=cfg.n_mels,
+        sample_rate=cfg.sample_rate,
+        norm=cfg.mel_norm,
+        mel_scale=cfg.mel_scale,
+    )
+    return fb.T.contiguous()
+
+
+class MelSpectrogram(torch.nn.Module):
+    """Waveform ``(batch, samples)`` -> log-mel ``(batch, n_mels, samples // hop)``."""
+
+    def __init__(self, cfg: MelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("fb", mel_filterbank(cfg), persistent=False)
+        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        squeeze = wav.dim() == 1
+        if squeeze:
+            wav = wav[None]
+        pad = (c.n_fft - c.hop_length) // 2
+        if wav.shape[-1] <= pad:
+            raise TooShortAudioError(f"audio too short for the mel front-end: {wav.shape[-1]} samples")
+        x = F.pad(wav.float()[:, None], (pad, pad), mode="reflect")[:, 0]
+        spec = torch.stft(
+            x,
+            c.n_fft,
+            hop_length=c.hop_length,
+            win_length=c.win_length,
+            window=self.window,
+            center=False,
+            return_complex=True,
+        )
+        mag = spec.abs()
+        if c.power == 2.0:
+            mag = mag**2
+        mel = torch.matmul(self.fb, mag)
+        out = torch.log(torch.clamp(mel, min=c.log_floor))
+        return out[0] if squeeze else out
+
+
+_MEL_CACHE: dict[MelConfig, MelSpectrogram] = {}
+
+
+def log_mel(wav: np.ndarray | torch.Tensor, cfg: MelConfig, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Log-mel of one waveform ``(samples,)`` -> ``(n_mels, frames)`` on ``device``."""
+    key = cfg
+    if key not in _MEL_CACHE:
+        _MEL_CACHE[key] = MelSpectrogram(cfg)
+    mod = _MEL_CACHE[key].to(device)
+    x = torch.as_tensor(wav, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        return mod(x)

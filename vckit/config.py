@@ -1,0 +1,300 @@
+"""Configuration: frozen dataclasses with a strict ``from_dict``.
+
+One :class:`Config` holds everything a run needs. The :class:`MelConfig` and
+:class:`ModelConfig` parts are saved inside every checkpoint, so a model, its
+features and its vocoder can never disagree silently. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vckit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel front-end. The default is the mel of the universal HiFi-GAN V1.
+
+    Natural log of the magnitude (not power) mel, clamped at ``log_floor``;
+    the waveform is reflect-padded by ``(n_fft - hop) / 2`` each side and the
+    STFT is not centred, so ``frames = len(wav) // hop`` for any length.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    window: str = "hann"
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    mel_scale: str = "slaney"
+    mel_norm: str | None = "slaney"
+    power: float = 1.0
+    log_floor: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.win_length > self.n_fft:
+            raise ConfigError(f"mel: win_length {self.win_length} is larger than n_fft {self.n_fft}")
+        if (self.n_fft - self.hop_length) % 2:
+            raise ConfigError("mel: n_fft - hop_length must be even for symmetric padding")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ConfigError(f"mel: need 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}, {self.fmax}")
+        if self.window not in ("hann",):
+            raise ConfigError(f"mel: unsupported window {self.window!r} (only 'hann')")
+        if self.power not in (1.0, 2.0):
+            raise ConfigError(f"mel: power must be 1 (magnitude) or 2 (power), got {self.power}")
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def mismatch(self, other: "MelConfig") -> list[str]:
+        """Names and values of the fields that differ from ``other``."""
+        out = []
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if a != b:
+                out.append(f"{f.name}: {a} vs {b}")
+        return out
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """Content encoder: conv blocks with affine-free instance norm."""
+
+    channels: int = 256
+    blocks: int = 6
+    kernel_size: int = 5
+    downsample: tuple[int, ...] = (1, 2, 1, 1, 1, 1)  # stride of each block
+    dim: int = 8  # bottleneck size: the main knob between leak and loss of words
+    dropout: float = 0.0
+    out_norm: bool = True  # instance-normalise the codes themselves
+    noise_std: float = 0.0  # training-time Gaussian noise on the codes (AdaIN-VC samples with std 1)
+    kl_weight: float = 0.0  # >0: penalise mean(codes**2) / 2, AdaIN-VC's KL term (use with out_norm false)
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    enabled: bool = False
+    codebook_size: int = 256
+    decay: float = 0.99
+    commitment: float = 0.25
+    weight: float = 1.0
+    dead_code_threshold: float = 1e-3  # restart codes whose EMA usage falls below this
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    channels: int = 256
+    blocks: int = 4
+    kernel_size: int = 5
+    dim: int = 128
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    channels: int = 256
+    blocks: int = 6
+    kernel_size: int = 5
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Adversarial speaker classifier on the content codes (gradient reversal)."""
+
+    enabled: bool = True
+    channels: int = 256
+    blocks: int = 3
+    weight: float = 0.1
+    warmup_steps: int = 2000  # weight ramps linearly from 0 after ``start_step``
+    start_step: int = 1000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    mel_mean: float = -5.5  # input normalisation of log-mels
+    mel_std: float = 2.2
+    content: ContentConfig = field(default_factory=ContentConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    speaker: SpeakerConfig = field(default_factory=SpeakerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    n_speakers: int = 0  # training speakers, for the classifier; set by the trainer
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Segment-level augmentation on cached log-mels, done on the device."""
+
+    gain_db: float = 6.0  # uniform +-
+    speed: float = 0.1  # time-stretch factor in [1-s, 1+s]
+    pitch_bins: float = 2.0  # shift along the mel axis, uniform +- bins
+    noise_prob: float = 0.3
+    noise_db: tuple[float, float] = (-70.0, -45.0)  # white-noise level in dBFS-like units
+    prob: float = 0.8  # chance a segment is augmented at all
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_manifest: str = "cache/shared_dev/train.jsonl"
+    valid_manifest: str = "cache/shared_dev/valid.jsonl"
+    features: str = "cache/shared_dev/features"
+    segment_frames: int = 128
+    speaker_sampling_power: float = 0.3  # 0: speakers uniform; 1: by amount of audio
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/shared_dev"
+    batch_size: int = 32
+    steps: int = 100000
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.05  # cosine decay to lr * this
+    grad_clip: float = 3.0
+    spectral_convergence: float = 0.0
+    amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
+    compile: bool = False
+    seed: int = 1234
+    deterministic: bool = False
+    log_every: int = 50
+    valid_every: int = 1000
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    mel: MelConfig = field(default_factory=MelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return from_dict(cls, d)
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a config dataclass (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: Any, d: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``d``; unknown keys and wrong types are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        path = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key {path}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in d.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML or JSON config file, apply ``key.sub=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            d = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    else:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config {path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    for ov in overrides or []:
+        apply_override(d, ov)
+    return Config.from_dict(d)
+
+
+def apply_override(d: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in nested dict ``d``; the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    cur = d
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+    cur[parts[-1]] = yaml.safe_load(raw)

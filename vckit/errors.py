@@ -1,0 +1,43 @@
+"""The one exception hierarchy of vckit.
+
+Library code raises these with one clear sentence; the CLI prints the sentence
+and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VckitError(Exception):
+    """Base class of every error vckit raises on purpose."""
+
+
+class AudioError(VckitError):
+    """Audio that cannot be used: unreadable, empty, silent, non-finite, too short."""
+
+
+class UnreadableAudioError(AudioError):
+    """The file does not exist or no backend can decode it."""
+
+
+class EmptyAudioError(AudioError):
+    """The audio has no samples."""
+
+
+class SilentAudioError(AudioError):
+    """The audio holds no signal above the silence threshold."""
+
+
+class NonFiniteAudioError(AudioError):
+    """The audio contains NaN or infinite samples."""
+
+
+class TooShortAudioError(AudioError):
+    """The audio is shorter than an operation needs."""
+
+
+class ConfigError(VckitError):
+    """A configuration is malformed: unknown key, wrong type, bad value."""
+
+
+class CheckpointError(VckitError):
+    """A checkpoint is missing, corrupt or does not match the model or config."""

@@ -1,0 +1,85 @@
+"""Decoder: content codes + speaker embedding -> mel, through AdaIN layers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vckit.config import DecoderConfig
+
+
+class AdaIN(nn.Module):
+    """Adaptive instance norm: normalise each channel over time, then give it
+    the scale and bias predicted from the speaker embedding.
+
+    x: (batch, channels, frames), spk: (batch, spk_dim) -> (batch, channels, frames)
+    The output's per-channel mean is ``bias`` and its std is ``|scale|``.
+    """
+
+    def __init__(self, channels: int, spk_dim: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm1d(channels, affine=False)
+        self.affine = nn.Linear(spk_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        with torch.no_grad():
+            self.affine.bias.zero_()
+            self.affine.bias[:channels] = 1.0
+
+    def scale_bias(self, spk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, bias = self.affine(spk).chunk(2, dim=1)
+        return scale, bias
+
+    def forward(self, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        scale, bias = self.scale_bias(spk)
+        return self.norm(x) * scale[..., None] + bias[..., None]
+
+
+class DecoderBlock(nn.Module):
+    """conv -> AdaIN -> act -> (upsample) conv -> AdaIN -> act, plus a skip."""
+
+    def __init__(self, channels: int, kernel_size: int, spk_dim: int, upsample: int = 1):
+        super().__init__()
+        pad = kernel_size // 2
+        self.upsample = upsample
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+        self.ada1 = AdaIN(channels, spk_dim)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+        self.ada2 = AdaIN(channels, spk_dim)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.ada1(self.conv1(x), spk))
+        if self.upsample > 1:
+            h = F.interpolate(h, scale_factor=self.upsample, mode="nearest")
+            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+        h = self.act(self.ada2(self.conv2(h), spk))
+        return h + x
+
+
+class Decoder(nn.Module):
+    """codes: (batch, content_dim, frames'), spk: (batch, spk_dim)
+    -> mel: (batch, n_mels, frames' * hop), normalised units.
+
+    ``upsample`` mirrors the content encoder's strides (in reverse).
+    """
+
+    def __init__(self, content_dim: int, spk_dim: int, n_mels: int, cfg: DecoderConfig, upsample: tuple[int, ...]):
+        super().__init__()
+        self.cfg = cfg
+        ups = list(reversed(upsample))
+        ups = ups + [1] * (cfg.blocks - len(ups)) if len(ups) < cfg.blocks else ups
+        if len(ups) > cfg.blocks:  # fold extra strides into the first blocks
+            ups = [math.prod(ups[: len(ups) - cfg.blocks + 1])] + ups[len(ups) - cfg.blocks + 1 :]
+        self.hop = math.prod(ups)
+        self.inp = nn.Conv1d(content_dim, cfg.channels, 1)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg.channels, cfg.kernel_size, spk_dim, u) for u in ups)
+        self.out = nn.Conv1d(cfg.channels, n_mels, 1)
+
+    def forward(self, codes: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        x = self.inp(codes)
+        for blk in self.blocks:
+            x = blk(x, spk)
+        return self.out(x)
