@@ -1,0 +1,250 @@
+"""Checkpoints: a folder with ``config.json`` + ``model.safetensors``
+(+ ``train_state.pt`` for resuming, loaded with ``weights_only=True``).
+
+Folders are written atomically: into ``NAME.tmp-*``, every file fsynced, then
+renamed, so a crash never leaves a half-written checkpoint under its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vckit.config import Config, to_dict
+from vckit.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vckit-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+STEP_DIR = re.compile(r"^step-(\d{9})$")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    config: Config,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically and return its path.
+
+    ``dtype`` (e.g. ``torch.float16``) casts floating weights for shipping.
+    Raises :class:`CheckpointError` if the folder cannot be written.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint in {folder.parent}: {e.strerror or e}") from None
+    try:
+        tensors = {}
+        for k, v in state_dict.items():
+            v = v.detach().cpu()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            tensors[k] = v.contiguous()
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "step": str(step)})
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "config": to_dict(config), **(extra or {})}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        if train_state is not None:
+            torch.save(train_state, tmp / STATE_FILE)
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+        _fsync_dir(folder.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {folder}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint folder."""
+    folder = Path(folder)
+    if folder.is_file() and folder.name in (CONFIG_FILE, WEIGHTS_FILE):
+        folder = folder.parent
+    if not folder.exists():
+        raise CheckpointError(f"checkpoint not found: {folder}")
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder} is not a vckit checkpoint (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{cfg_path} is corrupt (not valid JSON)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{folder} is not a vckit checkpoint (config.json has no format '{FORMAT}')")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{folder} was written by a newer vckit (format {meta['format_version']})")
+    return meta
+
+
+def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint folder: (config, float32 state dict, metadata)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if folder.is_file():
+        folder = folder.parent
+    try:
+        config = Config.from_dict(meta["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{folder}/{CONFIG_FILE} holds an invalid config: {e}") from None
+    wpath = folder / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")
+    expected = meta.get("sha256", {}).get(WEIGHTS_FILE)
+    if expected and sha256_file(wpath) != expected:
+        raise CheckpointError(f"{wpath} does not match its recorded sha256 (corrupt or modified)")
+    try:
+        sd = load_file(str(wpath), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{wpath} is corrupt or truncated: {str(e).splitlines()[0]}") from None
+    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    return config, sd, meta
+
+
+def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = None, *, for_training: bool = False):
+    """The model for ``config``, with ``state_dict`` loaded strictly.
+
+    Inference models leave out the adversarial classifier. A missing,
+    unexpected or wrongly shaped tensor gives a :class:`CheckpointError`
+    that names it.
+    """
+    import dataclasses
+
+    from vckit.models import VoiceConversionModel
+
+    model_cfg = config.model if for_training else dataclasses.replace(config.model, n_speakers=0)
+    try:
+        model = VoiceConversionModel(config.mel, model_cfg)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot build the model from this config: {e}") from None
+    if state_dict is not None:
+        if not for_training:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+        check_state_dict(model, state_dict)
+        model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` naming the first key or shape mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing:
+        raise CheckpointError(f"checkpoint does not match the model: missing {missing[0]} ({len(missing)} missing in all)")
+    if unexpected:
+        raise CheckpointError(f"checkpoint does not match the model: unexpected {unexpected[0]} ({len(unexpected)} unexpected in all)")
+    for k, v in own.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"checkpoint does not match the model: {k} has shape {tuple(sd[k].shape)}, the config needs {tuple(v.shape)}")
+
+
+def load_train_state(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {STATE_FILE} to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is corrupt or unsafe: {str(e).splitlines()[0]}") from None
+
+
+def step_folder(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / f"step-{step:09d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete step checkpoints of a run, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    out = [p for p in run_dir.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()]
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    cks = list_checkpoints(run_dir)
+    return cks[-1] if cks else None
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
+    """Keep the newest ``keep`` step checkpoints; remove stale temp folders."""
+    run_dir = Path(run_dir)
+    for p in run_dir.glob("step-*.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    cks = list_checkpoints(run_dir)
+    for p in cks[: max(0, len(cks) - keep)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
+    """Copy a training checkpoint without the adversary or training state,
+    weights cast to ``dtype``, the weights' sha256 recorded in config.json."""
+    config, sd, meta = load_checkpoint(src)
+    sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
+    keep.update(extra or {})
+    out = save_checkpoint(dst, config, sd, step=meta.get("step", 0), extra=keep, dtype=dtype)
+    meta2 = read_meta(out)
+    meta2["sha256"] = {WEIGHTS_FILE: sha256_file(out / WEIGHTS_FILE)}
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta2, indent=2))
+    os.replace(tmp, out / CONFIG_FILE)
+    return out

@@ -1,0 +1,412 @@
+"""The training loop: one explicit loop for CPU, one GPU, or several via torchrun (DDP).
+
+    vckit train --config recipes/shared_dev/conf/smoke.yaml [--resume]
+
+Each step draws a batch on the device from cached features, reconstructs
+each segment from its content codes and the speaker embedding of *another*
+segment of the same speaker, and adds the adversarial, VQ and KL terms.
+Checkpoints (model, optimiser, step, every RNG state) are written atomically
+every ``ckpt_every`` steps and on a clean stop, so a run killed at any moment
+resumes from its last checkpoint and, in deterministic mode, reaches the same
+parameters as a run never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vckit.checkpoint import (
+    build_model,
+    latest_checkpoint,
+    load_checkpoint,
+    load_train_state,
+    prune_checkpoints,
+    save_checkpoint,
+    step_folder,
+)
+from vckit.config import Config
+from vckit.data import FeatureStore, SegmentSampler, augment, read_manifest, valid_batches
+from vckit.errors import VckitError
+from vckit.losses import adversarial_weight, classifier_loss, masked_l1, spectral_convergence
+
+log = logging.getLogger(__name__)
+
+
+# -- set-up ----------------------------------------------------------------
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group if there is one; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise VckitError("--device cuda was asked for, but no CUDA GPU is available")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local), dev
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw: dict[str, Any] = {}
+    if next(model.parameters()).device.type == "cuda":
+        kw["fused"] = True
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.train.betas, **kw)
+
+
+def autocast_for(device: torch.device, amp: str):
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "none"
+    if amp == "none":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        raise VckitError(f"train.amp must be auto, bf16, fp16 or none, got {amp!r}")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _select(store: FeatureStore, manifest: str) -> list[dict[str, Any]]:
+    paths = {r["path"] for r in read_manifest(manifest)}
+    utts = [u for u in store.utterances if u["path"] in paths]
+    if not utts:
+        raise VckitError(f"none of the files in {manifest} are in the feature cache (run prepare.py again)")
+    return utts
+
+
+# -- the loop --------------------------------------------------------------
+class Trainer:
+    """Holds the run's state; :meth:`run` trains until the step or time budget."""
+
+    def __init__(self, cfg: Config, *, device: str = "auto", resume: bool = False, init_from: str | None = None):
+        self.cfg = cfg
+        self.dist, self.device = setup_distributed(device)
+        t = cfg.train
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(t.seed + self.dist.rank)
+        self.out_dir = Path(t.out_dir)
+        self.store = FeatureStore.load(cfg.data.features, cfg.mel, self.device)
+        self.train_utts = _select(self.store, cfg.data.train_manifest)
+        self.valid_utts = _select(self.store, cfg.data.valid_manifest) if cfg.data.valid_manifest else []
+        self.sampler = SegmentSampler(self.store, self.train_utts, cfg.data.segment_frames, cfg.data.speaker_sampling_power, seed=t.seed + 1000 * self.dist.rank)
+        n_spk = len(self.sampler.speakers)
+        if cfg.model.n_speakers not in (0, n_spk):
+            raise VckitError(f"config says {cfg.model.n_speakers} training speakers but the manifest has {n_spk}")
+        self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_speakers=n_spk))
+        self.model = build_model(cfg, for_training=True).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.step = 0
+        self.best: dict[str, float] = {}
+        if resume:
+            self._resume()
+        elif init_from:
+            _, sd, _ = load_checkpoint(init_from, self.device)
+            own = self.model.state_dict()
+            sd = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+            self.model.load_state_dict(sd, strict=False)
+            log.info("initialised %d tensors from %s", len(sd), init_from)
+        self.net: torch.nn.Module = self.model
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if t.compile:
+            self.net = torch.compile(self.net)
+        self.writer = None
+        self._stop = False
+
+    # checkpoints ------------------------------------------------------------
+    def _gather_sampler_states(self) -> list[torch.Tensor]:
+        own = self.sampler.state_dict()["gen"].cpu()
+        if self.dist.world == 1:
+            return [own]
+        out: list[Any] = [None] * self.dist.world
+        dist.all_gather_object(out, own)
+        return out
+
+    def save(self) -> Path | None:
+        samplers = self._gather_sampler_states()
+        if not self.dist.main:
+            return None
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "sampler": samplers,
+            "world": self.dist.world,
+            "best": self.best,
+        }
+        path = save_checkpoint(
+            step_folder(self.out_dir, self.step),
+            self.cfg,
+            self.model.state_dict(),
+            step=self.step,
+            extra={"speakers": self.sampler.speakers},
+            train_state=state,
+        )
+        prune_checkpoints(self.out_dir, self.cfg.train.keep_last)
+        log.info("saved %s", path)
+        return path
+
+    def _resume(self) -> None:
+        ck = latest_checkpoint(self.out_dir)
+        if ck is None:
+            log.warning("no checkpoint in %s: starting from scratch", self.out_dir)
+            return
+        cfg_ck, sd, meta = load_checkpoint(ck, self.device)
+        if cfg_ck.model != self.cfg.model or cfg_ck.mel != self.cfg.mel:
+            raise VckitError(f"{ck} was trained with another model or mel config; use a new out_dir or the same config")
+        self.model.load_state_dict(sd, strict=True)
+        state = load_train_state(ck)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.best = dict(state.get("best", {}))
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        samplers = state["sampler"]
+        if len(samplers) == self.dist.world:
+            self.sampler.load_state_dict({"gen": samplers[self.dist.rank]})
+        else:
+            log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(samplers))
+        log.info("resumed from %s at step %d", ck, self.step)
+
+    # one step ---------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg, t = self.cfg, self.cfg.train
+        aug = cfg.data.augment
+        seg = cfg.data.segment_frames
+        gather_len = math.ceil(seg * (1 + aug.speed)) if aug.prob > 0 else seg
+        batch = self.sampler.sample(t.batch_size, gather_len)
+        if aug.prob > 0:
+            batch = augment(batch, aug, self.sampler.gen, seg)
+        lr = lr_at(self.step, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        adv_w = adversarial_weight(self.step, cfg.model.classifier.weight, cfg.model.classifier.start_step, cfg.model.classifier.warmup_steps)
+        with autocast_for(self.device, t.amp):
+            out = self.net(batch["mel"], batch["ref"], batch["speaker"], adv_w)
+        mask = batch["mask"]
+        recon = masked_l1(out["pred"], out["target"], mask)
+        loss = recon
+        stats = {"loss/recon_l1": recon.detach(), "lr": torch.tensor(lr)}
+        if t.spectral_convergence > 0:
+            sc = spectral_convergence(out["pred"], out["target"], cfg.model.mel_mean, cfg.model.mel_std, mask)
+            loss = loss + t.spectral_convergence * sc
+            stats["loss/spectral_convergence"] = sc.detach()
+        if "kl" in out:
+            loss = loss + cfg.model.content.kl_weight * out["kl"]
+            stats["loss/kl"] = out["kl"].detach()
+        if "vq" in out:
+            loss = loss + cfg.model.vq.weight * cfg.model.vq.commitment * out["vq"]
+            stats["loss/vq_commit"] = out["vq"].detach()
+            stats["vq/perplexity"] = out["perplexity"]
+            stats["vq/usage"] = out["codebook_usage"]
+        if "speaker_logits" in out:
+            ce, acc = classifier_loss(out["speaker_logits"], batch["speaker"])
+            loss = loss + ce  # the classifier minimises it; gradient reversal makes the encoder maximise adv_w * ce
+            stats["adv/ce"] = ce.detach()
+            stats["adv/acc"] = acc.detach()
+            stats["adv/weight"] = torch.tensor(adv_w)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        stats["loss/total"] = loss.detach()
+        stats["grad_norm"] = gn.detach()
+        return stats  # tensors: converted to floats only when logged
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Reconstruction L1 on the validation speakers, and how close a
+        conversion's embedding (the model's own speaker encoder) is to the
+        target's and to the source's."""
+        if not self.valid_utts:
+            return {}
+        self.model.eval()
+        l1s, sim_t, sim_s, n = 0.0, 0.0, 0.0, 0
+        cos = torch.nn.functional.cosine_similarity
+        for b in valid_batches(self.store, self.valid_utts, self.cfg.data.segment_frames, 32):
+            with autocast_for(self.device, self.cfg.train.amp):
+                out = self.model(b["mel"], b["ref"])
+                l1 = masked_l1(out["pred"], out["target"], b["mask"])
+                tgt = b["ref"].roll(1, 0)  # another utterance, mostly of another speaker
+                conv = self.model.convert(b["mel"], self.model.embed_speaker(tgt))
+                e_conv = self.model.embed_speaker(conv).float()
+                e_t = self.model.embed_speaker(tgt).float()
+                e_s = self.model.embed_speaker(b["ref"]).float()
+            k = b["mel"].shape[0]
+            l1s += float(l1) * k
+            sim_t += float(cos(e_conv, e_t).sum())
+            sim_s += float(cos(e_conv, e_s).sum())
+            n += k
+        self.model.train()
+        return {"valid/recon_l1": l1s / n, "valid/conv_sim_target": sim_t / n, "valid/conv_sim_source": sim_s / n}
+
+    # logging ---------------------------------------------------------------
+    def _log(self, stats: dict[str, Any], prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for k, v in stats.items():
+            self.writer.add_scalar(prefix + k, float(v), self.step)
+
+    def _log_mels(self) -> None:
+        if self.writer is None or not self.valid_utts:
+            return
+        b = next(valid_batches(self.store, self.valid_utts[:1], self.cfg.data.segment_frames, 1))
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(b["mel"], b["ref"])
+        self.model.train()
+        img = torch.cat([out["target"][0], out["pred"][0].float()], dim=0).flip(0)
+        img = ((img - img.min()) / (img.max() - img.min() + 1e-5)).cpu()
+        self.writer.add_image("mel/target_top_vs_pred_bottom", img[None], self.step)
+
+    def _open_writer(self) -> None:
+        if not self.dist.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
+            return
+        self.writer = SummaryWriter(str(self.out_dir / "tb"))
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
+        self._stop = True
+
+    def _agree_stop(self, stop: bool) -> bool:
+        if self.dist.world == 1:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def run(self, *, max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
+        """Train until ``cfg.train.steps`` (or ``max_steps``) or ``time_limit`` seconds.
+
+        Returns the last logged statistics.
+        """
+        cfg, t = self.cfg, self.cfg.train
+        end = min(t.steps, max_steps) if max_steps else t.steps
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise VckitError(f"cannot write to the output folder {self.out_dir}: {e.strerror or e}") from None
+        self._open_writer()
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if self._in_main_thread() else {}
+        for s in old:
+            signal.signal(s, self._handle_signal)
+        bar = None
+        if progress and self.dist.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        t0 = time.time()
+        last: dict[str, float] = {}
+        saved_at = self.step
+        self.model.train()
+        try:
+            while self.step < end:
+                stats = self.train_step()
+                if bar:
+                    bar.update(1)
+                if self.step % t.log_every == 0 or self.step == end:
+                    last = {k: float(v) for k, v in stats.items()}
+                    if not math.isfinite(last["loss/total"]):
+                        raise VckitError(f"training diverged at step {self.step} (loss is {last['loss/total']}); lower train.lr")
+                    self._log(last, "train/")
+                    if bar:
+                        bar.set_postfix(recon=f"{last['loss/recon_l1']:.3f}", refresh=False)
+                if self.step % t.valid_every == 0 and self.dist.main:
+                    v = self.validate()
+                    last.update(v)
+                    self._log(v)
+                    self._log_mels()
+                    if v:
+                        log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+                timed_out = time_limit is not None and time.time() - t0 > time_limit
+                stop = self._agree_stop(self._stop or timed_out)
+                if self.step % t.ckpt_every == 0 or stop:
+                    self.save()
+                    saved_at = self.step
+                if stop:
+                    log.info("stopping at step %d (%s)", self.step, "time limit" if timed_out else "signal")
+                    break
+            if saved_at != self.step:
+                self.save()
+        finally:
+            if bar:
+                bar.close()
+            if self.writer:
+                self.writer.flush()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return last
+
+    @staticmethod
+    def _in_main_thread() -> bool:
+        import threading
+
+        return threading.current_thread() is threading.main_thread()
+
+
+def train(cfg: Config, *, resume: bool = False, device: str = "auto", max_steps: int | None = None, time_limit: float | None = None, init_from: str | None = None, progress: bool = True) -> dict[str, float]:
+    """Build a :class:`Trainer` and run it; tears the process group down after."""
+    try:
+        trainer = Trainer(cfg, device=device, resume=resume, init_from=init_from)
+        return trainer.run(max_steps=max_steps, time_limit=time_limit, progress=progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
