@@ -25,6 +25,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_sv(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vckit.config import apply_override, from_dict
+    from vckit.speaker_verification import SVConfig, train_sv
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise VckitError(f"config file not found: {path}")
+    d = yaml.safe_load(path.read_text()) or {}
+    for ov in args.set:
+        apply_override(d, ov)
+    res = train_sv(from_dict(SVConfig, d), device=args.device, progress=not args.quiet)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.items())))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -78,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.lr=1e-4")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("train-sv", help="train the independent speaker-verification model used to judge conversions")
+    s.add_argument("--config", required=True)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_train_sv)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter counts and steps")
     i.add_argument("checkpoint")

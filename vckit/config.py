@@ -156,6 +156,7 @@ class TrainConfig:
     out_dir: str = "runs/shared_dev"
     batch_size: int = 32
     steps: int = 100000
+    time_budget: float = 0.0  # >0: the LR schedule follows training seconds and the run ends after this many
     lr: float = 5e-4
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)

@@ -75,12 +75,19 @@ def setup_distributed(device: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), dev
 
 
-def lr_at(step: int, cfg: Config) -> float:
-    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+def lr_at(step: int, cfg: Config, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``steps``.
+
+    With ``train.time_budget`` the decay follows training seconds instead
+    (for budgeted GPU runs; not bit-reproducible, since it depends on speed).
+    """
     t = cfg.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+    if t.time_budget > 0:
+        progress = min(1.0, elapsed / t.time_budget)
+    else:
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -142,6 +149,7 @@ class Trainer:
         self.model = build_model(cfg, for_training=True).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.step = 0
+        self.elapsed = 0.0  # training seconds over all resumes
         self.best: dict[str, float] = {}
         if resume:
             self._resume()
@@ -180,6 +188,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "sampler": samplers,
             "world": self.dist.world,
+            "elapsed": self.elapsed,
             "best": self.best,
         }
         path = save_checkpoint(
@@ -206,6 +215,7 @@ class Trainer:
         state = load_train_state(ck)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
         self.best = dict(state.get("best", {}))
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state["rng_cuda"]:
@@ -226,7 +236,7 @@ class Trainer:
         batch = self.sampler.sample(t.batch_size, gather_len)
         if aug.prob > 0:
             batch = augment(batch, aug, self.sampler.gen, seg)
-        lr = lr_at(self.step, cfg)
+        lr = lr_at(self.step, cfg, self.elapsed)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         adv_w = adversarial_weight(self.step, cfg.model.classifier.weight, cfg.model.classifier.start_step, cfg.model.classifier.warmup_steps)
@@ -359,7 +369,11 @@ class Trainer:
         self.model.train()
         try:
             while self.step < end:
+                if t.time_budget > 0 and self.elapsed >= t.time_budget:
+                    break
+                t_step = time.time()
                 stats = self.train_step()
+                self.elapsed += time.time() - t_step
                 if bar:
                     bar.update(1)
                 if self.step % t.log_every == 0 or self.step == end:
@@ -376,7 +390,7 @@ class Trainer:
                     self._log_mels()
                     if v:
                         log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
-                timed_out = time_limit is not None and time.time() - t0 > time_limit
+                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
                 stop = self._agree_stop(self._stop or timed_out)
                 if self.step % t.ckpt_every == 0 or stop:
                     self.save()
