@@ -88,7 +88,11 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         if train_state is not None:
             torch.save(train_state, tmp / STATE_FILE)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
         for p in tmp.iterdir():
+            os.chmod(p, 0o666 & ~umask)
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)

@@ -115,10 +115,13 @@ def select() -> str:
         log(f"{name}: {json.dumps(res)}")
     scored = {k: v for k, v in table.items() if k != "judge"}
     best_l1 = min(v["recon_mel_l1"] for v in scored.values())
-    ok = {k: v for k, v in scored.items() if v["recon_mel_l1"] <= 1.15 * best_l1}
+    # recon L1 falls as more of the source voice leaks through, so it only
+    # guards against losing the words; 15% (the first run's rule) kept only
+    # the leaky variants, so the margin is 25%
+    ok = {k: v for k, v in scored.items() if v["recon_mel_l1"] <= 1.25 * best_l1}
     best = max(ok, key=lambda k: ok[k]["sim_to_target"] - ok[k]["sim_to_source"])
     table["selected"] = best
-    table["rule"] = "max(sim_to_target - sim_to_source) among variants with recon L1 within 15% of the best"
+    table["rule"] = "max(sim_to_target - sim_to_source) among variants with recon L1 within 25% of the best"
     (RUNS / "sweep.json").write_text(json.dumps(table, indent=2))
     return best
 
@@ -179,6 +182,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "runs/gpu/out"))
     ap.add_argument("--sweep-seconds", type=float, default=390)
     ap.add_argument("--final-seconds", type=float, default=900)
+    ap.add_argument("--best", default=None, help="override the selected variant")
     args = ap.parse_args()
     t0 = time.time()
     left = lambda: args.budget - (time.time() - t0)  # noqa: E731
@@ -193,6 +197,8 @@ def main() -> int:
         s["best"] = select()
         s["stage"] = "final"
         save_state(s)
+    if args.best and not s.get("final_started"):
+        s["best"] = args.best
     if s["stage"] == "final" and left() > 150:
         done = final(s["best"], left() - 45, args.final_seconds, resume=s.get("final_started", False))
         s["final_started"] = True

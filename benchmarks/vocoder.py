@@ -1,0 +1,97 @@
+"""Vocoder copy-synthesis benchmark: mel L1 and real-time factor on held-out speech.
+
+Each file is read with the front-end (22.05 kHz, loudness-normalised, trimmed),
+turned into a log-mel, vocoded with ``Vocoder.vocode`` and re-analysed; the
+mel L1 (natural-log units) is between the input log-mel and the log-mel of
+the output. RTF = vocoding seconds / audio seconds (lower is faster), measured
+after one warm-up call, with ``torch.set_num_threads(threads)``.
+
+    python benchmarks/vocoder.py                       # griffinlim and hifigan, 2 threads
+    python benchmarks/vocoder.py --chunk-sweep         # also HiFi-GAN RTF per chunk size
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vckit.audio import load_audio, log_mel
+from vckit.config import MelConfig
+from vckit.models.vocoder import load_vocoder
+
+DATA = Path("/work/shared/data")
+
+
+def held_out_files(n_libri: int = 6, n_vcc: int = 2) -> list[Path]:
+    """LibriSpeech utterances of ``n_libri`` speakers plus VCC 2016 SF1 and SM1 (``n_vcc`` each)."""
+    libri = sorted((DATA / "librispeech_train_clean_100").glob("*/*.flac"))
+    step = max(1, len(libri) // max(1, n_libri))
+    files = libri[::step][:n_libri]
+    for spk in ("SF1", "SM1"):
+        files += sorted((DATA / "vcc2016" / spk).glob("*.wav"))[-n_vcc:]
+    return files
+
+
+def run(spec: str, mels: list[torch.Tensor], cfg: MelConfig, device: str, chunk: int) -> tuple[float, float]:
+    voc = load_vocoder(spec, cfg, device)
+    voc.vocode(mels[0][:, :200].to(device), chunk_frames=chunk)  # warm-up
+    l1, secs, audio = 0.0, 0.0, 0.0
+    for mel in mels:
+        mel = mel.to(device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        wav = voc.vocode(mel, chunk_frames=chunk)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        secs += time.perf_counter() - t
+        audio += wav.numel() / cfg.sample_rate
+        l1 += float((log_mel(wav, cfg, device) - mel).abs().mean())
+    return l1 / len(mels), secs / audio
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocoders", nargs="+", default=["griffinlim", "hifigan"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--chunk", type=int, default=512, help="chunk_frames for Vocoder.vocode")
+    ap.add_argument("--chunk-sweep", action="store_true", help="also time HiFi-GAN for several chunk sizes")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    cfg = MelConfig()
+    files = held_out_files()
+    mels = [log_mel(load_audio(f, cfg.sample_rate), cfg) for f in files]
+    total = sum(m.shape[-1] for m in mels) * cfg.hop_length / cfg.sample_rate
+    print(f"{len(files)} files ({total:.1f} s): {', '.join(f.parent.name + '/' + f.name for f in files)}")
+    print(f"device {args.device}, {args.threads} threads, chunk {args.chunk} frames, torch {torch.__version__}\n")
+
+    print("| vocoder | mel L1 (nats) | RTF |")
+    print("|---|---|---|")
+    for spec in args.vocoders:
+        l1, rtf = run(spec, mels, cfg, args.device, args.chunk)
+        print(f"| {spec} | {l1:.3f} | {rtf:.3f} |")
+
+    if args.chunk_sweep:
+        long_mel = torch.cat(mels, -1)  # one long input, so large chunks are really used
+        voc = load_vocoder("hifigan", cfg, args.device)
+        secs = long_mel.shape[-1] * cfg.hop_length / cfg.sample_rate
+        print(f"\nHiFi-GAN RTF on one {secs:.0f} s input, by chunk size\n")
+        print("| chunk_frames | RTF |")
+        print("|---|---|")
+        for chunk in (64, 128, 256, 512, 1024, long_mel.shape[-1]):
+            voc.vocode(long_mel[:, :chunk], chunk_frames=chunk)
+            t = time.perf_counter()
+            voc.vocode(long_mel, chunk_frames=chunk)
+            label = f"{chunk} (whole)" if chunk == long_mel.shape[-1] else str(chunk)
+            print(f"| {label} | {(time.perf_counter() - t) / secs:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The vocoder interface: log-mel in, waveform out, plus chunked vocoding.
+
+Every vocoder carries the :class:`~vckit.config.MelConfig` of the log-mels it
+expects, so a model and its vocoder can be checked against each other before
+any audio is made (see :func:`vckit.models.vocoder.load_vocoder`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vckit.config import MelConfig
+from vckit.errors import VckitError
+
+
+class Vocoder(nn.Module):
+    """Base class: ``forward(mel: (batch, n_mels, frames)) -> wav: (batch, frames * hop)``.
+
+    Attributes:
+        mel_config: the log-mel front-end the vocoder was made for.
+        name: a short human-readable name (``"hifigan"``, ``"griffinlim"``, a path).
+    """
+
+    def __init__(self, mel_config: MelConfig, name: str):
+        super().__init__()
+        self.mel_config = mel_config
+        self.name = name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel_config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.mel_config.hop_length
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the vocoder's weights (or buffers); CPU if it has neither."""
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """Log-mel ``(batch, n_mels, frames)`` -> waveform ``(batch, frames * hop)`` in [-1, 1]."""
+        raise NotImplementedError
+
+    def check_mel(self, mel: torch.Tensor, batched: bool = True) -> None:
+        """Raise :class:`VckitError` unless ``mel`` is ``(batch, n_mels, frames)`` (or ``(n_mels, frames)``)."""
+        dims = 3 if batched else 2
+        want = "(batch, n_mels, frames)" if batched else "(n_mels, frames)"
+        if not isinstance(mel, torch.Tensor):
+            raise VckitError(f"vocoder {self.name}: mel must be a torch.Tensor {want}, got {type(mel).__name__}")
+        if mel.dim() != dims or mel.shape[-2] != self.mel_config.n_mels:
+            raise VckitError(
+                f"vocoder {self.name}: mel must have shape {want} with n_mels={self.mel_config.n_mels}, "
+                f"got {tuple(mel.shape)}"
+            )
+        if mel.shape[-1] == 0:
+            raise VckitError(f"vocoder {self.name}: mel has no frames")
+
+    def vocode(
+        self,
+        mel: torch.Tensor,
+        chunk_frames: int = 512,
+        overlap_frames: int = 16,
+        context_frames: int | None = None,
+    ) -> torch.Tensor:
+        """Vocode one utterance of any length in overlapping chunks.
+
+        Each chunk of ``chunk_frames`` frames is vocoded with ``context_frames``
+        extra frames of mel on each side (default: ``overlap_frames``), which are
+        thrown away; neighbouring chunks share ``overlap_frames`` frames that are
+        cross-faded linearly. Memory is bounded by the chunk size, not the input.
+
+        Args:
+            mel: log-mel ``(n_mels, frames)``, on any device (moved to the vocoder's).
+            chunk_frames: frames per chunk; inputs no longer than this are vocoded whole.
+            overlap_frames: frames shared (and cross-faded) by neighbouring chunks.
+            context_frames: extra frames each side of a chunk, vocoded and discarded.
+
+        Returns:
+            float32 waveform ``(frames * hop,)`` on the device of ``mel`` (an
+            ordinary tensor: the work runs under ``torch.inference_mode``).
+        """
+        with torch.inference_mode():
+            out = self._vocode(mel, chunk_frames, overlap_frames, context_frames)
+        return out.clone()  # a normal tensor, so callers may edit it in place
+
+    def _vocode(
+        self, mel: torch.Tensor, chunk_frames: int, overlap_frames: int, context_frames: int | None
+    ) -> torch.Tensor:
+        self.check_mel(mel, batched=False)
+        if overlap_frames < 0 or chunk_frames <= 2 * overlap_frames:
+            raise VckitError(
+                f"vocode: need 0 <= overlap_frames < chunk_frames / 2, got chunk {chunk_frames}, overlap {overlap_frames}"
+            )
+        if not bool(torch.isfinite(mel).all()):
+            raise VckitError(f"vocoder {self.name}: mel contains NaN or infinite values")
+        ctx = overlap_frames if context_frames is None else context_frames
+        if ctx < 0:
+            raise VckitError(f"vocode: context_frames must be >= 0, got {ctx}")
+        dev, hop, frames = self.device, self.hop_length, mel.shape[-1]
+        mel = mel.float()
+        if frames <= chunk_frames:
+            return self(mel[None].to(dev))[0].to(mel.device)
+
+        out = torch.zeros(frames * hop, device=mel.device)
+        start, prev_end = 0, 0
+        while True:
+            end = min(start + chunk_frames, frames)
+            lo, hi = max(0, start - ctx), min(frames, end + ctx)
+            wav = self(mel[None, :, lo:hi].to(dev))[0, (start - lo) * hop : (end - lo) * hop].to(out.device)
+            fade = (prev_end - start) * hop  # samples shared with the previous chunk
+            if fade > 0:
+                ramp = (torch.arange(fade, device=out.device, dtype=out.dtype) + 0.5) / fade
+                wav[:fade] *= ramp
+                out[start * hop : start * hop + fade] *= 1.0 - ramp
+            out[start * hop : end * hop] += wav
+            if end == frames:
+                return out
+            prev_end, start = end, end - overlap_frames
