@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
     c.add_argument("--vocoder", default="hifigan", help="hifigan, griffinlim, or a path")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    c.add_argument("--pitch-shift", type=float, default=None, help="semitones; default: match the reference's F0 range")
+    c.add_argument("--pitch-shift", type=float, default=0.0, help="shift the source by this many semitones first (e.g. +4 for a male source to a female voice)")
     c.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     c.set_defaults(func=_cmd_convert)
     return p
