@@ -1,0 +1,110 @@
+"""Enrolled speakers: a small safetensors file per voice, in a bank folder.
+
+A profile holds the speaker embedding, the hash of the model that made it
+(an embedding only means something to that model), the reference files and
+their durations, and the reference's median F0 for pitch matching.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vckit.errors import VckitError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def default_bank() -> Path:
+    """``$VCKIT_BANK``, else ``$XDG_DATA_HOME/vckit/speakers`` (``~/.local/share/vckit/speakers``)."""
+    env = os.environ.get("VCKIT_BANK")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "vckit" / "speakers"
+
+
+@dataclass
+class SpeakerProfile:
+    name: str
+    embedding: torch.Tensor  # (dim,)
+    model_id: str
+    meta: dict[str, Any]
+
+    @property
+    def f0_median(self) -> float | None:
+        v = self.meta.get("f0_median")
+        return float(v) if v else None
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise VckitError(f"invalid speaker name {name!r}: use letters, digits, '_', '-' or '.', up to 64 characters")
+    return name
+
+
+def save_profile(bank: str | os.PathLike, profile: SpeakerProfile, *, overwrite: bool = False) -> Path:
+    """Write ``bank/NAME.safetensors`` atomically; refuses to replace unless ``overwrite``."""
+    from safetensors.torch import save_file
+
+    bank = Path(bank)
+    check_name(profile.name)
+    path = bank / f"{profile.name}.safetensors"
+    if path.exists() and not overwrite:
+        raise VckitError(f"speaker {profile.name!r} is already enrolled in {bank} (use --overwrite to replace it)")
+    try:
+        bank.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{profile.name}.", suffix=".tmp", dir=bank)
+        os.close(fd)
+    except OSError as e:
+        raise VckitError(f"cannot write to the speaker bank {bank}: {e.strerror or e}") from None
+    meta = {"name": profile.name, "model_id": profile.model_id, "meta": json.dumps(profile.meta)}
+    try:
+        save_file({"embedding": profile.embedding.detach().float().cpu().contiguous()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_profile(bank: str | os.PathLike, name: str) -> SpeakerProfile:
+    from safetensors import safe_open
+
+    path = Path(bank) / f"{check_name(name)}.safetensors"
+    if not path.is_file():
+        known = ", ".join(p.name for p in list_profiles(bank)) or "none"
+        raise VckitError(f"no enrolled speaker {name!r} in {bank} (enrolled: {known})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+            emb = f.get_tensor("embedding")
+    except Exception:
+        raise VckitError(f"speaker profile {path} is corrupt") from None
+    return SpeakerProfile(md.get("name", name), emb, md.get("model_id", ""), json.loads(md.get("meta", "{}")))
+
+
+def list_profiles(bank: str | os.PathLike) -> list[SpeakerProfile]:
+    bank = Path(bank)
+    if not bank.is_dir():
+        return []
+    out = []
+    for p in sorted(bank.glob("*.safetensors")):
+        try:
+            out.append(load_profile(bank, p.stem))
+        except VckitError:
+            continue
+    return out
+
+
+def new_profile(name: str, embedding: torch.Tensor, model_id: str, refs: list[str], seconds: float, f0_median: float | None) -> SpeakerProfile:
+    meta = {"references": refs, "seconds": round(seconds, 2), "f0_median": f0_median, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return SpeakerProfile(check_name(name), embedding, model_id, meta)
