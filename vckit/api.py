@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 MIN_REFERENCE_S = 1.0
 MIN_SOURCE_S = 0.1
+CHUNK_FRAMES = 4096  # long sources are converted in equal chunks of at most this many frames (~48 s)
+CHUNK_OVERLAP = 128  # frames cross-faded between neighbouring chunks
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "default"
 
@@ -61,11 +63,12 @@ def pick_device(device: str = "auto") -> torch.device:
 class Converter:
     """A loaded model and vocoder. Create it with :func:`load`."""
 
-    def __init__(self, model: torch.nn.Module, config: Config, vocoder: torch.nn.Module, device: torch.device):
+    def __init__(self, model: torch.nn.Module, config: Config, vocoder: torch.nn.Module, device: torch.device, model_id: str = ""):
         self.model = model.eval()
         self.config = config
         self.vocoder = vocoder
         self.device = device
+        self.model_id = model_id  # sha256 of the weights: enrolled embeddings belong to one model
 
     @property
     def sample_rate(self) -> int:
@@ -99,11 +102,41 @@ class Converter:
     @torch.inference_mode()
     def convert_mel(self, source: AudioInput, target: Target, sr: int | None = None) -> torch.Tensor:
         """Converted log-mel ``(n_mels, frames)`` of ``source`` in ``target``'s voice."""
-        spk = self._target(target, sr)
-        mel = self._mel(source, sr, trim=False, min_seconds=MIN_SOURCE_S, what=None)
-        return self.model.convert(mel, spk[None].to(self.device))[0]
+        wav = load_audio(source, self.config.mel.sample_rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
+        return self._convert_wav(wav, target, sr)
 
-    def convert(self, source: AudioInput, target: Target, sr: int | None = None, pitch_shift: float | None = None) -> np.ndarray:
+    def _convert_chunked(self, mel: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """(n_mels, T) -> (n_mels, T), in overlapping chunks with a linear cross-fade,
+        so memory stays bounded for inputs of any length."""
+        n = mel.shape[-1]
+        spk = spk[None].to(self.device)
+        if n <= CHUNK_FRAMES + CHUNK_OVERLAP:
+            return self.model.convert(mel[None], spk)[0]
+        # equal chunks, so no short tail gets instance statistics of its own
+        k = -(-n // CHUNK_FRAMES)
+        size = -(-n // k)
+        out = torch.zeros_like(mel)
+        weight = torch.zeros(n, device=mel.device)
+        ramp = torch.linspace(0, 1, CHUNK_OVERLAP + 2, device=mel.device)[1:-1]
+        for start in range(0, n, size):
+            lo, hi = max(0, start - CHUNK_OVERLAP), min(n, start + size)
+            piece = self.model.convert(mel[None, :, lo:hi], spk)[0]
+            w = torch.ones(hi - lo, device=mel.device)
+            if lo > 0:
+                w[:CHUNK_OVERLAP] = ramp
+            out[:, lo:hi] += piece * w
+            weight[lo:hi] += w
+        return out / weight.clamp(min=1e-6)
+
+    def convert(
+        self,
+        source: AudioInput,
+        target: Target,
+        sr: int | None = None,
+        pitch_shift: float = 0.0,
+        match_pitch: bool = False,
+        target_f0: float | None = None,
+    ) -> np.ndarray:
         """Speech of ``source`` in the voice of ``target``.
 
         Args:
@@ -111,40 +144,81 @@ class Converter:
             target: a speaker embedding from :meth:`embed_speaker`, or
                 reference audio (path, array or a list of them).
             sr: sample rate of array inputs.
-            pitch_shift: semitones to shift the source before conversion
-                (None or 0: none).
+            pitch_shift: semitones to shift the source before conversion.
+            match_pitch: shift the source so its median F0 matches the
+                target's (added to ``pitch_shift``). Needs reference audio
+                as ``target`` or ``target_f0``.
+            target_f0: the target's median F0 in Hz, when ``target`` is an
+                embedding (enrolled profiles store it).
 
         Returns:
             float32 waveform at :attr:`sample_rate`, as long as the source
             (within one hop).
         """
-        if pitch_shift:
-            source = self._shift(source, sr, pitch_shift)
-            sr = self.config.mel.sample_rate
-        mel = self.convert_mel(source, target, sr)
+        rate = self.config.mel.sample_rate
+        wav = load_audio(source, rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
+        shift = float(pitch_shift or 0.0)
+        if match_pitch:
+            shift += self.pitch_offset(wav, target, sr, target_f0)
+        if shift:
+            from vckit.pitch import shift_pitch
+
+            wav = shift_pitch(wav, rate, shift)
+        mel = self._convert_wav(wav, target, sr)
         return self._vocode(mel)
+
+    @torch.inference_mode()
+    def _convert_wav(self, wav: np.ndarray, target: Target, sr: int | None) -> torch.Tensor:
+        spk = self._target(target, sr)
+        mel = log_mel(wav, self.config.mel, self.device)
+        return self._convert_chunked(mel, spk)
+
+    def pitch_offset(self, source_wav: np.ndarray, target: Target, sr: int | None = None, target_f0: float | None = None) -> float:
+        """Semitones from the source's median F0 to the target's (0 when unknown)."""
+        from vckit.pitch import median_f0, semitones_between
+
+        rate = self.config.mel.sample_rate
+        if target_f0 is None:
+            target_f0 = self.reference_f0(target, sr)
+        src_f0 = median_f0(source_wav, rate)
+        if not src_f0 or not target_f0:
+            log.warning("pitch matching skipped: no F0 found in the %s", "source" if not src_f0 else "reference")
+            return 0.0
+        return semitones_between(src_f0, target_f0)
+
+    def reference_f0(self, target: Target, sr: int | None = None) -> float | None:
+        """Median F0 (Hz) of reference audio; None for an embedding or unvoiced audio."""
+        from vckit.pitch import median_f0
+
+        if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == self.config.model.speaker.dim:
+            return None
+        refs = [target] if isinstance(target, (str, os.PathLike, np.ndarray, torch.Tensor)) else list(target)
+        rate = self.config.mel.sample_rate
+        f0s = [median_f0(load_audio(r, rate, sr, trim=True), rate) for r in refs]
+        f0s = [f for f in f0s if f]
+        return float(np.median(f0s)) if f0s else None
 
     def reconstruct(self, source: AudioInput, sr: int | None = None) -> np.ndarray:
         """Copy-synthesis through the model: ``source`` in its own voice."""
         return self.convert(source, target=source, sr=sr)
 
-    def save(self, path: str | os.PathLike, wav: np.ndarray, *, overwrite: bool = False) -> Path:
-        """Write ``wav`` (from :meth:`convert`) as 16-bit WAV, atomically."""
-        return write_wav(path, wav, self.sample_rate, overwrite=overwrite)
+    def save(self, path: str | os.PathLike, wav: np.ndarray, *, overwrite: bool = False, sample_rate: int | None = None) -> Path:
+        """Write ``wav`` (from :meth:`convert`) as 16-bit WAV, atomically,
+        resampled to ``sample_rate`` if given."""
+        from vckit.audio import resample
+
+        rate = self.sample_rate
+        if sample_rate and sample_rate != rate:
+            if not 4000 <= sample_rate <= 192000:
+                raise VckitError(f"output sample rate must be between 4000 and 192000 Hz, got {sample_rate}")
+            wav, rate = resample(np.asarray(wav, dtype=np.float32), rate, sample_rate), sample_rate
+        return write_wav(path, wav, rate, overwrite=overwrite)
 
     # -- helpers -------------------------------------------------------------
     def _target(self, target: Target, sr: int | None) -> torch.Tensor:
         if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == self.config.model.speaker.dim and target.is_floating_point():
             return target.to(self.device)
         return self.embed_speaker(target, sr)
-
-    def _shift(self, source: AudioInput, sr: int | None, semitones: float) -> np.ndarray:
-        import torchaudio.functional as AF
-
-        rate = self.config.mel.sample_rate
-        wav = load_audio(source, rate, sr, trim=False)
-        out = AF.pitch_shift(torch.from_numpy(wav)[None], rate, n_steps=float(semitones), bins_per_octave=12)[0]
-        return out.numpy()
 
     @torch.inference_mode()
     def _vocode(self, mel: torch.Tensor) -> np.ndarray:
@@ -165,7 +239,14 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
 
     dev = pick_device(device)
     path = Path(checkpoint) if checkpoint else default_checkpoint()
-    config, sd, _ = load_checkpoint(path, dev)
+    config, sd, meta = load_checkpoint(path, dev)
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
-    return Converter(model, config, voc, dev)
+    model_id = meta.get("sha256", {}).get("model.safetensors") or _weights_hash(path)
+    return Converter(model, config, voc, dev, model_id)
+
+
+def _weights_hash(path: Path) -> str:
+    from vckit.checkpoint import WEIGHTS_FILE, sha256_file
+
+    return sha256_file(Path(path) / WEIGHTS_FILE)

@@ -65,17 +65,124 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+
+
+def _sources(src: str) -> list[Path] | None:
+    """The files of a folder or manifest (.jsonl with "path", .txt/.csv one path a line); None for one file."""
+    p = Path(src)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTS)
+        if not files:
+            raise VckitError(f"no audio files in {p}")
+        return files
+    if p.suffix.lower() in (".jsonl", ".txt", ".csv", ".list") and p.is_file():
+        import json
+
+        out = []
+        for line in p.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or line.lower().startswith("path"):
+                continue
+            path = json.loads(line)["path"] if p.suffix.lower() == ".jsonl" else line.split(",")[0]
+            f = Path(path)
+            out.append(f if f.is_absolute() else (p.parent / f if not f.exists() else f))
+        if not out:
+            raise VckitError(f"manifest {p} lists no files")
+        return out
+    return None
+
+
+def _target_args(args: argparse.Namespace, vc) -> tuple[object, float | None]:
+    """The embedding (or references) and the target's F0 from --ref or --speaker."""
+    if args.speaker:
+        from vckit.speakers import default_bank, load_profile
+
+        prof = load_profile(args.bank or default_bank(), args.speaker)
+        if prof.model_id and vc.model_id and prof.model_id != vc.model_id:
+            raise VckitError(f"speaker {args.speaker!r} was enrolled with another model: enroll it again with this one")
+        return prof.embedding, prof.f0_median
+    spk = vc.embed_speaker(args.ref)
+    f0 = vc.reference_f0(args.ref) if args.match_pitch else None
+    return spk, f0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from vckit.api import load
 
+    if bool(args.ref) == bool(args.speaker):
+        raise VckitError("give the target voice with either --ref FILE [FILE ...] or --speaker NAME")
+    batch = _sources(args.source)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise VckitError(f"{out} already exists (use --overwrite to replace it)")
+    if batch is None:
+        if not Path(args.source).exists():
+            raise VckitError(f"source not found: {args.source}")
+        if out.is_dir():
+            raise VckitError(f"{out} is a folder: give an output file name, e.g. {out / (Path(args.source).stem + '.wav')}")
+        if out.exists() and not args.overwrite:
+            raise VckitError(f"{out} already exists (use --overwrite to replace it)")
+    elif out.exists() and not out.is_dir():
+        raise VckitError(f"{out} exists and is not a folder: batch conversion writes into a folder")
     vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder)
-    target = vc.embed_speaker(args.ref)
-    wav = vc.convert(args.source, target=target, pitch_shift=args.pitch_shift)
-    vc.save(out, wav, overwrite=args.overwrite)
-    print(f"wrote {out} ({len(wav) / vc.sample_rate:.2f} s)")
+    target, f0 = _target_args(args, vc)
+    opts = dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch, target_f0=f0)
+    if batch is None:
+        wav = vc.convert(args.source, target=target, **opts)
+        vc.save(out, wav, overwrite=args.overwrite, sample_rate=args.sample_rate)
+        print(f"wrote {out} ({len(wav) / vc.sample_rate:.2f} s)")
+        return 0
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    failures, used = [], set()
+    for f in tqdm(batch, desc="converting", unit="file", file=sys.stderr):
+        name = f.stem
+        while name in used:
+            name += "_"
+        used.add(name)
+        dst = out / f"{name}.wav"
+        try:
+            if dst.exists() and not args.overwrite:
+                raise VckitError(f"{dst} already exists (use --overwrite to replace it)")
+            vc.save(dst, vc.convert(f, target=target, **opts), overwrite=args.overwrite, sample_rate=args.sample_rate)
+        except VckitError as e:
+            failures.append((f, str(e)))
+    print(f"converted {len(batch) - len(failures)} of {len(batch)} files into {out}")
+    for f, msg in failures:
+        print(f"failed: {f}: {msg}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    from vckit.api import load
+    from vckit.audio import load_audio
+    from vckit.speakers import check_name, default_bank, new_profile, save_profile
+
+    check_name(args.name)
+    bank = Path(args.bank) if args.bank else default_bank()
+    if (bank / f"{args.name}.safetensors").exists() and not args.overwrite:
+        raise VckitError(f"speaker {args.name!r} is already enrolled in {bank} (use --overwrite to replace it)")
+    vc = load(args.checkpoint, device=args.device, vocoder="griffinlim")
+    emb = vc.embed_speaker(args.refs)
+    seconds = sum(len(load_audio(r, 16000)) / 16000 for r in args.refs)
+    prof = new_profile(args.name, emb, vc.model_id, [str(Path(r).resolve()) for r in args.refs], seconds, vc.reference_f0(args.refs))
+    path = save_profile(bank, prof, overwrite=args.overwrite)
+    f0 = f", median F0 {prof.f0_median:.0f} Hz" if prof.f0_median else ""
+    print(f"enrolled {args.name} from {len(args.refs)} file(s), {seconds:.1f} s{f0}: {path}")
+    return 0
+
+
+def _cmd_speakers(args: argparse.Namespace) -> int:
+    from vckit.speakers import default_bank, list_profiles
+
+    bank = Path(args.bank) if args.bank else default_bank()
+    profs = list_profiles(bank)
+    if not profs:
+        print(f"no enrolled speakers in {bank} (add one with: vckit enroll NAME REF.wav ...)")
+        return 0
+    for p in profs:
+        f0 = f"{p.f0_median:.0f} Hz" if p.f0_median else "-"
+        print(f"{p.name:<24} {p.meta.get('seconds', 0):>7.1f} s  F0 {f0:>7}  {len(p.meta.get('references', []))} file(s)  {p.meta.get('created', '')}")
     return 0
 
 
@@ -107,16 +214,34 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint")
     i.set_defaults(func=_cmd_info)
 
-    c = sub.add_parser("convert", help="convert SOURCE to the voice of the reference(s)")
-    c.add_argument("source")
-    c.add_argument("--ref", nargs="+", required=True, help="reference recording(s) of the target voice")
-    c.add_argument("-o", "--output", required=True)
+    c = sub.add_parser("convert", help="convert a file, a folder or a manifest to another voice")
+    c.add_argument("source", help="an audio file, a folder of them, or a manifest (.jsonl / .txt / .csv)")
+    tgt = c.add_mutually_exclusive_group()
+    tgt.add_argument("--ref", nargs="+", help="reference recording(s) of the target voice (at least 1 s each)")
+    tgt.add_argument("--speaker", help="an enrolled speaker (see vckit enroll)")
+    c.add_argument("-o", "--output", required=True, help="output WAV, or a folder for a batch")
     c.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
-    c.add_argument("--vocoder", default="hifigan", help="hifigan, griffinlim, or a path")
+    c.add_argument("--vocoder", default="hifigan", help="hifigan (default), griffinlim, or a path")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    c.add_argument("--pitch-shift", type=float, default=0.0, help="shift the source by this many semitones first (e.g. +4 for a male source to a female voice)")
-    c.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    c.add_argument("--pitch-shift", type=float, default=0.0, help="shift the source by this many semitones first")
+    c.add_argument("--match-pitch", action="store_true", help="shift the source so its median F0 matches the target's")
+    c.add_argument("--sample-rate", type=int, default=None, help="output sample rate (default 22050)")
+    c.add_argument("--bank", default=None, help="speaker bank folder for --speaker (default: user data dir)")
+    c.add_argument("--overwrite", action="store_true", help="replace existing output files")
     c.set_defaults(func=_cmd_convert)
+
+    e = sub.add_parser("enroll", help="store a speaker profile from reference recordings")
+    e.add_argument("name")
+    e.add_argument("refs", nargs="+", help="reference recordings (at least 1 s each)")
+    e.add_argument("--bank", default=None, help="speaker bank folder (default: user data dir, or $VCKIT_BANK)")
+    e.add_argument("--checkpoint", default=None)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--overwrite", action="store_true", help="replace an enrolled speaker of the same name")
+    e.set_defaults(func=_cmd_enroll)
+
+    sp = sub.add_parser("speakers", help="list enrolled speakers")
+    sp.add_argument("--bank", default=None)
+    sp.set_defaults(func=_cmd_speakers)
     return p
 
 
