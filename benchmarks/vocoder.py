@@ -6,8 +6,14 @@ mel L1 (natural-log units) is between the input log-mel and the log-mel of
 the output. RTF = vocoding seconds / audio seconds (lower is faster), measured
 after one warm-up call, with ``torch.set_num_threads(threads)``.
 
-    python benchmarks/vocoder.py                       # griffinlim and hifigan, 2 threads
+    python benchmarks/vocoder.py                       # griffinlim, hifigan and (once trained) fast, 2 threads
     python benchmarks/vocoder.py --chunk-sweep         # also HiFi-GAN RTF per chunk size
+    python benchmarks/vocoder.py --fast-arch-rtf       # also the fast architecture's RTF with random weights
+
+``fast`` is the Vocos vocoder in ``checkpoints/vocoder_fast``; while none is
+trained it is skipped with a note. Its speed does not depend on its weights,
+so ``--fast-arch-rtf`` measures it untrained (the mel L1 of random weights
+means nothing and is not printed).
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ import torch
 
 from vckit.audio import load_audio, log_mel
 from vckit.config import MelConfig
-from vckit.models.vocoder import load_vocoder
+from vckit.models.vocoder import Vocoder, load_vocoder
+from vckit.models.vocoder.vocos import PACKAGED_DIR, Vocos, VocosConfig, is_fast_vocoder
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def held_out_files(n_libri: int = 6, n_vcc: int = 2) -> list[Path]:
@@ -36,8 +43,7 @@ def held_out_files(n_libri: int = 6, n_vcc: int = 2) -> list[Path]:
     return files
 
 
-def run(spec: str, mels: list[torch.Tensor], cfg: MelConfig, device: str, chunk: int) -> tuple[float, float]:
-    voc = load_vocoder(spec, cfg, device)
+def run(voc: Vocoder, mels: list[torch.Tensor], cfg: MelConfig, device: str, chunk: int) -> tuple[float, float]:
     voc.vocode(mels[0][:, :200].to(device), chunk_frames=chunk)  # warm-up
     l1, secs, audio = 0.0, 0.0, 0.0
     for mel in mels:
@@ -56,11 +62,13 @@ def run(spec: str, mels: list[torch.Tensor], cfg: MelConfig, device: str, chunk:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vocoders", nargs="+", default=["griffinlim", "hifigan"])
+    ap.add_argument("--vocoders", nargs="+", default=["griffinlim", "hifigan", "fast"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--chunk", type=int, default=512, help="chunk_frames for Vocoder.vocode")
     ap.add_argument("--chunk-sweep", action="store_true", help="also time HiFi-GAN for several chunk sizes")
+    ap.add_argument("--fast-arch-rtf", action="store_true", help="also time the fast architecture with random weights")
+    ap.add_argument("--fast-config", default=None, help="with --fast-arch-rtf: a vocoder training YAML whose generator to time")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -73,9 +81,28 @@ def main(argv: list[str] | None = None) -> int:
 
     print("| vocoder | mel L1 (nats) | RTF |")
     print("|---|---|---|")
+    notes = []
     for spec in args.vocoders:
-        l1, rtf = run(spec, mels, cfg, args.device, args.chunk)
+        if spec == "fast" and not is_fast_vocoder(PACKAGED_DIR):
+            notes.append(f"fast: skipped, no fast vocoder is trained yet ({PACKAGED_DIR} does not exist)")
+            continue
+        l1, rtf = run(load_vocoder(spec, cfg, args.device), mels, cfg, args.device, args.chunk)
         print(f"| {spec} | {l1:.3f} | {rtf:.3f} |")
+    for note in notes:
+        print(f"\n{note}")
+
+    if args.fast_arch_rtf:
+        gen_cfg = VocosConfig()
+        if args.fast_config:
+            from vckit.vocoder_train import load_vocoder_config
+
+            gen_cfg = load_vocoder_config(args.fast_config).generator
+        torch.manual_seed(0)
+        voc = Vocos(gen_cfg, cfg).to(args.device).eval()
+        n = sum(p.numel() for p in voc.parameters())
+        _, rtf = run(voc, mels, cfg, args.device, args.chunk)
+        arch = f"dim {gen_cfg.dim}, hidden {gen_cfg.intermediate_dim}, {gen_cfg.layers} layers"
+        print(f"\nfast architecture, random weights ({arch}; {n / 1e6:.2f} M parameters): RTF {rtf:.4f}")
 
     if args.chunk_sweep:
         long_mel = torch.cat(mels, -1)  # one long input, so large chunks are really used

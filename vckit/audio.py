@@ -45,6 +45,8 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise UnreadableAudioError(f"audio file not found: {path}")
     if path.is_dir():
         raise UnreadableAudioError(f"expected an audio file, got a folder: {path}")
+    if path.stat().st_size == 0:
+        raise EmptyAudioError(f"audio file {path.name} is empty (0 bytes)")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types for bad files
@@ -59,6 +61,8 @@ def to_mono(wav: np.ndarray) -> np.ndarray:
         return wav
     if wav.ndim != 2:
         raise VckitError(f"audio array must be 1-D or (channels, samples), got shape {wav.shape}")
+    if wav.size == 0:  # no samples: keep it empty (averaging would make NaNs)
+        return wav.reshape(0)
     if wav.shape[0] > wav.shape[1]:  # (samples, channels) given: transpose
         wav = wav.T
     return wav.mean(axis=0)
@@ -171,7 +175,7 @@ def load_audio(
         wav = normalize_loudness(wav, target_sr)
     dur = len(wav) / target_sr
     if dur < min_seconds:
-        raise TooShortAudioError(f"{what} too short: {dur:.1f} s (need at least {min_seconds:g} s)")
+        raise TooShortAudioError(f"{what} too short: {dur:.2g} s (need at least {min_seconds:g} s)")  # 0.96 s, not "1.0 s"
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 

@@ -7,6 +7,7 @@ renamed, so a crash never leaves a half-written checkpoint under its name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -53,23 +54,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(
-    folder: str | os.PathLike,
-    config: Config,
-    state_dict: dict[str, torch.Tensor],
-    *,
-    step: int = 0,
-    extra: dict[str, Any] | None = None,
-    train_state: dict[str, Any] | None = None,
-    dtype: torch.dtype | None = None,
-) -> Path:
-    """Write a checkpoint folder atomically and return its path.
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a private temp folder beside ``folder``; on success, fsync its files and rename it to ``folder``.
 
-    ``dtype`` (e.g. ``torch.float16``) casts floating weights for shipping.
-    Raises :class:`CheckpointError` if the folder cannot be written.
+    An existing ``folder`` is replaced; on any error the temp folder is removed
+    and ``folder`` is left as it was. Raises :class:`CheckpointError` on an
+    OS error.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -77,17 +69,7 @@ def save_checkpoint(
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint in {folder.parent}: {e.strerror or e}") from None
     try:
-        tensors = {}
-        for k, v in state_dict.items():
-            v = v.detach().cpu()
-            if dtype is not None and v.is_floating_point():
-                v = v.to(dtype)
-            tensors[k] = v.contiguous()
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "step": str(step)})
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "config": to_dict(config), **(extra or {})}
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        if train_state is not None:
-            torch.save(train_state, tmp / STATE_FILE)
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
@@ -111,6 +93,37 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    config: Config,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically and return its path.
+
+    ``dtype`` (e.g. ``torch.float16``) casts floating weights for shipping.
+    Raises :class:`CheckpointError` if the folder cannot be written.
+    """
+    from safetensors.torch import save_file
+
+    with atomic_folder(folder) as tmp:
+        tensors = {}
+        for k, v in state_dict.items():
+            v = v.detach().cpu()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            tensors[k] = v.contiguous()
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "step": str(step)})
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "config": to_dict(config), **(extra or {})}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        if train_state is not None:
+            torch.save(train_state, tmp / STATE_FILE)
     return folder
 
 

@@ -26,18 +26,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sv(args: argparse.Namespace) -> int:
-    import yaml
-
-    from vckit.config import apply_override, from_dict
+    from vckit.config import load_config
     from vckit.speaker_verification import SVConfig, train_sv
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise VckitError(f"config file not found: {path}")
-    d = yaml.safe_load(path.read_text()) or {}
-    for ov in args.set:
-        apply_override(d, ov)
-    res = train_sv(from_dict(SVConfig, d), device=args.device, progress=not args.quiet)
+    res = train_sv(load_config(args.config, args.set, cls=SVConfig), device=args.device, progress=not args.quiet)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.items())))
     return 0
 

@@ -260,8 +260,8 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "") -> Any:
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML or JSON config file, apply ``key.sub=value`` overrides."""
+def load_config(path: str | Path, overrides: list[str] | None = None, cls: Any = Config) -> Any:
+    """Read a YAML or JSON config file, apply ``key.sub=value`` overrides, build ``cls`` (default :class:`Config`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -270,7 +270,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         import yaml
 
         try:
-            d = yaml.safe_load(text) or {}
+            d = yaml.load(text, Loader=_yaml_loader()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path} is not valid YAML: {e}") from None
     else:
@@ -282,7 +282,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"config {path} must be a mapping at the top level")
     for ov in overrides or []:
         apply_override(d, ov)
-    return Config.from_dict(d)
+    return from_dict(cls, d)
 
 
 def apply_override(d: dict[str, Any], override: str) -> None:
@@ -298,4 +298,25 @@ def apply_override(d: dict[str, Any], override: str) -> None:
         cur = cur.setdefault(p, {})
         if not isinstance(cur, dict):
             raise ConfigError(f"override {override!r}: {p} is not a section")
-    cur[parts[-1]] = yaml.safe_load(raw)
+    cur[parts[-1]] = yaml.load(raw, Loader=_yaml_loader())
+
+
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader, reading ``1e-4`` as a number (YAML 1.2) rather than a string (YAML 1.1)."""
+    import re
+
+    import yaml
+
+    global _LOADER
+    if _LOADER is None:
+
+        class Loader(yaml.SafeLoader):
+            pass
+
+        number = r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+"
+        Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{number}$"), list("-+0123456789."))
+        _LOADER = Loader
+    return _LOADER
+
+
+_LOADER: Any = None

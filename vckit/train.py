@@ -349,7 +349,7 @@ class Trainer:
         end = min(t.steps, max_steps) if max_steps else t.steps
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / ".write-test"
+            probe = self.out_dir / f".write-test.{os.getpid()}"  # one per process: ranks share the folder
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:

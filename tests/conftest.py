@@ -1,0 +1,152 @@
+"""Shared fixtures: where the real speech is, a tiny feature cache, tiny configs.
+
+The development speech lives in ``shared/data`` beside the repository (in CI
+the repo is a fresh clone with ``shared/`` next to it). This file is the one
+place that knows that path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+# a model small enough to train for ~100 steps on two CPU cores in seconds
+TINY_MODEL = {
+    "content": {"channels": 32, "blocks": 2, "kernel_size": 3, "downsample": [1, 2], "dim": 8},
+    "speaker": {"channels": 32, "blocks": 2, "kernel_size": 3, "dim": 16},
+    "decoder": {"channels": 32, "blocks": 2, "kernel_size": 3},
+    "classifier": {"enabled": True, "channels": 16, "blocks": 1, "weight": 0.1, "start_step": 5, "warmup_steps": 10},
+}
+TINY_TRAIN = {
+    "batch_size": 8,
+    "steps": 100,
+    "lr": 2.0e-3,
+    "warmup_steps": 5,
+    "log_every": 1,
+    "valid_every": 1000,
+    "ckpt_every": 1000,
+    "keep_last": 10,
+    "amp": "none",
+}
+
+# (corpus, speaker, how many utterances): 5 training speakers, 20 files; one validation speaker
+TRAIN_PICK = [("vcc2016", s, 4) for s in ("SF1", "SM1", "TF1", "TM1")] + [("fsdd", "george", 4)]
+VALID_PICK = [("vctk_autovc16k", "p226", 2)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tiny models gain nothing from threads, and OpenMP threads fighting over two
+    # busy cores can make a training step fifty times slower. Subprocesses inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"] or 1))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``shared/data`` beside the repository (real multi-speaker speech)."""
+    assert DATA_DIR.is_dir(), f"the development speech is missing: expected {DATA_DIR} (shared/ beside the repo)"
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def speech(data_dir: Path) -> Path:
+    """One real utterance: 16 kHz mono, 3.5 s."""
+    p = data_dir / "vcc2016" / "SF1" / "100001.wav"
+    assert p.is_file(), p
+    return p
+
+
+def _pick(data_dir: Path, picks: list[tuple[str, str, int]]) -> list[dict]:
+    from vckit.data import manifest_from_csv
+
+    rows = []
+    for corpus, spk, n in picks:
+        mine = [r for r in manifest_from_csv(data_dir / corpus / "metadata.csv") if r["speaker"] == spk]
+        assert len(mine) >= n, f"{corpus}/{spk} has {len(mine)} files"
+        rows += [{"path": r["path"], "speaker": f"{corpus}:{spk}", "duration": r["duration"]} for r in mine[:n]]
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
+    """Manifests and a feature cache of ~20 real files of 5 speakers, built once.
+
+    Returns a dict with ``train``, ``valid`` (manifest paths), ``features``
+    (cache folder), ``index`` (the cache index) and ``yaml`` (a tiny training
+    config pointing at them, for ``load_config`` and the CLI).
+    """
+    from vckit.config import MelConfig
+    from vckit.data import cache_features, write_manifest
+
+    root = tmp_path_factory.mktemp("tiny_cache")
+    train, valid = _pick(data_dir, TRAIN_PICK), _pick(data_dir, VALID_PICK)
+    write_manifest(train, root / "train.jsonl")
+    write_manifest(valid, root / "valid.jsonl")
+    index = cache_features(train + valid, MelConfig(), root / "features", progress=False)
+    assert not index["skipped"], index["skipped"]
+    cfg = {
+        "model": TINY_MODEL,
+        "data": {
+            "train_manifest": str(root / "train.jsonl"),
+            "valid_manifest": str(root / "valid.jsonl"),
+            "features": str(root / "features"),
+            "segment_frames": 32,
+        },
+        "train": {**TINY_TRAIN, "out_dir": str(root / "unused_run")},
+    }
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    return {"root": root, "train": root / "train.jsonl", "valid": root / "valid.jsonl", "features": root / "features", "index": index, "yaml": root / "tiny.yaml"}
+
+
+@pytest.fixture
+def make_config(tiny_cache: dict, tmp_path: Path):
+    """``make_config(*overrides, out_dir=...)``: the tiny config via ``load_config`` and ``key=value`` overrides."""
+    from vckit.config import load_config
+
+    def make(*overrides: str, out_dir: Path | None = None):
+        out = out_dir or tmp_path / "run"
+        return load_config(tiny_cache["yaml"], [f"train.out_dir={out}", *overrides])
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """The trainer may switch on deterministic algorithms process-wide; undo it after each test."""
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+# -- subprocesses ----------------------------------------------------------
+def vckit_command() -> list[str]:
+    """The installed ``vckit`` console script (beside this Python), else ``python -m vckit.cli``."""
+    script = Path(sys.executable).parent / "vckit"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "vckit.cli"]
+
+
+@pytest.fixture
+def vckit_cli():
+    """``vckit_cli(*args, timeout=..., env=...)`` runs the ``vckit`` command and returns the CompletedProcess."""
+
+    def run(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*vckit_command(), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+    return run

@@ -1,0 +1,138 @@
+"""The Python API on the shipped model: load, embed_speaker, convert, reconstruct."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import vckit
+from vckit.audio import resample
+from vckit.errors import CheckpointError, TooShortAudioError, VckitError
+
+HOP = 256
+
+
+@pytest.fixture(scope="module")
+def vc():
+    """The shipped model, loaded the way the README does it (from the repository root)."""
+    from vckit.api import REPO_ROOT
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO_ROOT)
+        return vckit.load(checkpoint="checkpoints/default", vocoder="griffinlim", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def files(data_dir):
+    return {
+        "source": data_dir / "vcc2016" / "SF1" / "100002.wav",  # 1.08 s, 16 kHz
+        "ref_a": data_dir / "vcc2016" / "TM1" / "100001.wav",
+        "ref_b": data_dir / "vcc2016" / "TM1" / "100003.wav",
+        "other": data_dir / "vcc2016" / "TF1" / "100001.wav",
+    }
+
+
+def expected_samples(path) -> int:
+    info = sf.info(str(path))
+    return round(info.frames * 22050 / info.samplerate)
+
+
+def test_loaded_model(vc):
+    assert vc.sample_rate == 22050 and vc.device == torch.device("cpu")
+    assert vc.model.classifier is None and not vc.model.training
+
+
+def test_embed_speaker(vc, files):
+    emb = vc.embed_speaker([files["ref_a"], files["ref_b"]])
+    assert emb.shape == (128,) and emb.dtype == torch.float32 and torch.isfinite(emb).all()
+    a, b = vc.embed_speaker(files["ref_a"]), vc.embed_speaker(files["ref_b"])
+    assert torch.allclose(emb, (a + b) / 2, atol=1e-5)  # several clips: the mean embedding
+    other = vc.embed_speaker(files["other"])
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(a, b, dim=0) > cos(a, other, dim=0)  # same man closer than another speaker
+
+
+def test_convert_a_file(vc, files):
+    emb = vc.embed_speaker([files["ref_a"], files["ref_b"]])
+    wav = vc.convert(files["source"], target=emb)
+    assert isinstance(wav, np.ndarray) and wav.dtype == np.float32 and wav.ndim == 1
+    assert abs(len(wav) - expected_samples(files["source"])) <= HOP
+    assert np.isfinite(wav).all() and 0.001 < np.abs(wav).max() <= 1.0
+    # the target may also be given as reference audio
+    wav2 = vc.convert(files["source"], target=[files["ref_a"], files["ref_b"]])
+    assert len(wav2) == len(wav)
+
+
+def test_arrays_in_with_their_sample_rate(vc, files):
+    x, sr = sf.read(str(files["source"]), dtype="float32")
+    assert sr == 16000
+    ref, _ = sf.read(str(files["ref_a"]), dtype="float32")
+    emb = vc.embed_speaker(ref, sr=16000)
+    assert torch.allclose(emb, vc.embed_speaker(files["ref_a"]), atol=1e-4)
+    wav = vc.convert(x, target=emb, sr=16000)
+    assert abs(len(wav) - round(len(x) * 22050 / 16000)) <= HOP
+    # the same audio as a tensor at another rate gives the same length
+    x22 = torch.from_numpy(resample(x, 16000, 22050))
+    assert abs(len(vc.convert(x22, target=emb, sr=22050)) - len(wav)) <= HOP
+    with pytest.raises(VckitError, match="sr="):
+        vc.convert(x, target=emb)
+
+
+def test_convert_mel_changes_with_the_target(vc, files):
+    a = vc.convert_mel(files["source"], vc.embed_speaker(files["ref_a"]))
+    b = vc.convert_mel(files["source"], vc.embed_speaker(files["other"]))
+    assert a.shape == b.shape and a.shape[0] == 80
+    assert (a - b).abs().mean() > 0.05
+
+
+def test_reconstruct(vc, files):
+    wav = vc.reconstruct(files["ref_b"])
+    assert abs(len(wav) - expected_samples(files["ref_b"])) <= HOP
+    assert np.isfinite(wav).all() and np.abs(wav).max() > 0.001
+    # the source is its own reference, so it needs a reference's second of speech
+    with pytest.raises(TooShortAudioError, match=r"too short: 0\.9\d s \(need at least 1 s\)"):
+        vc.reconstruct(files["source"])  # 1.08 s with its silences, 0.9x s of speech
+
+
+def test_too_short_reference(vc, files, tmp_path):
+    sr = 16000
+    t = np.arange(int(0.4 * sr)) / sr
+    buzz = (0.2 * np.sign(np.sin(2 * np.pi * 140 * t)) * np.hanning(len(t)) ** 0.1).astype(np.float32)
+    with pytest.raises(TooShortAudioError, match=r"^reference too short: 0\.4 s \(need at least 1 s\)$"):
+        vc.embed_speaker(buzz, sr=sr)
+    sf.write(tmp_path / "short.wav", buzz, sr)
+    with pytest.raises(TooShortAudioError, match=r"^reference short\.wav too short: 0\.4 s \(need at least 1 s\)$"):
+        vc.convert(files["source"], target=[files["ref_a"], tmp_path / "short.wav"])
+    x, sr = sf.read(str(files["ref_a"]), dtype="float32")
+    with pytest.raises(TooShortAudioError, match=r"too short: 0\.\d+ s \(need at least 1 s\)"):
+        vc.embed_speaker(x[: int(0.9 * sr)], sr=sr)  # real speech: silence trimmed first
+    with pytest.raises(VckitError, match="no reference"):
+        vc.embed_speaker([])
+
+
+def test_save_writes_and_refuses_to_overwrite(vc, files, tmp_path):
+    wav = vc.reconstruct(files["ref_a"])
+    p = vc.save(tmp_path / "o.wav", wav)
+    assert sf.info(str(p)).frames == len(wav) and sf.info(str(p)).samplerate == vc.sample_rate
+    with pytest.raises(VckitError, match="already exists"):
+        vc.save(tmp_path / "o.wav", wav)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        vckit.load(checkpoint=tmp_path / "nope", vocoder="griffinlim", device="cpu")
+    with pytest.raises(VckitError, match="unknown vocoder"):
+        vckit.load(vocoder="wavenet", device="cpu")
+    with pytest.raises(VckitError, match="unknown device"):
+        vckit.load(vocoder="griffinlim", device="tpu")
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, vckit; print(sorted(m for m in ('torch', 'gradio', 'tensorboard') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

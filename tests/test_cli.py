@@ -1,0 +1,209 @@
+"""The ``vckit`` command, run as a user would: train, kill and resume, info,
+convert, and a two-process torchrun (DDP on CPU with gloo)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from vckit import __version__
+from vckit.checkpoint import build_model, latest_checkpoint, list_checkpoints, load_checkpoint, load_train_state, read_meta
+from vckit.models import count_parameters
+
+from conftest import REPO_ROOT, vckit_command
+
+SOURCE = ("vcc2016", "SF1", "100002.wav")  # 1.08 s
+REFERENCE = ("vcc2016", "TM1", "100001.wav")
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The CLI's error contract: exit 1, one line on stderr, no traceback."""
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_version(vckit_cli):
+    proc = vckit_cli("--version", timeout=60)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"vckit {__version__}"
+
+
+def test_no_command_is_a_usage_error(vckit_cli):
+    proc = vckit_cli(timeout=60)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def train_args(tiny_cache, out_dir: Path, *sets: str) -> list[str]:
+    args = ["train", "--config", str(tiny_cache["yaml"]), "--device", "cpu", "--quiet", "--set", f"train.out_dir={out_dir}"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def test_train_writes_checkpoints_and_info_reads_them(vckit_cli, tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    proc = vckit_cli(*train_args(tiny_cache, out, "train.steps=12", "train.ckpt_every=5", "train.lr=1e-3"))
+    assert proc.returncode == 0, proc.stderr
+    assert "loss/recon_l1=" in proc.stdout
+    assert [p.name for p in list_checkpoints(out)] == ["step-000000005", "step-000000010", "step-000000012"]
+    ck = latest_checkpoint(out)
+    cfg, sd, meta = load_checkpoint(ck)
+    assert meta["step"] == 12 and cfg.train.lr == 1e-3 and len(meta["speakers"]) == 5
+    assert load_train_state(ck)["step"] == 12
+
+    info = vckit_cli("info", ck, timeout=60)
+    assert info.returncode == 0, info.stderr
+    assert "step: 12" in info.stdout and "training speakers: 5" in info.stdout
+    counts = count_parameters(build_model(cfg, sd, for_training=True))
+    for name in ("content_encoder", "speaker_encoder", "decoder", "classifier", "total"):
+        m = re.search(rf"^\s+{name}\s+([\d,]+)$", info.stdout, re.M)
+        assert m, (name, info.stdout)
+        assert int(m.group(1).replace(",", "")) == counts[name] > 0
+
+
+def test_info_on_a_missing_checkpoint(vckit_cli, tmp_path):
+    assert "checkpoint not found" in one_line_error(vckit_cli("info", tmp_path / "nope", timeout=60))
+
+
+def test_train_with_a_bad_config_is_one_line(vckit_cli, tiny_cache, tmp_path):
+    err = one_line_error(vckit_cli(*train_args(tiny_cache, tmp_path / "r", "train.stpes=3"), timeout=60))
+    assert "train.stpes" in err
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"training exited early ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(vckit_cli, tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    log = open(tmp_path / "first.log", "w")
+    args = train_args(tiny_cache, out, "train.steps=100000", "train.ckpt_every=5", "train.keep_last=3")
+    proc = subprocess.Popen([*vckit_command(), *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    try:
+        wait_for(lambda: len(list_checkpoints(out)) >= 2, 90, proc, "two checkpoints")
+        proc.send_signal(signal.SIGKILL)  # no chance to save anything
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = read_meta(latest_checkpoint(out))["step"]
+    assert killed_at >= 10 and killed_at % 5 == 0
+
+    target = killed_at + 7
+    resumed = vckit_cli(*args, "--resume", "--max-steps", str(target))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {out / f'step-{killed_at:09d}'} at step {killed_at}" in resumed.stderr
+    last = latest_checkpoint(out)
+    assert read_meta(last)["step"] == target > killed_at
+    assert load_train_state(last)["step"] == target
+    assert not list(out.glob("*.tmp-*"))  # a save cut by the kill was cleaned up
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(tiny_cache, out, "train.steps=100000", "train.ckpt_every=10", "train.keep_last=100", "train.valid_every=100000")
+    proc = subprocess.Popen([*vckit_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        wait_for(lambda: len(list_checkpoints(out)) >= 1, 90, proc, "training to start")
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    m = re.search(r"stopping at step (\d+) \(signal\)", stderr)
+    assert m, stderr
+    stopped = int(m.group(1))
+    assert stopped >= 10
+    assert read_meta(latest_checkpoint(out))["step"] == stopped  # saved where it stopped, not at the last multiple of 10
+    assert load_train_state(latest_checkpoint(out))["step"] == stopped
+
+
+@pytest.fixture
+def speech_pair(data_dir):
+    src, ref = data_dir.joinpath(*SOURCE), data_dir.joinpath(*REFERENCE)
+    assert src.is_file() and ref.is_file()
+    return src, ref
+
+
+def test_convert_writes_a_wav_and_refuses_to_overwrite(vckit_cli, speech_pair, tmp_path):
+    src, ref = speech_pair
+    out = tmp_path / "out.wav"
+    common = ["convert", src, "--ref", ref, "-o", out, "--checkpoint", "checkpoints/default", "--vocoder", "griffinlim", "--device", "cpu"]
+    proc = vckit_cli(*common)
+    assert proc.returncode == 0, proc.stderr
+    info, src_info = sf.info(str(out)), sf.info(str(src))
+    assert info.samplerate == 22050 and info.channels == 1
+    assert abs(info.frames / info.samplerate - src_info.duration) <= 256 / 22050 + 1e-3
+    assert "wrote" in proc.stdout
+    first = out.read_bytes()
+
+    again = vckit_cli(*common)
+    err = one_line_error(again)
+    assert "already exists" in err and "--overwrite" in err
+    assert out.read_bytes() == first  # untouched
+
+    forced = vckit_cli(*common, "--overwrite")
+    assert forced.returncode == 0, forced.stderr
+    assert sf.info(str(out)).frames == info.frames
+
+
+def test_convert_missing_source(vckit_cli, speech_pair, tmp_path):
+    _, ref = speech_pair
+    missing = tmp_path / "missing.wav"
+    err = one_line_error(
+        vckit_cli("convert", missing, "--ref", ref, "-o", tmp_path / "o.wav", "--checkpoint", "checkpoints/default", "--vocoder", "griffinlim", "--device", "cpu")
+    )
+    assert "missing.wav" in err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_convert_too_short_reference(vckit_cli, speech_pair, tmp_path):
+    src, _ = speech_pair
+    short = tmp_path / "short.wav"
+    t = torch.arange(int(0.4 * 16000)) / 16000
+    sf.write(short, (0.3 * torch.sin(2 * torch.pi * 200 * t)).numpy(), 16000)
+    err = one_line_error(
+        vckit_cli("convert", src, "--ref", short, "-o", tmp_path / "o.wav", "--checkpoint", "checkpoints/default", "--vocoder", "griffinlim", "--device", "cpu")
+    )
+    assert "too short: 0.4 s (need at least 1 s)" in err
+
+
+def test_torchrun_two_processes_on_cpu(tiny_cache, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vckit.cli"]
+    cmd += train_args(tiny_cache, out, "train.steps=6", "train.ckpt_every=1000", "model.vq.enabled=true")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = sorted(p.name for p in out.iterdir() if p.name.startswith("step-"))
+    assert names == ["step-000000006"]  # exactly one final checkpoint, written by rank 0 only
+    state = load_train_state(out / names[0])
+    assert state["world"] == 2 and len(state["sampler"]) == 2
+    assert not torch.equal(state["sampler"][0], state["sampler"][1])  # each rank draws its own batches
+    cfg, sd, meta = load_checkpoint(out / names[0])
+    assert meta["step"] == 6
+    build_model(cfg, sd, for_training=True)  # the DDP run saved plain (unwrapped) weights

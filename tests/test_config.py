@@ -1,0 +1,169 @@
+"""Config: strict from_dict, YAML overrides, round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from vckit.config import Config, MelConfig, ModelConfig, VQConfig, apply_override, from_dict, load_config, to_dict
+from vckit.errors import ConfigError
+
+
+def test_defaults_round_trip():
+    cfg = Config()
+    d = cfg.to_dict()
+    assert Config.from_dict(d) == cfg
+    assert Config.from_dict(json.loads(json.dumps(d))) == cfg  # tuples survive JSON as lists
+    assert isinstance(d["model"]["content"]["downsample"], list)
+
+
+def test_non_default_round_trip():
+    cfg = Config.from_dict(
+        {
+            "mel": {"sample_rate": 16000, "fmax": 7600, "mel_norm": None},
+            "model": {"content": {"downsample": [2, 1, 1, 1, 1, 1], "dim": 4}, "vq": {"enabled": True, "codebook_size": 64}},
+            "train": {"betas": [0.8, 0.9], "lr": 1},
+            "data": {"augment": {"noise_db": [-60, -40]}},
+        }
+    )
+    assert cfg.mel.mel_norm is None and cfg.mel.fmax == 7600.0 and isinstance(cfg.mel.fmax, float)
+    assert cfg.model.content.downsample == (2, 1, 1, 1, 1, 1)
+    assert cfg.train.betas == (0.8, 0.9) and cfg.train.lr == 1.0
+    assert cfg.data.augment.noise_db == (-60.0, -40.0)
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "d,name",
+    [
+        ({"modle": {}}, "modle"),
+        ({"model": {"content": {"chanels": 3}}}, "model.content.chanels"),
+        ({"train": {"lr": 1e-3, "learning_rate": 1e-3}}, "train.learning_rate"),
+        ({"mel": {"hop": 256}}, "mel.hop"),
+    ],
+)
+def test_unknown_key_is_an_error_naming_it(d, name):
+    with pytest.raises(ConfigError, match=rf"unknown config key {name.replace('.', '[.]')}\b"):
+        Config.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    "d,where",
+    [
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"train": {"steps": 1.5}}, "train.steps"),
+        ({"train": {"deterministic": "yes"}}, "train.deterministic"),
+        ({"train": {"lr": "fast"}}, "train.lr"),
+        ({"model": {"vq": {"enabled": 1}}}, "model.vq.enabled"),
+        ({"model": {"content": {"downsample": 2}}}, "model.content.downsample"),
+        ({"train": {"betas": [0.9]}}, "train.betas"),
+        ({"model": "big"}, "model"),
+        ({"data": {"features": 3}}, "data.features"),
+        ({"train": {"steps": True}}, "train.steps"),
+    ],
+)
+def test_wrong_type_is_an_error_naming_the_field(d, where):
+    with pytest.raises(ConfigError, match=where.replace(".", "[.]")):
+        Config.from_dict(d)
+
+
+def test_invalid_mel_values_are_config_errors():
+    with pytest.raises(ConfigError, match="fmax"):
+        Config.from_dict({"mel": {"fmax": 12000}})
+
+
+def test_configs_are_frozen():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().train.lr = 1.0  # type: ignore[misc]
+
+
+def write_yaml(tmp_path, d, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = write_yaml(tmp_path, {"train": {"lr": 1e-3, "steps": 10}, "model": {"vq": {"enabled": False}}})
+    cfg = load_config(p)
+    assert cfg.train.lr == 1e-3 and cfg.train.steps == 10 and not cfg.model.vq.enabled
+    cfg = load_config(p, ["train.lr=2e-4", "model.vq.enabled=true", "model.content.downsample=[1, 2, 1, 1, 1, 1]", "data.features=/x/y", "mel.mel_norm=null"])
+    assert cfg.train.lr == 2e-4
+    assert cfg.model.vq.enabled is True
+    assert cfg.model.content.downsample == (1, 2, 1, 1, 1, 1)
+    assert cfg.data.features == "/x/y"
+    assert cfg.mel.mel_norm is None
+    assert cfg.train.steps == 10  # untouched values stay
+    # an override creates sections the file does not have
+    assert load_config(p, ["model.speaker.dim=64"]).model.speaker.dim == 64
+
+
+def test_override_errors(tmp_path):
+    p = write_yaml(tmp_path, {"train": {"lr": 1e-3}})
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(p, ["train.lr"])
+    with pytest.raises(ConfigError, match="train.nope"):
+        load_config(p, ["train.nope=3"])
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(p, ["train.steps=abc"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(p, ["train.lr.x=1"])
+
+
+def test_apply_override_parses_yaml_values():
+    d: dict = {}
+    apply_override(d, "a.b.c=[1, 2]")
+    apply_override(d, "a.d=off")
+    apply_override(d, "e= 1.5")
+    assert d == {"a": {"b": {"c": [1, 2]}, "d": False}, "e": 1.5}
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst)
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps({"train": {"steps": 7}}))
+    assert load_config(js).train.steps == 7
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == Config()
+
+
+def test_shipped_recipe_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for p in sorted((root / "recipes" / "shared_dev" / "conf").glob("*.yaml")):
+        cfg = load_config(p)
+        assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_sub_dataclass_round_trip():
+    m = ModelConfig(vq=VQConfig(enabled=True, decay=0.9))
+    assert from_dict(ModelConfig, to_dict(m)) == m
+    mel = MelConfig(n_mels=64)
+    assert from_dict(MelConfig, to_dict(mel)) == mel
+    assert mel.mismatch(MelConfig()) == ["n_mels: 64 vs 80"]
+
+
+def test_yaml_exponent_numbers_are_numbers(tmp_path):
+    """PyYAML reads a bare ``1e-4`` as a string; configs and ``--set`` must read it as a number."""
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 3e-4\n  betas: [0.9, 99e-2]\n")
+    cfg = load_config(p)
+    assert cfg.train.lr == 3e-4 and cfg.train.betas == (0.9, 0.99)
+    assert load_config(p, ["train.lr=1e-4"]).train.lr == 1e-4
+    with pytest.raises(ConfigError, match="data.features"):
+        load_config(p, ["data.features=1e3"])  # a number where a path is expected is still an error

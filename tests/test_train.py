@@ -1,0 +1,170 @@
+"""Training: the loss falls on real speech, and a resumed run is exactly the
+run that was never stopped."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vckit.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, step_folder
+from vckit.errors import VckitError
+from vckit.losses import adversarial_weight, masked_l1
+from vckit.train import Trainer, lr_at
+
+
+def record_losses(trainer: Trainer) -> list[dict[str, float]]:
+    """Make ``trainer`` keep the statistics of every step it takes (in :meth:`Trainer.run` too)."""
+    history: list[dict[str, float]] = []
+    step = trainer.train_step
+
+    def recording() -> dict:
+        stats = step()
+        history.append({k: float(v) for k, v in stats.items()})
+        return stats
+
+    trainer.train_step = recording  # type: ignore[method-assign]
+    return history
+
+
+def test_loss_falls_in_a_short_smoke_run(make_config, tmp_path):
+    cfg = make_config("train.steps=100", "train.batch_size=16", "data.segment_frames=64", "train.valid_every=50")
+    trainer = Trainer(cfg, device="cpu")
+    assert trainer.cfg.model.n_speakers == 5 and len(trainer.valid_utts) == 2
+    before = trainer.validate()["valid/recon_l1"]
+    history = record_losses(trainer)
+    last = trainer.run(progress=False)
+    recon = np.array([h["loss/recon_l1"] for h in history])
+    assert len(recon) == 100 and np.isfinite(recon).all()
+    first, final = recon[:5].mean(), recon[-10:].mean()
+    assert final < 0.75 * first, (first, final)
+    after = trainer.validate()["valid/recon_l1"]
+    assert after < 0.8 * before, (before, after)  # on speakers it never saw
+    assert last["valid/recon_l1"] == pytest.approx(after, rel=1e-5)
+    # the adversary switched on after its start step, and its terms are logged
+    assert history[2]["adv/weight"] == 0.0 and history[-1]["adv/weight"] == pytest.approx(0.1)
+    assert all(math.isfinite(h["adv/ce"]) for h in history)
+    # the run ended with a checkpoint of its final step
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000000100"]
+
+
+def exact_config(make_config, out_dir, steps: int, ckpt_every: int):
+    """Every source of randomness on: augmentation, VQ restarts, code noise, dropout, the adversary."""
+    return make_config(
+        f"train.steps={steps}",
+        f"train.ckpt_every={ckpt_every}",
+        "train.valid_every=10",
+        "train.deterministic=true",
+        "model.vq.enabled=true",
+        "model.vq.codebook_size=16",
+        "model.content.noise_std=0.1",
+        "model.content.dropout=0.1",
+        "data.augment.prob=0.8",
+        out_dir=out_dir,
+    )
+
+
+def test_resume_is_exact(make_config, tmp_path):
+    n, k = 30, 12
+    # uninterrupted: n steps, checkpoints at 12 and 24 on the way
+    straight = Trainer(exact_config(make_config, tmp_path / "a", n, k), device="cpu")
+    hist_a = record_losses(straight)
+    straight.run(progress=False)
+    assert straight.step == n
+    # interrupted: stop at k (a new process would start from here) ...
+    first = Trainer(exact_config(make_config, tmp_path / "b", n, k), device="cpu")
+    first.run(max_steps=k, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == [f"step-{k:09d}"]
+    _, sd_a, _ = load_checkpoint(step_folder(tmp_path / "a", k))
+    _, sd_b, _ = load_checkpoint(step_folder(tmp_path / "b", k))
+    assert all(torch.equal(sd_a[key], sd_b[key]) for key in sd_a)
+    del first
+    # ... then a fresh trainer resumes and runs to n
+    torch.manual_seed(999)  # whatever the global RNG holds now must not matter
+    resumed = Trainer(exact_config(make_config, tmp_path / "b", n, k), device="cpu", resume=True)
+    assert resumed.step == k
+    hist_b = record_losses(resumed)
+    resumed.run(progress=False)
+    assert resumed.step == n
+    assert len(hist_b) == n - k
+    # the next step's loss, and every one after, is the uninterrupted run's
+    for name in ("loss/total", "loss/recon_l1", "loss/vq_commit", "adv/ce"):
+        a = np.array([h[name] for h in hist_a[k:]])
+        b = np.array([h[name] for h in hist_b])
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=name)
+    # and the final parameters and buffers (the VQ codebook too) match
+    final_a = straight.model.state_dict()
+    final_b = resumed.model.state_dict()
+    assert final_a.keys() == final_b.keys()
+    for key in final_a:
+        torch.testing.assert_close(final_b[key], final_a[key], rtol=1e-6, atol=1e-7, msg=key)
+    # the optimiser moments too
+    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for i in opt_a:
+        torch.testing.assert_close(opt_b[i]["exp_avg"], opt_a[i]["exp_avg"], rtol=1e-6, atol=1e-8)
+
+
+def test_resume_without_a_checkpoint_starts_fresh(make_config, tmp_path):
+    trainer = Trainer(make_config("train.steps=3", out_dir=tmp_path / "fresh"), device="cpu", resume=True)
+    assert trainer.step == 0
+    trainer.run(progress=False)
+    ck = list_checkpoints(tmp_path / "fresh")
+    assert [p.name for p in ck] == ["step-000000003"] and (ck[0] / STATE_FILE).is_file()
+
+
+def test_resume_refuses_another_model(make_config, tmp_path):
+    Trainer(make_config("train.steps=2", out_dir=tmp_path / "r"), device="cpu").run(progress=False)
+    other = make_config("train.steps=4", "model.decoder.channels=16", out_dir=tmp_path / "r")
+    with pytest.raises(VckitError, match="another model"):
+        Trainer(other, device="cpu", resume=True)
+
+
+def test_keep_last_prunes_old_checkpoints(make_config, tmp_path):
+    Trainer(make_config("train.steps=8", "train.ckpt_every=2", "train.keep_last=2", out_dir=tmp_path / "k"), device="cpu").run(progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "k")] == ["step-000000006", "step-000000008"]
+    assert not list((tmp_path / "k").glob("*.tmp-*"))
+
+
+def test_wrong_speaker_count_and_missing_files(make_config, tmp_path):
+    with pytest.raises(VckitError, match="3 training speakers"):
+        Trainer(make_config("model.n_speakers=3"), device="cpu")
+    manifest = tmp_path / "other.jsonl"
+    manifest.write_text('{"path": "/not/cached.wav", "speaker": "x"}\n')
+    with pytest.raises(VckitError, match="none of the files in .* are in the feature cache"):
+        Trainer(make_config(f"data.train_manifest={manifest}"), device="cpu")
+
+
+def test_unwritable_output_folder(make_config, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    trainer = Trainer(make_config("train.steps=1", out_dir=blocker / "run"), device="cpu")
+    with pytest.raises(VckitError, match="cannot write to the output folder"):
+        trainer.run(progress=False)
+
+
+def test_lr_schedule():
+    from vckit.config import Config, TrainConfig
+
+    cfg = Config(train=TrainConfig(lr=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1))
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    assert lr_at(500, cfg) == pytest.approx(0.1)
+    timed = Config(train=TrainConfig(lr=1.0, warmup_steps=0, time_budget=100.0, min_lr_ratio=0.0))
+    assert lr_at(5, timed, elapsed=50.0) == pytest.approx(0.5)
+
+
+def test_loss_helpers():
+    assert adversarial_weight(3, 0.1, 5, 10) == 0.0
+    assert adversarial_weight(10, 0.1, 5, 10) == pytest.approx(0.05)
+    assert adversarial_weight(100, 0.1, 5, 10) == pytest.approx(0.1)
+    assert adversarial_weight(5, 0.1, 5, 0) == pytest.approx(0.1)
+    pred, target = torch.zeros(2, 3, 4), torch.ones(2, 3, 4)
+    target[:, :, 2:] = 5.0
+    mask = torch.tensor([[True, True, False, False], [True, True, False, False]])
+    assert masked_l1(pred, target, mask) == pytest.approx(1.0)  # masked frames do not count
+    assert masked_l1(pred, target) == pytest.approx(3.0)
