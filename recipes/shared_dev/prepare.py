@@ -28,9 +28,10 @@ VALID_SPEAKERS = {
     "libri:225": "F", "libri:296": "M",
     "cmu_arctic:ljm": "F", "cmu_arctic:rms": "M",
     "fsdd:lucas": "M",
-    # ten one-utterance LibriSpeech readers, 5 F and 5 M
-    "libri:1069": "F", "libri:1088": "F", "libri:1116": "F", "libri:118": "F", "libri:1183": "F",
-    "libri:1034": "M", "libri:1040": "M", "libri:1081": "M", "libri:1098": "M", "libri:1235": "M",
+    # ten one-utterance LibriSpeech readers (genders from SPEAKERS.TXT; the
+    # manifests take theirs from metadata.csv, these labels are documentation)
+    "libri:1069": "F", "libri:1088": "F", "libri:1116": "F", "libri:1098": "F", "libri:1183": "F",
+    "libri:1034": "M", "libri:1040": "M", "libri:1081": "M", "libri:118": "M", "libri:1235": "M",
 }
 
 FAMILY = {
