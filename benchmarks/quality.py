@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-asr", action="store_true")
     ap.add_argument("--no-dnsmos", action="store_true")
     ap.add_argument("--no-griffinlim", action="store_true")
+    ap.add_argument("--match-pitch", action="store_true", help="shift each source to its target's median F0 first (vckit convert --match-pitch)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -214,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     for p in pairs:
         src, held = p["source"]["file"], p["heldout"]["file"]
         spk = vc.embed_speaker([r["file"] for r in p["refs"]])
+        f0 = vc.reference_f0([r["file"] for r in p["refs"]]) if args.match_pitch else None
         waves = {}
         for name, conv in (("hifigan", vc), ("griffinlim", vgl)):
             if conv is None:
                 continue
             t = time.perf_counter()
-            waves[name] = conv.convert(src, target=spk)
+            waves[name] = conv.convert(src, target=spk, match_pitch=args.match_pitch, target_f0=f0)
             secs[name] += time.perf_counter() - t
         out_audio += len(waves["hifigan"]) / sr
         convs.append(waves)

@@ -1,0 +1,186 @@
+"""Conversion as users do it: enrolled speakers, batches, long inputs, pitch handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from vckit.errors import VckitError
+from vckit.pitch import f0_track, median_f0, semitones_between, shift_pitch
+from vckit.speakers import list_profiles, load_profile, new_profile, save_profile
+
+CKPT = "checkpoints/default"
+COMMON = ["--checkpoint", CKPT, "--vocoder", "griffinlim", "--device", "cpu"]
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def vc():
+    import vckit
+
+    return vckit.load(CKPT, device="cpu", vocoder="griffinlim")
+
+
+@pytest.fixture
+def files(data_dir):
+    d = data_dir / "vcc2016"
+    return {"src": d / "SM1" / "200001.wav", "ref1": d / "SF1" / "200002.wav", "ref2": d / "SF1" / "200003.wav", "src2": d / "SM1" / "200002.wav"}
+
+
+# -- pitch -------------------------------------------------------------------
+@pytest.mark.parametrize("f0", [90.0, 180.0, 320.0])
+def test_f0_of_a_pulse_train(f0):
+    sr = 22050
+    t = np.arange(2 * sr) / sr
+    wav = (np.sign(np.sin(2 * np.pi * f0 * t)) * 0.3).astype(np.float32)
+    assert median_f0(wav, sr) == pytest.approx(f0, rel=0.01)
+
+
+def test_f0_of_silence_and_noise_is_unknown():
+    sr = 22050
+    assert median_f0(np.zeros(sr, np.float32), sr) is None
+    assert len(f0_track(np.zeros(100, np.float32), sr)) == 0
+
+
+def test_real_voices_fall_in_their_ranges(data_dir):
+    from vckit.audio import load_audio
+
+    male = median_f0(load_audio(data_dir / "vcc2016" / "SM1" / "100001.wav", 22050), 22050)
+    female = median_f0(load_audio(data_dir / "vcc2016" / "SF1" / "100001.wav", 22050), 22050)
+    assert 70 < male < 160 < female < 300
+
+
+def test_pitch_shift_moves_f0_and_keeps_length():
+    sr = 22050
+    t = np.arange(sr) / sr
+    wav = (((t * 150) % 1 - 0.5) * 0.5).astype(np.float32)  # sawtooth: every harmonic
+    for semitones in (-5.0, 7.0, 12.0):
+        out = shift_pitch(wav, sr, semitones)
+        assert len(out) == len(wav)
+        assert median_f0(out, sr) == pytest.approx(150 * 2 ** (semitones / 12), rel=0.02)
+    assert semitones_between(150, 300) == pytest.approx(12.0)
+
+
+def test_match_pitch_shifts_a_male_source_up_to_a_female_reference(vc, files):
+    from vckit.audio import load_audio
+
+    src = load_audio(files["src"], 22050, trim=False)
+    shift = vc.pitch_offset(src, [files["ref1"]])
+    assert 6 < shift < 18  # about an octave up
+    wav = vc.convert(files["src"], target=[files["ref1"]], match_pitch=True)
+    assert abs(len(wav) - len(src)) <= 256
+
+
+# -- long inputs ---------------------------------------------------------------
+def test_long_input_is_chunked_and_keeps_its_length(vc, files, monkeypatch):
+    import vckit.api as api
+
+    monkeypatch.setattr(api, "CHUNK_FRAMES", 200)
+    monkeypatch.setattr(api, "CHUNK_OVERLAP", 32)
+    x, sr = sf.read(str(files["src"]), dtype="float32")
+    long = np.tile(x, 4)  # ~20 s at 16 kHz -> ~1700 frames -> 9 chunks
+    calls = []
+    real = vc.model.convert
+    monkeypatch.setattr(vc.model, "convert", lambda m, s: calls.append(m.shape[-1]) or real(m, s))
+    spk = vc.embed_speaker(files["ref1"])
+    wav = vc.convert(long, target=spk, sr=sr)
+    assert len(calls) > 1 and max(calls) <= 200 + 32
+    expected = len(long) / sr * vc.sample_rate
+    assert abs(len(wav) - expected) <= 256
+    assert np.isfinite(wav).all() and np.abs(wav).max() > 0.01
+
+
+def test_chunk_boundaries_are_cross_faded(vc, monkeypatch):
+    """With a model that returns its input, chunked conversion must give the input back exactly."""
+    import vckit.api as api
+
+    monkeypatch.setattr(api, "CHUNK_FRAMES", 100)
+    monkeypatch.setattr(api, "CHUNK_OVERLAP", 16)
+    monkeypatch.setattr(vc.model, "convert", lambda m, s: m.clone())
+    mel = torch.randn(80, 537)
+    out = vc._convert_chunked(mel, torch.zeros(vc.config.model.speaker.dim))
+    assert torch.allclose(out, mel, atol=1e-5)
+
+
+# -- speaker bank --------------------------------------------------------------
+def test_profile_round_trip_and_listing(tmp_path):
+    p = new_profile("alice", torch.randn(128), "abc", ["a.wav"], 3.5, 210.0)
+    save_profile(tmp_path, p)
+    back = load_profile(tmp_path, "alice")
+    assert torch.allclose(back.embedding, p.embedding) and back.model_id == "abc" and back.f0_median == 210.0
+    assert [q.name for q in list_profiles(tmp_path)] == ["alice"]
+    with pytest.raises(VckitError, match="already enrolled"):
+        save_profile(tmp_path, p)
+    with pytest.raises(VckitError, match="invalid speaker name"):
+        new_profile("../evil", torch.randn(128), "abc", [], 1.0, None)
+    with pytest.raises(VckitError, match="no enrolled speaker 'bob'"):
+        load_profile(tmp_path, "bob")
+
+
+def test_enroll_list_and_convert_with_a_speaker(vckit_cli, files, tmp_path):
+    bank = tmp_path / "bank"
+    proc = vckit_cli("enroll", "sf1", files["ref1"], files["ref2"], "--bank", bank, "--checkpoint", CKPT, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert (bank / "sf1.safetensors").is_file()
+    again = vckit_cli("enroll", "sf1", files["ref1"], "--bank", bank, "--checkpoint", CKPT, "--device", "cpu")
+    assert "already enrolled" in one_line_error(again)
+    listing = vckit_cli("speakers", "--bank", bank, timeout=60)
+    assert listing.returncode == 0 and "sf1" in listing.stdout and "Hz" in listing.stdout
+    out = tmp_path / "o.wav"
+    conv = vckit_cli("convert", files["src"], "--speaker", "sf1", "--bank", bank, "-o", out, "--match-pitch", *COMMON)
+    assert conv.returncode == 0, conv.stderr
+    assert abs(sf.info(str(out)).duration - sf.info(str(files["src"])).duration) < 0.02
+    missing = vckit_cli("convert", files["src"], "--speaker", "nobody", "--bank", bank, "-o", tmp_path / "x.wav", *COMMON)
+    assert "no enrolled speaker 'nobody'" in one_line_error(missing)
+
+
+def test_a_profile_from_another_model_is_refused(vckit_cli, files, tmp_path):
+    bank = tmp_path / "bank"
+    save_profile(bank, new_profile("ghost", torch.randn(128), "not-this-model", [], 2.0, None))
+    proc = vckit_cli("convert", files["src"], "--speaker", "ghost", "--bank", bank, "-o", tmp_path / "o.wav", *COMMON)
+    assert "enrolled with another model" in one_line_error(proc)
+
+
+def test_ref_and_speaker_together_or_neither(vckit_cli, files, tmp_path):
+    neither = vckit_cli("convert", files["src"], "-o", tmp_path / "o.wav", *COMMON)
+    assert "either --ref" in one_line_error(neither)
+
+
+# -- batches -------------------------------------------------------------------
+def test_batch_keeps_going_past_a_bad_file_and_fails_at_the_end(vckit_cli, files, tmp_path):
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    for k in ("src", "src2"):
+        (src_dir / files[k].name).write_bytes(files[k].read_bytes())
+    (src_dir / "broken.wav").write_text("not audio")
+    out = tmp_path / "out"
+    proc = vckit_cli("convert", src_dir, "--ref", files["ref1"], "-o", out, "--sample-rate", "16000", *COMMON)
+    assert proc.returncode == 1
+    assert sorted(p.name for p in out.iterdir()) == ["200001.wav", "200002.wav"]
+    assert all(sf.info(str(p)).samplerate == 16000 for p in out.iterdir())
+    assert "converted 2 of 3" in proc.stdout
+    assert "failed:" in proc.stderr and "broken.wav" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batch_from_a_manifest_skips_existing_outputs(vckit_cli, files, tmp_path):
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("".join(json.dumps({"path": str(files[k])}) + "\n" for k in ("src", "src2")))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "200001.wav").write_bytes(b"mine")
+    proc = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", out, *COMMON)
+    assert proc.returncode == 1  # one file refused: it would overwrite
+    assert (out / "200001.wav").read_bytes() == b"mine"  # never overwritten silently
+    assert (out / "200002.wav").is_file()
+    assert "already exists" in proc.stderr
