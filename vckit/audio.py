@@ -94,8 +94,8 @@ def _frame_rms_db(wav: np.ndarray, frame: int) -> np.ndarray:
     n = len(wav) // frame
     if n == 0:
         return np.array([20 * np.log10(np.sqrt(np.mean(wav**2)) + 1e-12)])
-    x = wav[: n * frame].reshape(n, frame).astype(np.float64)
-    return 20 * np.log10(np.sqrt((x**2).mean(axis=1)) + 1e-12)
+    x = wav[: n * frame].reshape(n, frame)
+    return 20 * np.log10(np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64) / frame) + 1e-12)
 
 
 def normalize_loudness(wav: np.ndarray, sr: int, target_db: float = TARGET_RMS_DB) -> np.ndarray:
@@ -240,6 +240,12 @@ class MelSpectrogram(torch.nn.Module):
         if wav.shape[-1] <= pad:
             raise TooShortAudioError(f"audio too short for the mel front-end: {wav.shape[-1]} samples")
         x = F.pad(wav.float()[:, None], (pad, pad), mode="reflect")[:, 0]
+        out = self.analyse_padded(x)
+        return out[0] if squeeze else out
+
+    def analyse_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Already-padded waveform ``(batch, samples)`` -> log-mel, one frame per hop."""
+        c = self.cfg
         spec = torch.stft(
             x,
             c.n_fft,
@@ -253,19 +259,33 @@ class MelSpectrogram(torch.nn.Module):
         if c.power == 2.0:
             mag = mag**2
         mel = torch.matmul(self.fb, mag)
-        out = torch.log(torch.clamp(mel, min=c.log_floor))
-        return out[0] if squeeze else out
+        return torch.log(torch.clamp(mel, min=c.log_floor))
 
 
 _MEL_CACHE: dict[MelConfig, MelSpectrogram] = {}
+MEL_CHUNK_FRAMES = 4096  # long inputs are analysed in slices of this many frames
 
 
 def log_mel(wav: np.ndarray | torch.Tensor, cfg: MelConfig, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Log-mel of one waveform ``(samples,)`` -> ``(n_mels, frames)`` on ``device``."""
-    key = cfg
-    if key not in _MEL_CACHE:
-        _MEL_CACHE[key] = MelSpectrogram(cfg)
-    mod = _MEL_CACHE[key].to(device)
+    """Log-mel of one waveform ``(samples,)`` -> ``(n_mels, samples // hop)`` on ``device``.
+
+    Long inputs are analysed in frame-aligned slices of the padded signal, so
+    the result equals the one-pass analysis while the STFT's memory stays
+    bounded.
+    """
+    if cfg not in _MEL_CACHE:
+        _MEL_CACHE[cfg] = MelSpectrogram(cfg)
+    mod = _MEL_CACHE[cfg].to(device)
     x = torch.as_tensor(wav, dtype=torch.float32, device=device)
+    frames = x.shape[-1] // cfg.hop_length
     with torch.no_grad():
-        return mod(x)
+        if frames <= MEL_CHUNK_FRAMES:
+            return mod(x)
+        pad = (cfg.n_fft - cfg.hop_length) // 2
+        xp = F.pad(x[None, None], (pad, pad), mode="reflect")[0, 0]
+        out = torch.empty(cfg.n_mels, frames, device=device)
+        for a in range(0, frames, MEL_CHUNK_FRAMES):
+            b = min(frames, a + MEL_CHUNK_FRAMES)
+            piece = xp[a * cfg.hop_length : (b - 1) * cfg.hop_length + cfg.n_fft]
+            out[:, a:b] = mod.analyse_padded(piece[None])[0]
+        return out

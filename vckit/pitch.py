@@ -79,5 +79,10 @@ def shift_pitch(wav: np.ndarray, sr: int, semitones: float) -> np.ndarray:
 
     if abs(semitones) < 1e-3:
         return wav
+    # torchaudio resamples by sr * 2**(s/12) : sr, which is very slow when the two
+    # rates share only a small factor; round the shifted rate to a multiple of 50 Hz
+    # (less than 0.04 semitones off), where the resampler is fast
+    shifted_rate = max(50, round(sr * 2 ** (semitones / 12) / 50) * 50)
+    semitones = 12 * math.log2((shifted_rate + 0.25) / sr)
     out = AF.pitch_shift(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None], sr, n_steps=float(semitones), bins_per_octave=12)
     return out[0].numpy()

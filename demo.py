@@ -1,0 +1,66 @@
+"""Gradio demo of vckit: convert a voice in the browser.
+
+    python demo.py                          # http://127.0.0.1:7860
+    python demo.py --port 8080 --max-seconds 30 --vocoder griffinlim
+    python demo.py --host 0.0.0.0 --share   # reachable from elsewhere (off by default)
+
+Needs the demo extra: ``pip install -e '.[demo]'``. The logic lives in
+:mod:`vckit.demo_app`; this file only reads options and starts the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from vckit.demo_app import DEFAULT_MAX_SECONDS, VOCODERS
+
+    ap = argparse.ArgumentParser(description="vckit voice-conversion demo (Gradio)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    ap.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (off by default)")
+    ap.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longest source or reference accepted, in seconds (default: %(default)g)")
+    ap.add_argument("--concurrency", type=int, default=2, help="conversions run at the same time; later requests wait in the queue (default: 2)")
+    ap.add_argument("--queue-size", type=int, default=32, help="most requests waiting in the queue (default: 32)")
+    ap.add_argument("--checkpoint", default=None, help="model folder (default: the shipped checkpoints/default)")
+    ap.add_argument("--vocoder", choices=VOCODERS, default="hifigan", help="vocoder selected when the page opens (default: hifigan)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    ap.add_argument("--bank", default=None, help="enrolled-speaker folder (default: the user's vckit speaker bank)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("error: the demo needs gradio: pip install -e '.[demo]'", file=sys.stderr)
+        return 1
+    from vckit.demo_app import DemoService, build_app, launch_kwargs
+    from vckit.errors import VckitError
+
+    try:
+        service = DemoService(args.checkpoint, args.device, args.vocoder, args.max_seconds, bank=args.bank)
+        service.warm_up()
+    except VckitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C: close the server, remove temp files
+    app = build_app(service)
+    app.queue(default_concurrency_limit=max(1, args.concurrency), max_size=args.queue_size)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, **launch_kwargs(service))
+    finally:
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

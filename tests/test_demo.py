@@ -1,0 +1,413 @@
+"""The Gradio demo: its conversion handler and helpers, and the page in a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vckit.demo_app import (
+    ENROLLED_PREFIX,
+    EXAMPLE_PREFIX,
+    EXAMPLES_DIR,
+    REFERENCE_CHOICE,
+    DemoService,
+    handle_convert,
+    list_examples,
+)
+from vckit.errors import VckitError
+from vckit.mel_image import render_mels, write_png
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> DemoService:
+    """One demo service for the module: CPU, Griffin-Lim (fast), an empty speaker bank of its own."""
+    root = tmp_path_factory.mktemp("demo")
+    svc = DemoService(device="cpu", default_vocoder="griffinlim", max_seconds=60, bank=root / "bank", workdir=root / "work")
+    svc.warm_up()
+    return svc
+
+
+@pytest.fixture(scope="module")
+def male(data_dir: Path) -> Path:
+    return data_dir / "vcc2016" / "SM1" / "200001.wav"  # 5.0 s
+
+
+@pytest.fixture(scope="module")
+def female(data_dir: Path) -> Path:
+    return data_dir / "vcc2016" / "SF1" / "200002.wav"
+
+
+@pytest.fixture(scope="module")
+def male_short(male: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 1.5 s of ``male``: pitch matching shifts by fractional semitones, slow on long clips."""
+    wav, sr = sf.read(str(male), dtype="float32")
+    return write(tmp_path_factory.mktemp("short") / "male_short.wav", wav[: int(1.5 * sr)], sr)
+
+
+def seconds_of(path: str | Path) -> float:
+    return sf.info(str(path)).duration
+
+
+def write(path: Path, wav: np.ndarray, sr: int = 16000) -> Path:
+    sf.write(str(path), wav.astype(np.float32), sr)
+    return path
+
+
+# -- examples and the target menu -----------------------------------------------------
+def test_list_examples_reads_the_folder_and_its_readme(tmp_path: Path) -> None:
+    for name in ("01_m2f_source", "01_m2f_reference", "01_m2f_converted", "02_f2m_source"):  # 02 has no reference
+        write(tmp_path / f"{name}.wav", np.zeros(160))
+    (tmp_path / "README.md").write_text("| # | kind |\n|---|---|\n| 01 | male to female | x |\n")
+    ex = list_examples(tmp_path, fallback_data=None)
+    assert [(e.name, e.label) for e in ex] == [("01_m2f", "01 male to female")]
+    assert ex[0].source.name == "01_m2f_source.wav" and ex[0].reference.name == "01_m2f_reference.wav"
+    assert ex[0].converted is not None and ex[0].converted.name == "01_m2f_converted.wav"
+
+
+def test_list_examples_falls_back_to_shared_speech(tmp_path: Path, data_dir: Path) -> None:
+    ex = list_examples(tmp_path / "none", fallback_data=data_dir)
+    assert len(ex) >= 1
+    assert all(e.source.is_file() and e.reference.is_file() and e.source != e.reference for e in ex)
+    assert list_examples(tmp_path / "none", fallback_data=None) == []
+
+
+def test_shipped_examples_are_readable() -> None:
+    ex = list_examples(EXAMPLES_DIR, fallback_data=None)
+    if not ex:
+        pytest.skip(f"no examples in {EXAMPLES_DIR}")
+    for e in ex:
+        assert seconds_of(e.source) > 1 and seconds_of(e.reference) > 1, e
+
+
+def test_target_menu_offers_reference_examples_and_enrolled(service: DemoService) -> None:
+    choices = service.target_choices()
+    assert choices[0] == REFERENCE_CHOICE
+    assert sum(c.startswith(EXAMPLE_PREFIX) for c in choices) == len(service.examples) >= 1
+
+
+# -- the conversion ---------------------------------------------------------------------
+def test_convert_reference_clip(service: DemoService, male: Path, female: Path) -> None:
+    steps = []
+    res = service.convert(str(male), REFERENCE_CHOICE, str(female), progress=lambda f, desc=None: steps.append(f))
+    info = sf.info(str(res.audio))
+    assert info.samplerate == service.converter().sample_rate and info.subtype == "PCM_16"
+    assert abs(info.duration - seconds_of(male)) < 0.05  # as long as the source
+    assert res.audio.parent.parent == service.workdir
+    assert res.mels.read_bytes()[:8] == PNG_MAGIC
+    assert all(-1.0 <= v <= 1.0 for v in res.similarity.values())
+    assert f"{res.similarity['to_reference']:.2f}" in res.summary and "speaker-verification" in res.summary
+    assert steps == sorted(steps) and steps[-1] == 1.0
+
+
+def test_convert_to_example_voice(service: DemoService, male: Path) -> None:
+    choice = next(c for c in service.target_choices() if c.startswith(EXAMPLE_PREFIX))
+    res = service.convert(str(male), choice, None)
+    assert res.similarity["to_reference"] is not None and res.audio.is_file()
+
+
+def test_pitch_handling(service: DemoService, male: Path, male_short: Path, female: Path) -> None:
+    assert service.convert(str(male), REFERENCE_CHOICE, str(female), pitch_mode="manual semitones", semitones=3).pitch_shift == 3.0
+    matched = service.convert(str(male_short), REFERENCE_CHOICE, str(female), pitch_mode="match F0")
+    assert matched.pitch_shift > 2  # a male source is shifted up towards a female voice
+    assert "semitones" in matched.summary
+    with pytest.raises(VckitError, match="between -24 and 24"):
+        service.convert(str(male), REFERENCE_CHOICE, str(female), pitch_mode="manual semitones", semitones=40)
+
+
+def test_enrolled_voice(service: DemoService, male: Path, male_short: Path, female: Path) -> None:
+    from vckit.speakers import new_profile, save_profile
+
+    vc = service.converter()
+    emb = vc.embed_speaker(str(female))
+    save_profile(service.bank_dir(), new_profile("alice", emb, vc.model_id, [str(female)], 3.0, vc.reference_f0(str(female))))
+    save_profile(service.bank_dir(), new_profile("stranger", emb, "another-model", [], 3.0, None))
+    assert f"{ENROLLED_PREFIX}alice" in service.target_choices()
+    res = service.convert(str(male_short), f"{ENROLLED_PREFIX}alice", None, pitch_mode="match F0")  # the profile's F0
+    assert res.similarity["to_reference"] is not None and res.pitch_shift > 2
+    with pytest.raises(VckitError, match="enrolled with another model"):
+        service.convert(str(male), f"{ENROLLED_PREFIX}stranger", None)
+
+
+# -- bad input: a sentence for the page, never a traceback ---------------------------------------
+def test_too_long_input(service: DemoService, tmp_path: Path, female: Path) -> None:
+    long = write(tmp_path / "long.wav", 0.01 * np.random.default_rng(0).standard_normal(61 * 8000), sr=8000)
+    with pytest.raises(VckitError, match=r"source is 61.0 s long; this demo takes at most 60 s"):
+        service.convert(str(long), REFERENCE_CHOICE, str(female))
+    with pytest.raises(VckitError, match=r"reference is 61.0 s long"):
+        service.convert(str(female), REFERENCE_CHOICE, str(long))
+
+
+def test_silent_input(service: DemoService, tmp_path: Path, male: Path, female: Path) -> None:
+    silent = write(tmp_path / "silent.wav", np.zeros(32000))
+    with pytest.raises(VckitError, match="source is silent"):
+        service.convert(str(silent), REFERENCE_CHOICE, str(female))
+    with pytest.raises(VckitError, match="reference is silent"):
+        service.convert(str(male), REFERENCE_CHOICE, str(silent))
+
+
+def test_silent_result_gets_no_score(service: DemoService) -> None:
+    speech = np.sin(np.arange(22050) * 0.05).astype(np.float32) * 0.3
+    assert service.similarity(np.zeros(22050, np.float32), 22050, speech, speech, 22050) == {"to_reference": None, "to_source": None}
+
+
+def test_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(VckitError, match="unknown vocoder"):
+        DemoService(default_vocoder="wavenet", workdir=tmp_path / "w")
+    with pytest.raises(VckitError, match="max-seconds must be positive"):
+        DemoService(max_seconds=0, workdir=tmp_path / "w")
+    svc = DemoService(workdir=tmp_path / "w")
+    with pytest.raises(VckitError, match="unknown pitch handling"):
+        svc.convert("x.wav", pitch_mode="auto")
+    svc.close()
+    assert not (tmp_path / "w").exists()
+
+
+def test_unreadable_and_missing_input(service: DemoService, tmp_path: Path, male: Path, female: Path) -> None:
+    bad = tmp_path / "notes.wav"
+    bad.write_text("this is not audio\n")
+    with pytest.raises(VckitError, match="cannot read audio file notes.wav"):
+        service.convert(str(bad), REFERENCE_CHOICE, str(female))
+    with pytest.raises(VckitError, match="no source"):
+        service.convert(None, REFERENCE_CHOICE, str(female))
+    with pytest.raises(VckitError, match="no reference voice"):
+        service.convert(str(male), REFERENCE_CHOICE, None)
+    with pytest.raises(VckitError, match="unknown target voice"):
+        service.convert(str(male), "someone", None)
+    with pytest.raises(VckitError, match="unknown example voice"):
+        service.convert(str(male), f"{EXAMPLE_PREFIX}nobody", None)
+    short = write(tmp_path / "short.wav", 0.1 * np.sin(np.arange(8000) * 0.2))
+    with pytest.raises(VckitError, match="reference too short"):
+        service.convert(str(male), REFERENCE_CHOICE, str(short))
+
+
+def test_handler_puts_errors_on_the_page(service: DemoService, tmp_path: Path, female: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    silent = write(tmp_path / "silent.wav", np.zeros(32000))
+    warned: list[str] = []
+    audio, image, text = handle_convert(service, str(silent), REFERENCE_CHOICE, str(female), "griffinlim", "none", 0, warn=warned.append)
+    assert audio is None and image is None
+    assert text.startswith("**Could not convert:**") and "silent" in text and warned == [text.split("** ", 1)[1]]
+
+    def boom(*a, **k):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(service, "convert", boom)
+    audio, image, text = handle_convert(service, str(silent), REFERENCE_CHOICE, str(female), warn=warned.append)
+    assert audio is None and "internal error" in text and "bug" not in text
+
+
+def test_concurrent_requests_get_their_own_results(service: DemoService, data_dir: Path, male: Path, female: Path) -> None:
+    other = data_dir / "vcc2016" / "SF1" / "100001.wav"  # 3.5 s: a different length from `male`
+    jobs = [(str(male), str(female)), (str(other), str(male))]
+    barrier = threading.Barrier(2)
+
+    def run(job):
+        barrier.wait()
+        return service.convert(job[0], REFERENCE_CHOICE, job[1])
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, jobs))
+    for (src, _), res in zip(jobs, results):
+        assert abs(sf.info(str(res.audio)).duration - seconds_of(src)) < 0.05
+    assert results[0].audio.parent != results[1].audio.parent
+    assert results[0].mels != results[1].mels
+
+
+# -- the picture ------------------------------------------------------------------------
+def test_render_mels_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails: the numpy rendering
+    mel = np.random.default_rng(0).standard_normal((80, 50)).astype(np.float32)
+    path = render_mels([("source", mel, 0.6), ("reference", mel * 2, 1.0), ("result", mel[:, :10], 0.1)], tmp_path / "m.png")
+    img = np.asarray(Image.open(path))
+    assert img.shape == (182, 3 * 360 + 2 * 10, 3)
+    assert img[100, 365].tolist() == [255, 255, 255]  # the gap between pictures
+
+
+def test_render_mels_without_matplotlib_or_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    mel = np.random.default_rng(0).standard_normal((80, 50)).astype(np.float32)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib.figure", None)
+        m.setitem(sys.modules, "PIL", None)
+        path = render_mels([("source", mel, 0.6), ("result", mel, 0.6)], tmp_path / "m.png")
+    img = np.asarray(Image.open(path))
+    assert img.shape == (182, 2 * 360 + 10, 3) and (img[:22] == 255).all()  # no titles drawn
+
+
+def test_render_mels_with_matplotlib(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is optional")
+    mel = np.random.default_rng(0).standard_normal((80, 50)).astype(np.float32)
+    path = render_mels([("source", mel, 0.6), ("result", mel, 0.6)], tmp_path / "m.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_png_writer_without_pillow(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (7, 5, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(write_png(tmp_path / "x.png", rgb))), rgb)
+
+
+# -- the app ----------------------------------------------------------------------------
+def test_import_vckit_does_not_import_gradio() -> None:
+    code = "import sys, vckit, vckit.demo_app; print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_build_app(service: DemoService) -> None:
+    import gradio as gr
+
+    from vckit.demo_app import build_app, launch_kwargs
+
+    app = build_app(service)
+    assert isinstance(app, gr.Blocks)
+    kw = launch_kwargs(service)
+    assert str(EXAMPLES_DIR) in kw["allowed_paths"] or not service.examples or service.examples[0].source.parent != EXAMPLES_DIR
+    assert kw["max_file_size"] == "96mb"
+
+
+def test_demo_help() -> None:
+    out = subprocess.run([sys.executable, "demo.py", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    for opt in ("--host", "--port", "--share", "--max-seconds", "--concurrency", "--vocoder"):
+        assert opt in out.stdout
+
+
+# -- the page in a real browser -----------------------------------------------------------------
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"demo.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"demo.py did not answer on {url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path):
+    """``python demo.py`` on a free localhost port, as a subprocess; yields its URL.
+
+    ``VCKIT_DEMO_VOCODER`` picks the vocoder (default griffinlim, for speed).
+    """
+    port = free_port()
+    log = tmp_path / "demo.log"
+    vocoder = os.environ.get("VCKIT_DEMO_VOCODER", "griffinlim")
+    cmd = [sys.executable, "demo.py", "--port", str(port), "--vocoder", vocoder, "--device", "cpu", "--bank", str(tmp_path / "bank")]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_server(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def sync_api():
+    """Playwright's sync API, with Debian's chromium to drive; the test is skipped without them."""
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does it)")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+
+
+def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path) -> None:  # sync_api first: skip before starting the server
+    """Upload a source and a reference, convert, download the result; a silent source gets a message.
+
+    The clips are the first example swap (checkpoints/examples, else two
+    validation speakers from shared/data).
+
+    The screenshot goes to ``$VCKIT_DEMO_SCREENSHOT`` if set (``docs/demo.png``
+    is made with ``VCKIT_DEMO_SCREENSHOT=docs/demo.png VCKIT_DEMO_VOCODER=hifigan``).
+    """
+    example = list_examples(EXAMPLES_DIR, fallback_data=data_dir)[0]
+    male, female = example.source, example.reference
+    silent = write(tmp_path / "silent.wav", np.zeros(32000))
+    shot = Path(os.environ.get("VCKIT_DEMO_SCREENSHOT") or tmp_path / "demo.png")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(demo_server, wait_until="domcontentloaded")
+            page.wait_for_selector("#convert-btn", timeout=30_000)
+            report = page.locator("#report")
+
+            # a silent source: a sentence on the page, no result
+            page.locator("#source-audio input[type=file]").set_input_files(str(silent))
+            page.locator("#reference-audio input[type=file]").set_input_files(str(female))
+            page.click("#convert-btn")
+            sync_api.expect(report).to_contain_text("Could not convert: source is silent", timeout=30_000)
+            sync_api.expect(page.get_by_test_id("toast-body")).to_contain_text("source is silent")  # gr.Warning
+            assert page.locator("#result-audio a[download]").count() == 0
+            page.get_by_test_id("toast-close").first.click()
+
+            # a real swap
+            page.locator("#source-audio button[aria-label='Clear']").click()
+            page.locator("#source-audio input[type=file]").set_input_files(str(male))
+            page.click("#convert-btn")
+            sync_api.expect(report).to_contain_text("similarity of the result to the reference", timeout=60_000)
+            link = page.locator("#result-audio a[download]")
+            link.wait_for(state="attached", timeout=10_000)
+            href = link.get_attribute("href")
+            page.locator("#mels img").wait_for(state="visible", timeout=10_000)
+            page.wait_for_timeout(500)  # let the waveform and picture finish drawing
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+
+            # the semitone slider is for manual pitch handling only
+            slider = page.locator("input[type=range]")
+            assert slider.is_disabled()
+            page.get_by_label("manual semitones").check()
+            sync_api.expect(slider).to_be_enabled()
+
+            # one click on another example converts it
+            last = list_examples(EXAMPLES_DIR, fallback_data=data_dir)[-1]
+            page.get_by_role("button", name=last.label).click()
+            sync_api.expect(report).to_contain_text(f"voice of {last.reference.stem}", timeout=60_000)
+        finally:
+            browser.close()
+    with urllib.request.urlopen(href, timeout=30) as r:
+        (tmp_path / "result.wav").write_bytes(r.read())
+    info = sf.info(str(tmp_path / "result.wav"))
+    assert info.format == "WAV" and info.samplerate == 22050 and info.frames > 0
+    assert abs(info.duration - seconds_of(male)) < 0.05
+    assert shot.read_bytes()[:8] == PNG_MAGIC
