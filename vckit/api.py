@@ -31,6 +31,7 @@ MIN_REFERENCE_S = 1.0
 MIN_SOURCE_S = 0.1
 CHUNK_FRAMES = 4096  # long sources are converted in equal chunks of at most this many frames (~48 s)
 CHUNK_OVERLAP = 128  # frames cross-faded between neighbouring chunks
+VOCODER_CHUNK = 256  # mel frames per vocoder call: as fast as 512 on CPU, half the activation memory
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "default"
 
@@ -222,7 +223,7 @@ class Converter:
 
     @torch.inference_mode()
     def _vocode(self, mel: torch.Tensor) -> np.ndarray:
-        wav = self.vocoder.vocode(mel)
+        wav = self.vocoder.vocode(mel, chunk_frames=VOCODER_CHUNK)
         return wav.detach().float().cpu().numpy().astype(np.float32)
 
 
