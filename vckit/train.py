@@ -121,7 +121,148 @@ def _select(store: FeatureStore, manifest: str) -> list[dict[str, Any]]:
 
 
 # -- the loop --------------------------------------------------------------
-class Trainer:
+class TrainingLoop:
+    """The loop every trainer shares: budgets, logging, validation, checkpoints, signals.
+
+    A subclass sets ``cfg`` (with a ``train`` section: steps, time_budget,
+    log_every, valid_every, ckpt_every), ``dist``, ``out_dir``, ``step``,
+    ``elapsed``, and implements :meth:`train_step`, :meth:`save` and
+    :meth:`set_train_mode`; :meth:`validate` and :meth:`after_validate` are
+    optional. ``loss_key`` is checked for divergence, ``progress_key`` shown
+    on the progress bar.
+    """
+
+    loss_key = "loss/total"
+    progress_key = ("recon", "loss/recon_l1")
+    cfg: Any
+    dist: Dist
+    device: torch.device
+    out_dir: Path
+    step: int
+    elapsed: float
+    writer: Any = None
+    _stop: bool = False
+
+    def train_step(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def save(self) -> Path | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def set_train_mode(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def after_validate(self) -> None:
+        """Called on the main process after each validation (e.g. to log images)."""
+
+    def _log(self, stats: dict[str, Any], prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for k, v in stats.items():
+            self.writer.add_scalar(prefix + k, float(v), self.step)
+
+    def _open_writer(self) -> None:
+        if not self.dist.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
+            return
+        self.writer = SummaryWriter(str(self.out_dir / "tb"))
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
+        self._stop = True
+
+    def _agree_stop(self, stop: bool) -> bool:
+        if self.dist.world == 1:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _check_writable(self) -> None:
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / f".write-test.{os.getpid()}"  # one per process: ranks share the folder
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise VckitError(f"cannot write to the output folder {self.out_dir}: {e.strerror or e}") from None
+
+    def run(self, *, max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
+        """Train until ``train.steps`` (or ``max_steps``), ``train.time_budget``
+        training seconds or ``time_limit`` wall seconds; checkpoint on the way
+        out. Returns the last logged statistics."""
+        t = self.cfg.train
+        end = min(t.steps, max_steps) if max_steps else t.steps
+        self._check_writable()
+        self._open_writer()
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if self._in_main_thread() else {}
+        for s in old:
+            signal.signal(s, self._handle_signal)
+        bar = None
+        if progress and self.dist.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        t0 = time.time()
+        last: dict[str, float] = {}
+        saved_at = self.step
+        self.set_train_mode()
+        name, key = self.progress_key
+        try:
+            while self.step < end and not (t.time_budget > 0 and self.elapsed >= t.time_budget):
+                t_step = time.time()
+                stats = self.train_step()
+                self.elapsed += time.time() - t_step
+                if bar:
+                    bar.update(1)
+                if self.step % t.log_every == 0 or self.step == end:
+                    last = {k: float(v) for k, v in stats.items()}
+                    if not math.isfinite(last[self.loss_key]):
+                        raise VckitError(f"training diverged at step {self.step} (loss is {last[self.loss_key]}); lower train.lr")
+                    self._log(last, "train/")
+                    if bar:
+                        bar.set_postfix({name: f"{last[key]:.3f}"}, refresh=False)
+                if self.step % t.valid_every == 0 and self.dist.main:
+                    v = self.validate()
+                    last.update(v)
+                    self._log(v)
+                    self.after_validate()
+                    if v:
+                        log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
+                stop = self._agree_stop(self._stop or timed_out)
+                if self.step % t.ckpt_every == 0 or stop:
+                    self.save()
+                    saved_at = self.step
+                if stop:
+                    log.info("stopping at step %d (%s)", self.step, "time limit" if timed_out else "signal")
+                    break
+            if saved_at != self.step:
+                self.save()
+        finally:
+            if bar:
+                bar.close()
+            if self.writer:
+                self.writer.flush()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return last
+
+    @staticmethod
+    def _in_main_thread() -> bool:
+        import threading
+
+        return threading.current_thread() is threading.main_thread()
+
+
+class Trainer(TrainingLoop):
     """Holds the run's state; :meth:`run` trains until the step or time budget."""
 
     def __init__(self, cfg: Config, *, device: str = "auto", resume: bool = False, init_from: str | None = None):
@@ -301,11 +442,11 @@ class Trainer:
         return {"valid/recon_l1": l1s / n, "valid/conv_sim_target": sim_t / n, "valid/conv_sim_source": sim_s / n}
 
     # logging ---------------------------------------------------------------
-    def _log(self, stats: dict[str, Any], prefix: str = "") -> None:
-        if self.writer is None:
-            return
-        for k, v in stats.items():
-            self.writer.add_scalar(prefix + k, float(v), self.step)
+    def set_train_mode(self) -> None:
+        self.model.train()
+
+    def after_validate(self) -> None:
+        self._log_mels()
 
     def _log_mels(self) -> None:
         if self.writer is None or not self.valid_utts:
@@ -318,102 +459,6 @@ class Trainer:
         img = torch.cat([out["target"][0], out["pred"][0].float()], dim=0).flip(0)
         img = ((img - img.min()) / (img.max() - img.min() + 1e-5)).cpu()
         self.writer.add_image("mel/target_top_vs_pred_bottom", img[None], self.step)
-
-    def _open_writer(self) -> None:
-        if not self.dist.main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
-            return
-        self.writer = SummaryWriter(str(self.out_dir / "tb"))
-
-    def _handle_signal(self, signum: int, frame: Any) -> None:
-        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
-        self._stop = True
-
-    def _agree_stop(self, stop: bool) -> bool:
-        if self.dist.world == 1:
-            return stop
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
-    def run(self, *, max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
-        """Train until ``cfg.train.steps`` (or ``max_steps``) or ``time_limit`` seconds.
-
-        Returns the last logged statistics.
-        """
-        cfg, t = self.cfg, self.cfg.train
-        end = min(t.steps, max_steps) if max_steps else t.steps
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / f".write-test.{os.getpid()}"  # one per process: ranks share the folder
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise VckitError(f"cannot write to the output folder {self.out_dir}: {e.strerror or e}") from None
-        self._open_writer()
-        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if self._in_main_thread() else {}
-        for s in old:
-            signal.signal(s, self._handle_signal)
-        bar = None
-        if progress and self.dist.main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        t0 = time.time()
-        last: dict[str, float] = {}
-        saved_at = self.step
-        self.model.train()
-        try:
-            while self.step < end:
-                if t.time_budget > 0 and self.elapsed >= t.time_budget:
-                    break
-                t_step = time.time()
-                stats = self.train_step()
-                self.elapsed += time.time() - t_step
-                if bar:
-                    bar.update(1)
-                if self.step % t.log_every == 0 or self.step == end:
-                    last = {k: float(v) for k, v in stats.items()}
-                    if not math.isfinite(last["loss/total"]):
-                        raise VckitError(f"training diverged at step {self.step} (loss is {last['loss/total']}); lower train.lr")
-                    self._log(last, "train/")
-                    if bar:
-                        bar.set_postfix(recon=f"{last['loss/recon_l1']:.3f}", refresh=False)
-                if self.step % t.valid_every == 0 and self.dist.main:
-                    v = self.validate()
-                    last.update(v)
-                    self._log(v)
-                    self._log_mels()
-                    if v:
-                        log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
-                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
-                stop = self._agree_stop(self._stop or timed_out)
-                if self.step % t.ckpt_every == 0 or stop:
-                    self.save()
-                    saved_at = self.step
-                if stop:
-                    log.info("stopping at step %d (%s)", self.step, "time limit" if timed_out else "signal")
-                    break
-            if saved_at != self.step:
-                self.save()
-        finally:
-            if bar:
-                bar.close()
-            if self.writer:
-                self.writer.flush()
-            for s, h in old.items():
-                signal.signal(s, h)
-        return last
-
-    @staticmethod
-    def _in_main_thread() -> bool:
-        import threading
-
-        return threading.current_thread() is threading.main_thread()
 
 
 def train(cfg: Config, *, resume: bool = False, device: str = "auto", max_steps: int | None = None, time_limit: float | None = None, init_from: str | None = None, progress: bool = True) -> dict[str, float]:

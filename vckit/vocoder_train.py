@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +43,7 @@ from vckit.models.vocoder.discriminators import (
     generator_adversarial_loss,
 )
 from vckit.models.vocoder.vocos import WEIGHTS_FILE, Vocos, VocosConfig, export_vocos, read_meta, save_vocos
-from vckit.train import autocast_for, make_optimizer, setup_distributed
+from vckit.train import TrainingLoop, autocast_for, make_optimizer, setup_distributed
 from vckit.vocoder_data import WaveSampler, WaveStore
 
 log = logging.getLogger(__name__)
@@ -140,7 +136,7 @@ def _load_weights(module: torch.nn.Module, path: Path, device: torch.device) -> 
 
 
 # -- the loop --------------------------------------------------------------
-class VocoderTrainer:
+class VocoderTrainer(TrainingLoop):
     """Holds the run's state; :meth:`run` trains until the step or time budget."""
 
     def __init__(self, cfg: VocoderConfig, *, device: str = "auto", resume: bool = False):
@@ -322,97 +318,13 @@ class VocoderTrainer:
             self.writer.add_audio("valid/audio_0", first.float().cpu()[None], self.step, self.cfg.mel.sample_rate)
         return {"valid/mel_l1": total / max(1, n)}
 
-    # logging and stopping ---------------------------------------------------
-    def _log(self, stats: dict[str, float]) -> None:
-        if self.writer is not None:
-            for k, v in stats.items():
-                self.writer.add_scalar(k, v, self.step)
+    # hooks of the shared loop -----------------------------------------------
+    loss_key = "loss/gen_total"
+    progress_key = ("mel", "loss/mel_l1")
 
-    def _open_writer(self) -> None:
-        if not self.dist.main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
-            return
-        self.writer = SummaryWriter(str(self.out_dir / "tb"))
-
-    def _handle_signal(self, signum: int, frame: Any) -> None:
-        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
-        self._stop = True
-
-    def _agree_stop(self, stop: bool) -> bool:
-        if self.dist.world == 1:
-            return stop
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
-    def run(self, *, max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
-        """Train until ``train.steps`` (or ``max_steps``) or ``time_limit`` seconds; return the last logged statistics."""
-        t = self.cfg.train
-        end = min(t.steps, max_steps) if max_steps else t.steps
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / f".write-test.{os.getpid()}"  # one per process: ranks share the folder
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise VckitError(f"cannot write to the output folder {self.out_dir}: {e.strerror or e}") from None
-        self._open_writer()
-        main_thread = threading.current_thread() is threading.main_thread()
-        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
-        for s in old:
-            signal.signal(s, self._handle_signal)
-        bar = None
-        if progress and self.dist.main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        t0 = time.time()
-        last: dict[str, float] = {}
-        saved_at = self.step
+    def set_train_mode(self) -> None:
         self.gen.train()
         self.disc.train()
-        try:
-            while self.step < end and not (t.time_budget > 0 and self.elapsed >= t.time_budget):
-                t_step = time.time()
-                stats = self.train_step()
-                self.elapsed += time.time() - t_step
-                if bar:
-                    bar.update(1)
-                if self.step % t.log_every == 0 or self.step == end:
-                    last = {k: float(v) for k, v in stats.items()}
-                    if not math.isfinite(last["loss/gen_total"]):
-                        raise VckitError(f"training diverged at step {self.step} (loss is {last['loss/gen_total']}); lower train.lr")
-                    self._log({f"train/{k}": v for k, v in last.items()})
-                    if bar:
-                        bar.set_postfix(mel=f"{last['loss/mel_l1']:.3f}", refresh=False)
-                if self.step % t.valid_every == 0 and self.dist.main:
-                    v = self.validate()
-                    last.update(v)
-                    self._log(v)
-                    if v:
-                        log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
-                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
-                stop = self._agree_stop(self._stop or timed_out)
-                if self.step % t.ckpt_every == 0 or stop:
-                    self.save()
-                    saved_at = self.step
-                if stop:
-                    log.info("stopping at step %d (%s)", self.step, "time limit" if timed_out else "signal")
-                    break
-            if saved_at != self.step:
-                self.save()
-        finally:
-            if bar:
-                bar.close()
-            if self.writer:
-                self.writer.flush()
-            for s, h in old.items():
-                signal.signal(s, h)
-        return last
 
 
 def _split(outputs: list[tuple[torch.Tensor, list[torch.Tensor]]], n: int) -> tuple[list, list]:

@@ -151,7 +151,6 @@ def final(best: str, seconds_left: float, final_seconds: float, resume: bool) ->
 
 def export(out: Path, which: str) -> None:
     sys.path.insert(0, ".")
-    import torch
     from safetensors.torch import save_file
 
     from vckit.checkpoint import latest_checkpoint, load_checkpoint
