@@ -143,6 +143,21 @@ class TrainingLoop:
     writer: Any = None
     _stop: bool = False
 
+    def _setup(self, device: str) -> None:
+        """Join the process group, pick the device, set determinism and seed from ``cfg.train``."""
+        self.dist, self.device = setup_distributed(device)
+        t = self.cfg.train
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(t.seed + self.dist.rank)
+        self.out_dir = Path(t.out_dir)
+
     def train_step(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -267,18 +282,8 @@ class Trainer(TrainingLoop):
 
     def __init__(self, cfg: Config, *, device: str = "auto", resume: bool = False, init_from: str | None = None):
         self.cfg = cfg
-        self.dist, self.device = setup_distributed(device)
+        self._setup(device)
         t = cfg.train
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(t.seed + self.dist.rank)
-        self.out_dir = Path(t.out_dir)
         self.store = FeatureStore.load(cfg.data.features, cfg.mel, self.device)
         self.train_utts = _select(self.store, cfg.data.train_manifest)
         self.valid_utts = _select(self.store, cfg.data.valid_manifest) if cfg.data.valid_manifest else []

@@ -43,7 +43,7 @@ from vckit.models.vocoder.discriminators import (
     generator_adversarial_loss,
 )
 from vckit.models.vocoder.vocos import WEIGHTS_FILE, Vocos, VocosConfig, export_vocos, read_meta, save_vocos
-from vckit.train import TrainingLoop, autocast_for, make_optimizer, setup_distributed
+from vckit.train import TrainingLoop, autocast_for, make_optimizer
 from vckit.vocoder_data import WaveSampler, WaveStore
 
 log = logging.getLogger(__name__)
@@ -141,18 +141,8 @@ class VocoderTrainer(TrainingLoop):
 
     def __init__(self, cfg: VocoderConfig, *, device: str = "auto", resume: bool = False):
         self.cfg = cfg
-        self.dist, self.device = setup_distributed(device)
+        self._setup(device)
         t = cfg.train
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(t.seed + self.dist.rank)
-        self.out_dir = Path(t.out_dir)
         self.store = WaveStore.load(cfg.data.cache, cfg.mel.sample_rate, self.device)
         self.valid_utts = self.store.split("valid")[: cfg.data.valid_utterances]
         seed = t.seed + 1000 * self.dist.rank + 1
