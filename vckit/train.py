@@ -135,6 +135,8 @@ class TrainingLoop:
     loss_key = "loss/total"
     progress_key = ("recon", "loss/recon_l1")
     cfg: Any
+    sampler: Any  # with state_dict() / load_state_dict() of its generator
+    best: dict[str, float]
     dist: Dist
     device: torch.device
     out_dir: Path
@@ -157,6 +159,40 @@ class TrainingLoop:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(t.seed + self.dist.rank)
         self.out_dir = Path(t.out_dir)
+
+    def _loop_state(self) -> dict[str, Any]:
+        """Step, training time, RNG states and every rank's sampler state, for ``train_state.pt``.
+
+        Collective under DDP: every rank must call it (only the main one saves).
+        """
+        own = self.sampler.state_dict()["gen"].cpu()
+        samplers: list[Any] = [own]
+        if self.dist.world > 1:
+            samplers = [None] * self.dist.world
+            dist.all_gather_object(samplers, own)
+        return {
+            "step": self.step,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "sampler": samplers,
+            "world": self.dist.world,
+            "elapsed": self.elapsed,
+            "best": self.best,
+        }
+
+    def _restore_loop_state(self, state: dict[str, Any]) -> None:
+        """The inverse of :meth:`_loop_state`, for this rank."""
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.best = dict(state.get("best", {}))
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        samplers = state["sampler"]
+        if len(samplers) == self.dist.world:
+            self.sampler.load_state_dict({"gen": samplers[self.dist.rank]})
+        else:
+            log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(samplers))
 
     def train_step(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -315,28 +351,11 @@ class Trainer(TrainingLoop):
         self._stop = False
 
     # checkpoints ------------------------------------------------------------
-    def _gather_sampler_states(self) -> list[torch.Tensor]:
-        own = self.sampler.state_dict()["gen"].cpu()
-        if self.dist.world == 1:
-            return [own]
-        out: list[Any] = [None] * self.dist.world
-        dist.all_gather_object(out, own)
-        return out
-
     def save(self) -> Path | None:
-        samplers = self._gather_sampler_states()
+        state = self._loop_state()
         if not self.dist.main:
             return None
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "sampler": samplers,
-            "world": self.dist.world,
-            "elapsed": self.elapsed,
-            "best": self.best,
-        }
+        state["optimizer"] = self.optimizer.state_dict()
         path = save_checkpoint(
             step_folder(self.out_dir, self.step),
             self.cfg,
@@ -360,17 +379,7 @@ class Trainer(TrainingLoop):
         self.model.load_state_dict(sd, strict=True)
         state = load_train_state(ck)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.best = dict(state.get("best", {}))
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        samplers = state["sampler"]
-        if len(samplers) == self.dist.world:
-            self.sampler.load_state_dict({"gen": samplers[self.dist.rank]})
-        else:
-            log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(samplers))
+        self._restore_loop_state(state)
         log.info("resumed from %s at step %d", ck, self.step)
 
     # one step ---------------------------------------------------------------

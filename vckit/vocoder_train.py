@@ -25,7 +25,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -174,24 +173,11 @@ class VocoderTrainer(TrainingLoop):
 
     # checkpoints ------------------------------------------------------------
     def save(self) -> Path | None:
-        own = self.sampler.state_dict()["gen"].cpu()
-        samplers: list[Any] = [own]
-        if self.dist.world > 1:
-            samplers = [None] * self.dist.world
-            dist.all_gather_object(samplers, own)
+        state = self._loop_state()
         if not self.dist.main:
             return None
-        state = {
-            "step": self.step,
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "sampler": samplers,
-            "world": self.dist.world,
-            "elapsed": self.elapsed,
-            "best": self.best,
-        }
+        state["opt_g"] = self.opt_g.state_dict()
+        state["opt_d"] = self.opt_d.state_dict()
         path = save_vocos(
             step_folder(self.out_dir, self.step),
             self.gen,
@@ -222,16 +208,7 @@ class VocoderTrainer(TrainingLoop):
         state = load_train_state(ck)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.best = dict(state.get("best", {}))
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        if len(state["sampler"]) == self.dist.world:
-            self.sampler.load_state_dict({"gen": state["sampler"][self.dist.rank]})
-        else:
-            log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(state["sampler"]))
+        self._restore_loop_state(state)
         log.info("resumed from %s at step %d", ck, self.step)
 
     # one step ---------------------------------------------------------------
