@@ -6,7 +6,9 @@ it); torchaudio is used for resampling and the mel filterbank only.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 
 from vckit.config import MelConfig
 from vckit.errors import (
+    AudioError,
     EmptyAudioError,
     NonFiniteAudioError,
     SilentAudioError,
@@ -34,6 +37,8 @@ TARGET_RMS_DB = -20.0  # loudness of active speech after normalisation, dBFS
 PEAK_LIMIT = 0.95
 SILENCE_PEAK = 1e-4  # below this peak amplitude a signal counts as silent
 TRIM_DB = 40.0  # frames this far below the loudest count as silence when trimming
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 768000  # inputs outside this range are refused
+MAX_RESAMPLE_TAPS = 1_000_000  # bound on torchaudio's sinc kernel (reduced orig rate * new rate)
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -68,15 +73,44 @@ def to_mono(wav: np.ndarray) -> np.ndarray:
     return wav.mean(axis=0)
 
 
+def resample_ratio(orig_sr: int, target_sr: int) -> tuple[int, int]:
+    """The rates, in lowest terms, that :func:`resample` hands torchaudio.
+
+    torchaudio's sinc kernel holds about ``orig * new`` taps (the rates
+    divided by their gcd): 44101 -> 22050 Hz would need 16 GB and minutes.
+    When that product is over :data:`MAX_RESAMPLE_TAPS`, the nearest fraction
+    whose product is not is used: the rate is then off by at most 0.05 %
+    (under one cent of pitch, 1.8 s in an hour).
+    """
+    from fractions import Fraction
+
+    ratio = Fraction(int(orig_sr), int(target_sr))
+    if ratio.numerator * ratio.denominator <= MAX_RESAMPLE_TAPS:
+        return ratio.numerator, ratio.denominator
+    limit = max(1, math.isqrt(MAX_RESAMPLE_TAPS * target_sr // orig_sr))
+    while True:
+        approx = ratio.limit_denominator(limit)
+        if approx.numerator * approx.denominator <= MAX_RESAMPLE_TAPS or limit == 1:
+            return approx.numerator, approx.denominator
+        limit = limit * 9 // 10
+
+
 def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling of a 1-D float array (torchaudio's sinc resampler)."""
+    """Band-limited resampling of a 1-D float array (torchaudio's sinc resampler).
+
+    Rates that share only a small factor (e.g. 44101 Hz) are approximated as
+    :func:`resample_ratio` says, so time and memory stay bounded.
+    """
     if orig_sr == target_sr:
         return wav
-    if orig_sr <= 0:
-        raise VckitError(f"sample rate must be positive, got {orig_sr}")
+    if orig_sr <= 0 or target_sr <= 0:
+        raise VckitError(f"sample rates must be positive, got {orig_sr} and {target_sr}")
     import torchaudio.functional as AF
 
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), int(orig_sr), int(target_sr))
+    orig, new = resample_ratio(orig_sr, target_sr)
+    if orig == new:
+        return wav
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), orig, new)
     return out.numpy()
 
 
@@ -164,8 +198,8 @@ def load_audio(
             else:
                 raise VckitError(f"{what}: unsupported sample type {wav.dtype}")
         wav = wav.astype(np.float32, copy=False)
-    if sr <= 0:
-        raise VckitError(f"{what}: sample rate must be positive, got {sr}")
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{what}: sample rate {sr} Hz is outside the {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz that vckit reads")
     wav = to_mono(wav)
     check_signal(wav, what)
     wav = resample(wav, sr, target_sr)
@@ -182,8 +216,13 @@ def load_audio(
 def write_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sr: int, *, overwrite: bool = False) -> Path:
     """Write 16-bit PCM WAV atomically (temp file, fsync, rename).
 
-    Raises :class:`VckitError` if ``path`` exists and ``overwrite`` is false.
+    The WAV is encoded in memory first, so a full disk or an unwritable
+    folder is an ``OSError`` with its reason, turned into :class:`VckitError`;
+    ``path`` is never left half-written. Also raises :class:`VckitError` if
+    ``path`` exists and ``overwrite`` is false.
     """
+    import io
+
     import soundfile as sf
 
     path = Path(path)
@@ -191,19 +230,75 @@ def write_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sr: int, 
         raise VckitError(f"{path} already exists (pass overwrite to replace it)")
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu().float().numpy()
-    wav = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if not np.isfinite(wav).all():
+        raise NonFiniteAudioError(f"cannot write {path}: the audio contains NaN or infinite samples")
+    wav = np.clip(wav, -1.0, 1.0)
+    buf = io.BytesIO()
+    sf.write(buf, wav, sr, format="WAV", subtype="PCM_16")
     try:
+        if path.parent.exists() and not path.parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{path.parent} is not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomically(path, buf.getbuffer(), overwrite=overwrite)
+    except FileExistsError:
+        raise VckitError(f"{path} already exists (pass overwrite to replace it)") from None
+    except OSError as e:
+        raise VckitError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def write_file_atomically(path: Path, data: bytes | memoryview, *, overwrite: bool) -> None:
+    """Put ``data`` at ``path`` whole, or not at all, fsynced; raises ``OSError``.
+
+    On Linux the bytes go into an unnamed file (``O_TMPFILE``) that is linked
+    into the folder only when complete, so even ``kill -9`` mid-write leaves
+    no file behind; elsewhere a hidden temp file is renamed into place.
+    Without ``overwrite`` an existing ``path`` gives ``FileExistsError``.
+    """
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666)
+    except (AttributeError, OSError):  # not Linux, or a file system without it
+        fd = -1
+    if fd >= 0:
         with os.fdopen(fd, "wb") as f:
-            sf.write(f, wav, sr, format="WAV", subtype="PCM_16")
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            try:
+                _link_into_place(f"/proc/self/fd/{f.fileno()}", path, overwrite)
+                return
+            except FileExistsError:
+                raise
+            except OSError:  # no /proc: write it again the portable way
+                log.debug("O_TMPFILE link failed for %s; using a temp file", path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if not overwrite and path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path))
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def _link_into_place(src: str, path: Path, overwrite: bool) -> None:
+    """Hard-link ``src`` (a complete file) to ``path``: exclusively, or replacing it."""
+    if not overwrite:
+        os.link(src, path)  # atomic, and FileExistsError if something is there
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    os.link(src, tmp)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
