@@ -178,6 +178,25 @@ def _cmd_speakers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from vckit.finetune import FinetuneConfig, finetune
+
+    from vckit.api import default_checkpoint
+
+    parts = ("content_encoder", "speaker_encoder", "decoder") if args.train_content else FinetuneConfig.train
+    given = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr), ("time_budget", args.time_budget)) if v is not None}
+    cfg = FinetuneConfig(train=parts, **given)
+    out = args.out or str(Path("runs") / "finetune" / (args.speaker or Path(args.data).stem))
+    res = finetune(args.source or default_checkpoint(), args.data, out, speaker=args.speaker, config=cfg, bank=args.bank, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    audio = ", ".join(f"{n} ({s / 60:.1f} min)" for n, s in res.speakers.items())
+    print(f"fine-tuned on {audio}: {res.steps} steps in {res.train_seconds:.0f} s ({res.total_seconds:.0f} s in all)")
+    print(f"self-reconstruction L1 {res.recon_before:.3f} -> {res.recon_after:.3f}; {len(res.skipped)} file(s) skipped")
+    print(f"wrote {res.checkpoint}")
+    for name, path in res.profiles.items():
+        print(f"enrolled {name}: {path}  (vckit convert SRC --checkpoint {res.checkpoint} --speaker {name} -o OUT.wav)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vckit", description="Disentangling voice conversion.")
     p.add_argument("--version", action="version", version=f"vckit {__version__}")
@@ -230,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     e.add_argument("--overwrite", action="store_true", help="replace an enrolled speaker of the same name")
     e.set_defaults(func=_cmd_enroll)
+
+    f = sub.add_parser("finetune", help="adapt a model to new speakers from a few minutes of their audio, and enroll them")
+    f.add_argument("--from", dest="source", default=None, help="the checkpoint to start from (default: the shipped model; not modified)")
+    f.add_argument("--data", required=True, help="a folder of recordings (with --speaker), a folder of <speaker>/ folders, or a .csv/.jsonl")
+    f.add_argument("--speaker", default=None, help="the name of the one speaker in --data (enrolled under it)")
+    f.add_argument("--out", default=None, help="the new checkpoint folder (default: runs/finetune/<speaker or data folder name>)")
+    f.add_argument("--steps", type=int, default=None, help="training steps (default 500)")
+    f.add_argument("--batch-size", type=int, default=None, help="segments per step (default 16)")
+    f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4)")
+    f.add_argument("--time-budget", type=float, default=None, help="stop after this many training seconds")
+    f.add_argument("--train-content", action="store_true", help="also train the content encoder (frozen by default)")
+    f.add_argument("--bank", default=None, help="speaker bank to enroll into (default: user data dir, or $VCKIT_BANK)")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out folder and enrolled speakers of the same names")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=_cmd_finetune)
 
     sp = sub.add_parser("speakers", help="list enrolled speakers")
     sp.add_argument("--bank", default=None)

@@ -1,0 +1,147 @@
+"""Fine-tuning: from an inference checkpoint to a new checkpoint and an
+enrolled speaker; frozen parts stay put, the rest fits the new voice; bad
+input gives one clear error."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import vckit
+from conftest import TINY_MODEL
+from vckit.checkpoint import WEIGHTS_FILE, export_for_inference, load_checkpoint, read_meta, save_checkpoint, sha256_file
+from vckit.cli import main as vckit_main
+from vckit.config import Config, from_dict
+from vckit.errors import ConfigError, VckitError
+from vckit.finetune import FinetuneConfig, finetune
+from vckit.models import VoiceConversionModel
+from vckit.speakers import load_profile
+
+FAST = FinetuneConfig(steps=30, batch_size=8, segment_frames=32, lr=2e-3, warmup_steps=3)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A tiny VQ model shipped like checkpoints/default: fp16, no adversary, sha256 recorded."""
+    root = tmp_path_factory.mktemp("source")
+    model_cfg = {**TINY_MODEL, "vq": {"enabled": True, "codebook_size": 32}}
+    cfg = Config(model=from_dict(Config, {"model": model_cfg}).model)
+    torch.manual_seed(0)
+    model = VoiceConversionModel(cfg.mel, cfg.model)
+    save_checkpoint(root / "train", cfg, model.state_dict(), step=100)
+    return export_for_inference(root / "train", root / "model", extra={"name": "tiny"})
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory, data_dir) -> Path:
+    """voices/<speaker>/*.wav: two held-out speakers, five real utterances each (~17 s)."""
+    root = tmp_path_factory.mktemp("voices") / "voices"
+    for name, spk in (("sm1", "SM1"), ("sf1", "SF1")):
+        (root / name).mkdir(parents=True)
+        for f in sorted((data_dir / "vcc2016" / spk).glob("*.wav"))[:5]:
+            shutil.copy(f, root / name / f.name)
+    return root
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+
+
+def test_finetune_trains_only_the_chosen_parts_and_enrolls(source, voices, tmp_path):
+    before_src = folder_digest(source)
+    out, bank = tmp_path / "ft" / "me", tmp_path / "bank"
+    res = finetune(source, voices / "sm1", out, speaker="me", config=FAST, bank=bank, device="cpu", progress=False)
+    assert res.checkpoint == out and res.steps == 30 and list(res.speakers) == ["me"]
+    assert 15 < res.speakers["me"] < 25
+    assert res.recon_after < 0.9 * res.recon_before  # it fits the new voice
+    assert folder_digest(source) == before_src  # the source is never touched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["me"]  # no work folder left behind
+
+    _, sd0, _ = load_checkpoint(source)
+    _, sd1, meta = load_checkpoint(out)
+    assert sd0.keys() == sd1.keys()
+    frozen = [k for k in sd0 if k.startswith(("content_encoder.", "vq."))]
+    learnt = [k for k in sd0 if k.startswith(("decoder.", "speaker_encoder.")) and sd0[k].is_floating_point()]
+    assert frozen and all(torch.equal(sd0[k], sd1[k]) for k in frozen)  # VQ codebook included
+    assert sum(not torch.equal(sd0[k], sd1[k]) for k in learnt) > 0.8 * len(learnt)
+    assert meta["speakers"] == ["me"] and meta["finetuned_from"] == str(source) and meta["finetune"]["steps_done"] == 30
+    assert meta["sha256"][WEIGHTS_FILE] == sha256_file(out / WEIGHTS_FILE)
+
+    vc = vckit.load(out, device="cpu", vocoder="griffinlim")
+    prof = load_profile(bank, "me")
+    assert prof.model_id == vc.model_id and prof.meta["finetuned"] and len(prof.meta["references"]) == 5
+    refs = prof.meta["references"]
+    torch.testing.assert_close(prof.embedding, vc.embed_speaker(refs))  # what `vckit enroll` would store
+    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=prof.embedding)
+    assert np.isfinite(wav).all() and len(wav) > 0
+
+    # never replaces an output or a profile unasked
+    with pytest.raises(VckitError, match="already exists"):
+        finetune(source, voices / "sm1", out, speaker="me", config=FAST, bank=bank, device="cpu", progress=False)
+    with pytest.raises(VckitError, match="already enrolled"):
+        finetune(source, voices / "sm1", tmp_path / "other", speaker="me", config=FAST, bank=bank, device="cpu", progress=False)
+
+
+def test_finetune_content_encoder_when_asked(source, voices, tmp_path):
+    cfg = FinetuneConfig(steps=5, batch_size=4, segment_frames=32, lr=2e-3, train=("content_encoder", "decoder"))
+    res = finetune(source, voices / "sf1", tmp_path / "m", speaker="her", config=cfg, enroll=False, device="cpu", progress=False)
+    assert res.profiles == {}
+    _, sd0, _ = load_checkpoint(source)
+    _, sd1, _ = load_checkpoint(tmp_path / "m")
+    assert not torch.equal(sd0["content_encoder.inp.weight"], sd1["content_encoder.inp.weight"])
+    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0 if k.startswith("speaker_encoder."))
+
+
+def test_cli_finetunes_several_speakers_then_converts(source, voices, tmp_path, capsys):
+    out, bank = tmp_path / "model", tmp_path / "bank"
+    args = ["finetune", "--from", str(source), "--data", str(voices), "--out", str(out), "--steps", "4", "--batch-size", "4", "--bank", str(bank), "--device", "cpu", "--quiet"]
+    assert vckit_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "enrolled sf1" in printed and "enrolled sm1" in printed and f"wrote {out}" in printed
+    assert read_meta(out)["speakers"] == ["sf1", "sm1"]
+    wav_out = tmp_path / "conv.wav"
+    src = voices / "sm1" / "100001.wav"
+    assert vckit_main(["convert", str(src), "--speaker", "sf1", "--bank", str(bank), "--checkpoint", str(out), "--vocoder", "griffinlim", "--device", "cpu", "-o", str(wav_out)]) == 0
+    assert sf.info(str(wav_out)).duration > 1.0
+    # again: refused, then replaced with --overwrite
+    assert vckit_main(args) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert vckit_main(args + ["--overwrite", "--steps", "2"]) == 0
+    assert read_meta(out)["finetune"]["steps_done"] == 2
+
+
+def test_bad_input_is_one_clear_error(source, voices, tmp_path, data_dir, capsys):
+    run = dict(config=FAST, bank=tmp_path / "bank", device="cpu", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VckitError, match="no readable audio"):
+        finetune(source, tmp_path / "empty", tmp_path / "o", speaker="x", **run)
+    with pytest.raises(VckitError, match="not found"):
+        finetune(source, tmp_path / "missing", tmp_path / "o", speaker="x", **run)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    sf.write(bad / "silent.wav", np.zeros(48000, dtype=np.float32), 16000)
+    with pytest.raises(VckitError, match="no usable audio"):
+        finetune(source, bad, tmp_path / "o", speaker="x", **run)
+    short = tmp_path / "short"
+    short.mkdir()
+    shutil.copy(data_dir / "vcc2016" / "SF1" / "100001.wav", short / "a.wav")
+    with pytest.raises(VckitError, match=r"at least 10 s"):
+        finetune(source, short, tmp_path / "o", speaker="x", **run)
+    with pytest.raises(VckitError, match="invalid speaker name"):
+        finetune(source, voices / "sm1", tmp_path / "o", speaker="no/slash", **run)
+    with pytest.raises(VckitError, match="is the source checkpoint"):
+        finetune(source, voices / "sm1", source, speaker="x", overwrite=True, **run)
+    with pytest.raises(VckitError, match="not a vckit checkpoint"):
+        finetune(voices, voices / "sm1", tmp_path / "o", speaker="x", **run)
+    with pytest.raises(ConfigError, match="parts to train"):
+        FinetuneConfig(train=("decoder", "vocoder"))
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.finetune-*"))
+    assert vckit_main(["finetune", "--data", str(tmp_path / "empty"), "--speaker", "x", "--out", str(tmp_path / "o"), "--from", str(source)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no readable audio") and "\n" not in err
