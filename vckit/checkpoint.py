@@ -41,6 +41,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _reason(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -79,7 +85,7 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
         if folder.exists():
-            old = folder.with_name(folder.name + ".old")
+            old = folder.with_name(folder.name + ".tmp-old")  # a kill here leaves it for prune_checkpoints
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
             os.replace(tmp, folder)
@@ -108,9 +114,13 @@ def save_checkpoint(
     """Write a checkpoint folder atomically and return its path.
 
     ``dtype`` (e.g. ``torch.float16``) casts floating weights for shipping.
-    Raises :class:`CheckpointError` if the folder cannot be written.
+    Raises :class:`CheckpointError` if the folder cannot be written (a full
+    disk says so: the files are serialised in memory and written by Python,
+    whose ``OSError`` carries the reason, not by the serialisers' own writers).
     """
-    from safetensors.torch import save_file
+    import io
+
+    from safetensors.torch import save
 
     with atomic_folder(folder) as tmp:
         tensors = {}
@@ -119,11 +129,13 @@ def save_checkpoint(
             if dtype is not None and v.is_floating_point():
                 v = v.to(dtype)
             tensors[k] = v.contiguous()
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "step": str(step)})
+        (tmp / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": FORMAT, "step": str(step)}))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "config": to_dict(config), **(extra or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         if train_state is not None:
-            torch.save(train_state, tmp / STATE_FILE)
+            buf = io.BytesIO()
+            torch.save(train_state, buf)
+            (tmp / STATE_FILE).write_bytes(buf.getbuffer())
     return folder
 
 
@@ -170,7 +182,7 @@ def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu
     try:
         sd = load_file(str(wpath), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{wpath} is corrupt or truncated: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{wpath} is corrupt or truncated: {_reason(e)}") from None
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     return config, sd, meta
 
@@ -220,7 +232,7 @@ def load_train_state(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is corrupt or unsafe: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is corrupt or unsafe: {_reason(e)}") from None
 
 
 def step_folder(run_dir: str | os.PathLike, step: int) -> Path:
@@ -242,13 +254,22 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Keep the newest ``keep`` step checkpoints; remove stale temp folders."""
+    """Keep the newest ``keep`` step checkpoints; remove stale temp folders.
+
+    A checkpoint is renamed out of the way before it is deleted, so a kill
+    mid-way never leaves a half-deleted folder under a checkpoint's name.
+    """
     run_dir = Path(run_dir)
     for p in run_dir.glob("step-*.tmp-*"):
         shutil.rmtree(p, ignore_errors=True)
     cks = list_checkpoints(run_dir)
     for p in cks[: max(0, len(cks) - keep)]:
-        shutil.rmtree(p, ignore_errors=True)
+        doomed = p.with_name(p.name + ".tmp-pruned")
+        try:
+            os.replace(p, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
