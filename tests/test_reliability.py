@@ -208,3 +208,28 @@ def test_resume_from_a_damaged_latest_checkpoint_names_the_file(make_config, tmp
     (ck / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(VckitError, match=rf"{re.escape(str(ck / WEIGHTS_FILE))} is corrupt or truncated"):
         Trainer(make_config("train.steps=4", out_dir=tmp_path / "r"), device="cpu", resume=True)
+
+
+def test_the_shipped_model_is_checked_by_its_sha256(tmp_path, monkeypatch):
+    """A copy of the shipped model: a changed byte is refused, and so is a config.json with the hash taken out."""
+    import shutil
+
+    import vckit
+    import vckit.api
+
+    ship = tmp_path / "default"
+    shutil.copytree(vckit.api.DEFAULT_CHECKPOINT, ship)
+    monkeypatch.setattr(vckit.api, "DEFAULT_CHECKPOINT", ship)
+    meta = json.loads((ship / "config.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["sha256"][WEIGHTS_FILE])
+    data = bytearray((ship / WEIGHTS_FILE).read_bytes())
+    data[-3] ^= 0x01
+    (ship / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
+        vckit.load(vocoder="griffinlim", device="cpu")
+    del meta["sha256"]
+    (ship / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="records no sha256 of its weights"):
+        vckit.load(vocoder="griffinlim", device="cpu")
+    with pytest.raises(CheckpointError, match="records no sha256"):  # named by its path: still the shipped model
+        vckit.load(ship, vocoder="griffinlim", device="cpu")

@@ -240,10 +240,13 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
 
     dev = pick_device(device)
     path = Path(checkpoint) if checkpoint else default_checkpoint()
-    config, sd, meta = load_checkpoint(path, dev)
+    config, sd, meta = load_checkpoint(path, dev)  # checks the weights against a recorded sha256
+    recorded = meta.get("sha256", {}).get("model.safetensors")
+    if not recorded and path.resolve() == DEFAULT_CHECKPOINT.resolve():
+        raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
-    model_id = meta.get("sha256", {}).get("model.safetensors") or _weights_hash(path)
+    model_id = recorded or _weights_hash(path)
     return Converter(model, config, voc, dev, model_id)
 
 
