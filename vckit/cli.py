@@ -197,6 +197,35 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import shlex
+
+    from vckit.api import pick_device
+    from vckit.evaluate import EvalConfig, evaluate
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    given = {k: v for k, v in (("parallel_pairs", args.parallel_pairs), ("pairs_per_kind", args.pairs_per_kind)) if v is not None}
+    cfg = EvalConfig(seed=args.seed, plots=not args.no_plots, **given)
+    opts = [("--checkpoint", args.checkpoint), ("--data", args.data), ("--pairs", args.pairs), ("--judge", args.judge), ("-o", args.output)]
+    opts += [(k, v) for k, v, d in (("--vocoder", args.vocoder, "hifigan"), ("--device", args.device, "auto"), ("--seed", args.seed, 0),
+                                    ("--parallel-pairs", args.parallel_pairs, None), ("--pairs-per-kind", args.pairs_per_kind, None),
+                                    ("--threads", args.threads, None)) if v != d]
+    command = " ".join(["vckit eval"] + [f"{k} {shlex.quote(str(v))}" for k, v in opts if v is not None] + (["--no-plots"] if args.no_plots else []))
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    report = evaluate(args.checkpoint, args.data, args.output, pairs=args.pairs, judge=args.judge, vocoder=args.vocoder,
+                      device=str(pick_device(args.device)), cfg=cfg, command=command, progress=say)
+    from vckit.eval_report import summary_table
+
+    print(summary_table(report))
+    t = report["timing"]
+    print("\ntiming: " + ", ".join(f"{k} {v}" for k, v in t.items()))
+    print(f"wrote {Path(args.output) / 'report.json'} and {Path(args.output) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vckit", description="Disentangling voice conversion.")
     p.add_argument("--version", action="version", version=f"vckit {__version__}")
@@ -265,6 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out folder and enrolled speakers of the same names")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=_cmd_finetune)
+
+    ev = sub.add_parser("eval", help="objective evaluation: MCD/F0 on parallel pairs, speaker similarity, disentanglement probe")
+    ev.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
+    ev.add_argument("--data", required=True, help="utterances of speakers to evaluate on: a manifest (.jsonl), a metadata .csv, or a folder")
+    ev.add_argument("--pairs", default=None, help="CSV of conversion pairs: source,target_speaker[,target][,refs] (default: chosen from --data)")
+    ev.add_argument("-o", "--output", required=True, help="report folder (report.json, report.md, plots)")
+    ev.add_argument("--judge", default=None, help="speaker-verification model (default: checkpoints/speaker_verification)")
+    ev.add_argument("--vocoder", default="hifigan", help="hifigan (default), griffinlim, or a path")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--parallel-pairs", type=int, default=None, help="pairs with a same-content target utterance (default 20)")
+    ev.add_argument("--pairs-per-kind", type=int, default=None, help="more pairs, not parallel, for each of M->F, F->M, F->F, M->M (default 3)")
+    ev.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    ev.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    ev.add_argument("--quiet", action="store_true", help="no progress lines")
+    ev.set_defaults(func=_cmd_eval)
 
     sp = sub.add_parser("speakers", help="list enrolled speakers")
     sp.add_argument("--bank", default=None)

@@ -1,0 +1,290 @@
+"""``vckit eval``: the metrics behave (MCD, F0, probe, codebook, judge) and the
+whole evaluation runs on a tiny random model and tiny real data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vckit.audio import load_audio
+from vckit.errors import VckitError
+from vckit.eval import (
+    MCEP_SR,
+    codebook_stats,
+    f0_scores,
+    mcd_dtw,
+    mel_cepstrum,
+    parallel_scores,
+    probe_scores,
+)
+
+from conftest import TINY_MODEL
+
+SPEAKERS = (("vcc2016", "SF1"), ("vcc2016", "SM1"), ("vcc2016", "TF1"), ("vcc2016", "TM1"))
+UTTS = ("100001", "100003", "100004", "100005", "100006")  # parallel across the four, 1.7-4.6 s
+
+
+def harmonic(f0: np.ndarray, sr: int = MCEP_SR, hop: int = 80) -> np.ndarray:
+    """A voiced-like tone with a per-frame F0 contour (10 harmonics)."""
+    f = np.repeat(f0, hop)
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    return (sum(np.sin(k * phase) / k for k in range(1, 11)) * 0.1).astype(np.float32)
+
+
+# -- MCD ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def parallel16(data_dir):
+    return {spk: load_audio(data_dir / "vcc2016" / spk / "100001.wav", MCEP_SR) for spk in ("SF1", "SM1", "TF1")}
+
+
+def test_mcd_of_a_signal_with_itself_is_zero(parallel16):
+    mc = mel_cepstrum(parallel16["SF1"])
+    assert mc.shape[1] == 25 and np.isfinite(mc).all()
+    mcd, path = mcd_dtw(mc, mc)
+    assert mcd == pytest.approx(0.0, abs=1e-9)
+    assert (path[:, 0] == path[:, 1]).all() and len(path) == len(mc)  # the diagonal
+
+
+def test_mcd_grows_with_distortion_and_speaker_change(parallel16):
+    x = parallel16["SF1"]
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(len(x)).astype(np.float32) * np.sqrt(np.mean(x**2))
+    mc = mel_cepstrum(x)
+    light = mcd_dtw(mel_cepstrum(x + 0.03 * noise), mc)[0]
+    heavy = mcd_dtw(mel_cepstrum(x + 0.3 * noise), mc)[0]
+    other = mcd_dtw(mel_cepstrum(parallel16["SM1"]), mc)[0]  # same sentence, another (male) speaker
+    assert 0 < light < heavy
+    assert other > 3.0 and light < other
+    # a copy with 50 ms said twice (a local time warp) aligns by DTW
+    h = len(x) // 2
+    warped = np.concatenate([x[:h], x[h - 800 : h], x[h:]])
+    assert mcd_dtw(mel_cepstrum(warped), mc)[0] < min(1.0, other / 4)
+
+
+def test_mel_cepstrum_equals_pysptk():
+    """Where pysptk is installed: our closed form is its ``sp2mc`` on the same frames."""
+    pysptk = pytest.importorskip("pysptk")
+    x = harmonic(np.linspace(120, 220, 40)) + 0.01 * np.random.default_rng(1).standard_normal(3200).astype(np.float32)
+    ours = mel_cepstrum(x)
+    frame = x[80 * 5 : 80 * 5 + 512].astype(np.float64) * np.hamming(512)
+    ref = pysptk.sp2mc(np.abs(np.fft.rfft(frame)) ** 2 + 1e-10, 24, 0.41)
+    np.testing.assert_allclose(ours[5], ref, atol=1e-8)
+
+
+# -- F0 -------------------------------------------------------------------------
+def test_f0_scores_normalise_register_but_not_shape():
+    t = np.linspace(0, 1, 200)
+    contour = 140 + 30 * np.sin(2 * np.pi * 1.5 * t)
+    a = harmonic(contour)
+    same = parallel_scores(a, a)
+    assert same["mcd_db"] == pytest.approx(0, abs=1e-9)
+    assert same["f0_rmse_hz"] == pytest.approx(0, abs=1e-6) and same["f0_corr"] == pytest.approx(1.0)
+    assert same["logf0_mean_diff_st"] == pytest.approx(0, abs=1e-9) and same["vuv_error"] == 0
+    # one octave up, same melody: far in Hz and register, identical after normalisation
+    up = f0_scores(2 * contour, contour, np.stack([np.arange(200)] * 2, 1))
+    assert up["logf0_mean_diff_st"] == pytest.approx(12.0, abs=1e-6)
+    assert up["f0_rmse_hz"] > 100 and up["f0_corr"] == pytest.approx(1.0) and up["f0_rmse_norm"] < 1e-6
+    # a rising melody against a falling one: correlation about -1
+    rise = 120 + 60 * t
+    rev = f0_scores(rise[::-1].copy(), rise, np.stack([np.arange(200)] * 2, 1))
+    assert rev["f0_corr"] < -0.99 and rev["logf0_mean_diff_st"] == pytest.approx(0, abs=1e-9)
+    # nothing voiced: NaN, not an error
+    none = f0_scores(np.zeros(50), contour[:50], np.stack([np.arange(50)] * 2, 1))
+    assert math.isnan(none["f0_corr"]) and none["vuv_error"] == 1.0
+
+
+# -- probe and codebook ---------------------------------------------------------
+def _utts(features: torch.Tensor, labels: list[int]) -> list[tuple[torch.Tensor, int]]:
+    return [(f, k) for f, k in zip(features, labels)]
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_probe_on_random_codes_is_near_chance(kind):
+    g = torch.Generator().manual_seed(0)
+    k, per = 6, 10
+    labels = [i % k for i in range(k * per)]
+    train = _utts(torch.randn(k * per, 40, 8, generator=g), labels)
+    test = _utts(torch.randn(k * per, 40, 8, generator=g), labels)
+    r = probe_scores(train, test, kind, seed=0)
+    assert r["chance"] == pytest.approx(1 / 6) and r["speakers"] == 6
+    assert abs(r["frame_accuracy"] - 1 / 6) < 0.05  # 2400 held-out frames
+    assert r["utterance_accuracy"] < 0.4
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_probe_finds_a_speaker_signal(kind):
+    g = torch.Generator().manual_seed(1)
+    k, per = 6, 6
+    means = 1.5 * torch.randn(k, 8, generator=g)
+    labels = [i % k for i in range(k * per)]
+    make = lambda: _utts(torch.randn(k * per, 30, 8, generator=g) + means[labels][:, None], labels)  # noqa: E731
+    r = probe_scores(make(), make(), kind, seed=0)
+    assert r["utterance_accuracy"] == 1.0 and r["frame_accuracy"] > 0.8
+    again = probe_scores(make(), make(), kind, seed=0)  # other data: still perfect; same seed, same data: same numbers
+    assert again["utterance_accuracy"] == 1.0
+
+
+def test_probe_is_deterministic_and_handles_utterance_vectors():
+    g = torch.Generator().manual_seed(2)
+    train = _utts(torch.randn(12, 16, generator=g), [0, 1, 2] * 4)
+    test = _utts(torch.randn(9, 16, generator=g), [0, 1, 2] * 3)
+    a, b = probe_scores(train, test, "mlp", seed=3), probe_scores(train, test, "mlp", seed=3)
+    assert a == b and "frame_accuracy" not in a
+    with pytest.raises(VckitError):
+        probe_scores(train, [], "linear")
+    with pytest.raises(VckitError, match="unknown probe"):
+        probe_scores(train, test, "svm")
+
+
+def test_codebook_stats():
+    uniform = codebook_stats(torch.arange(64).repeat(10), 64)
+    assert uniform["perplexity"] == pytest.approx(64.0) and uniform["usage"] == 1.0 and uniform["codes_used"] == 64
+    one = codebook_stats(torch.full((100,), 3), 64)
+    assert one["perplexity"] == pytest.approx(1.0) and one["codes_used"] == 1 and one["usage"] == pytest.approx(1 / 64)
+    half = codebook_stats(torch.arange(32).repeat(5), 64)
+    assert half["perplexity"] == pytest.approx(32.0) and half["usage"] == 0.5 and sum(half["counts"]) == 160
+
+
+# -- the judge's similarity -----------------------------------------------------
+def test_one_speakers_embeddings_are_near_one(data_dir):
+    """The same recording through different loudness and sample-rate paths embeds
+    almost identically; the judge separates speakers."""
+    from vckit.api import REPO_ROOT
+    from vckit.evaluate import _judge_embed
+    from vckit.speaker_verification import load_sv
+
+    sv, meta = load_sv(REPO_ROOT / "checkpoints" / "speaker_verification")
+    sr = sv.cfg.mel.sample_rate
+    path = data_dir / "vcc2016" / "TM1" / "100001.wav"
+    a = _judge_embed(sv, load_audio(path, sr))
+    b = _judge_embed(sv, load_audio(0.3 * load_audio(path, 16000, normalize=False), sr, 16000))
+    assert float(a @ b) > 0.98
+    same = [_judge_embed(sv, load_audio(data_dir / "vcc2016" / "TM1" / f"{u}.wav", sr)) for u in ("100003", "100004")]
+    other = [_judge_embed(sv, load_audio(data_dir / "vcc2016" / s / "100003.wav", sr)) for s in ("SF1", "TF1")]
+    assert min(float(a @ e) for e in same) > max(float(a @ e) for e in other)
+
+
+# -- the whole evaluation -------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_eval(tmp_path_factory, data_dir):
+    """A tiny random VQ model checkpoint and a manifest of 4 parallel speakers x 5 + 6 FSDD digits."""
+    from vckit.checkpoint import build_model, save_checkpoint
+    from vckit.config import Config
+    from vckit.data import manifest_from_csv, write_manifest
+
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = {k: v for k, v in TINY_MODEL.items() if k != "classifier"}
+    cfg = Config.from_dict({"model": {**model, "vq": {"enabled": True, "codebook_size": 16}}})
+    save_checkpoint(root / "ck", cfg, build_model(cfg).state_dict())
+    rows = []
+    for corpus, spk in SPEAKERS:
+        rows += [r for r in manifest_from_csv(data_dir / corpus / "metadata.csv") if r["speaker"] == spk and r["utt_id"] in UTTS]
+    rows += [r for r in manifest_from_csv(data_dir / "fsdd" / "metadata.csv") if r["speaker"] == "george"][:6]
+    for r in rows:
+        r["speaker"] = f"{'fsdd' if 'fsdd' in r['path'] else 'vcc2016'}:{r['speaker']}"
+    assert len(rows) == 26
+    write_manifest(rows, root / "data.jsonl")
+    return root
+
+
+def run_eval(root, *args):
+    from vckit.cli import main
+
+    return main(["eval", "--checkpoint", str(root / "ck"), "--data", str(root / "data.jsonl"), "--vocoder", "griffinlim",
+                 "--device", "cpu", "--no-plots", "--quiet", *map(str, args)])
+
+
+def test_eval_end_to_end(tiny_eval, capsys):
+    out = tiny_eval / "report"
+    assert run_eval(tiny_eval, "-o", out, "--parallel-pairs", 4, "--pairs-per-kind", 1) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    assert "MCD with DTW" in printed and "timing:" in printed
+    assert r["command"].startswith("vckit eval --checkpoint") and r["command"] in md and "--parallel-pairs 4" in r["command"]
+    assert r["data"]["utterances"] == 26 and r["data"]["speakers"] == 5
+    # pairs: 4 parallel (vcc2016), one more of each gender combination
+    pairs = r["pairs"]
+    assert sum(p["parallel"] for p in pairs) == 4 and len(pairs) == 8
+    assert sorted({p["kind"] for p in pairs if not p["parallel"]}) == ["f->f", "f->m", "m->f", "m->m"]
+    for p in pairs:
+        assert p["source_speaker"] != p["target_speaker"] and p["heldout"] not in p["refs"]
+        if p["parallel"]:  # the scored utterance says the source's sentence; no reference does
+            assert p["heldout"].endswith(p["source"].rsplit("/", 1)[1])
+            assert not any(ref.endswith(p["source"].rsplit("/", 1)[1]) for ref in p["refs"])
+            assert p["scores"]["source"]["mcd_db"] > 2.0 and p["scores"]["converted"]["mcd_db"] > 0
+    a = r["conversion"]["all"]
+    assert a["pairs"] == 8 and a["parallel_pairs"] == 4 and math.isfinite(a["converted"]["mcd_db"])
+    # the judge: a target's own references are closer to the held-out utterance than the source is
+    assert a["refs_cos_target"] > a["source_cos_target"]
+    assert 0 <= r["judge"]["eer_on_data"] < 0.5
+    # probe: 5 speakers with >= 4 utterances; chance 1/5; input mels identify speakers
+    p = r["probe"]
+    assert p["chance"] == pytest.approx(0.2) and len(p["speakers"]) == 5
+    assert set(p["results"]) == {"log-mel frames (input)", "content, before VQ", "content codes", "speaker embedding"}
+    assert p["results"]["log-mel frames (input)"]["linear"]["utterance_accuracy"] >= 0.6
+    v = r["vq"]
+    assert v["codebook_size"] == 16 and 1 <= v["perplexity"] <= 16 and v["codes_used"] >= 1
+    assert math.isfinite(r["reconstruction"]["other_reference"]) and r["reconstruction"]["utterances"] > 0
+    assert r["timing"]["total_s"] > 0 and "## Disentanglement probe" in md and "plots not asked for" in md
+
+
+def test_pairs_are_deterministic_for_a_seed(tiny_eval):
+    from vckit.evaluate import EvalConfig, load_data, make_pairs
+
+    utts = load_data(tiny_eval / "data.jsonl")
+    dur = np.array([float(u["duration"]) for u in utts])
+    key = lambda ps: [(p.source, p.target_speaker, p.refs, p.heldout, p.parallel) for p in ps]  # noqa: E731
+    a, b = make_pairs(utts, dur, EvalConfig(seed=3)), make_pairs(utts, dur, EvalConfig(seed=3))
+    assert key(a) == key(b) and len(a) > 0
+    assert key(make_pairs(utts, dur, EvalConfig(seed=4))) != key(a)
+
+
+def test_pairs_file(tiny_eval, data_dir, capsys):
+    src = data_dir / "vcc2016" / "SF1" / "100004.wav"
+    tgt = data_dir / "vcc2016" / "TM1" / "100004.wav"
+    (tiny_eval / "pairs.csv").write_text(f"source,target_speaker,target\n{src},vcc2016:TM1,{tgt}\n{src},vcc2016:TF1,\n")
+    assert run_eval(tiny_eval, "-o", tiny_eval / "r2", "--pairs", tiny_eval / "pairs.csv") == 0
+    r = json.loads((tiny_eval / "r2" / "report.json").read_text())
+    assert [(p["target_speaker"], p["parallel"], p["kind"]) for p in r["pairs"]] == [("vcc2016:TM1", True, "f->m"), ("vcc2016:TF1", False, "f->f")]
+    assert r["pairs"][0]["heldout"] == str(tgt)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("checkpoint", "not a vckit checkpoint"),
+        ("data", "data not found"),
+        ("empty", "is empty"),
+        ("one_speaker", "no conversion pairs"),
+        ("pairs_columns", "lacks column"),
+        ("pairs_speaker", "is not in the data"),
+    ],
+)
+def test_clear_errors(tiny_eval, tmp_path, capsys, case, message):
+    args = ["-o", tmp_path / "out"]
+    if case == "checkpoint":
+        args += ["--checkpoint", tmp_path]
+    elif case == "data":
+        args += ["--data", tmp_path / "missing.jsonl"]
+    elif case == "empty":
+        (tmp_path / "e.jsonl").write_text("\n")
+        args += ["--data", tmp_path / "e.jsonl"]
+    elif case == "one_speaker":
+        rows = [json.loads(x) for x in (tiny_eval / "data.jsonl").read_text().splitlines()][:5]
+        (tmp_path / "one.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        args += ["--data", tmp_path / "one.jsonl"]
+    elif case == "pairs_columns":
+        (tmp_path / "p.csv").write_text("src,tgt\na,b\n")
+        args += ["--pairs", tmp_path / "p.csv"]
+    else:
+        (tmp_path / "p.csv").write_text(f"source,target_speaker\n{json.loads((tiny_eval / 'data.jsonl').read_text().splitlines()[0])['path']},nobody\n")
+        args += ["--pairs", tmp_path / "p.csv"]
+    assert run_eval(tiny_eval, *args) == 1  # later flags override the defaults given by run_eval
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

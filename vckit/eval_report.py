@@ -1,0 +1,187 @@
+"""The Markdown and the plots of a ``vckit eval`` report (see :mod:`vckit.evaluate`).
+
+Plots need matplotlib (``pip install 'vckit[eval]'``); without it the report
+says so and is otherwise complete.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def _pct(x: Any) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f} %"
+
+
+def summary_table(r: dict[str, Any]) -> str:
+    """The headline table: one row per figure, the conversion against the unconverted source."""
+    conv, lines = r["conversion"], []
+    a, cross = conv["all"], conv.get("cross-gender")
+    lines += ["| figure | model | reference point |", "|---|---|---|"]
+    if a.get("parallel_pairs"):
+        c, s = a["converted"], a["source"]
+        n = a["parallel_pairs"]
+        lines += [
+            f"| MCD with DTW, dB ({n} parallel pairs) ↓ | {_f(c['mcd_db'], 2)} | {_f(s['mcd_db'], 2)} (source as is) |",
+            f"| F0 RMSE, Hz ↓ | {_f(c['f0_rmse_hz'], 1)} | {_f(s['f0_rmse_hz'], 1)} (source as is) |",
+            f"| F0 correlation after mean/variance normalisation ↑ | {_f(c['f0_corr'])} | {_f(s['f0_corr'])} (source as is) |",
+            f"| normalised log-F0 RMSE (std units) ↓ | {_f(c['f0_rmse_norm'])} | {_f(s['f0_rmse_norm'])} (source as is) |",
+            f"| log-F0 mean distance to the target, semitones ↓ | {_f(c['logf0_abs_diff_st'], 2)} | {_f(s['logf0_abs_diff_st'], 2)} (source as is) |",
+        ]
+    j = r["judge"]
+    eer = f"EER {_pct(j.get('eer_on_data'))} on these data" if "eer_on_data" in j else "EER not measurable on these data"
+    lines += [
+        f"| judge cosine to the target ({a['pairs']} pairs) ↑ | {_f(a['cos_target'])} | {_f(a['source_cos_target'])} (source as is); {_f(a['refs_cos_target'])} (target's own references) |",
+        f"| judge cosine to the source ↓ | {_f(a['cos_source'])} | 1 (source as is) |",
+        f"| accepted as the target at the judge's EER threshold {_f(j['threshold'])} ↑ | {_pct(a['accepted'])} | {_pct(a['source_accepted'])} (source as is); judge {eer} |",
+        f"| closer to the target than to the source ↑ | {_pct(a['closer_to_target'])} | – |",
+    ]
+    if cross:
+        lines.append(f"| accepted as the target, cross-gender pairs ({cross['pairs']}) ↑ | {_pct(cross['accepted'])} | {_pct(cross['source_accepted'])} (source as is) |")
+    p = r["probe"]
+    if "results" in p:
+        ch = _pct(p["chance"])
+        for name in ("content codes", "content, before VQ", "speaker embedding", "log-mel frames (input)"):
+            if name in p["results"]:
+                lin, mlp = p["results"][name]["linear"], p["results"][name]["mlp"]
+                arrow = "↑" if name == "speaker embedding" else ("↓" if name.startswith("content") else "")
+                lines.append(f"| speaker probe on {name}: held-out utterances, linear / MLP {arrow} | {_pct(lin['utterance_accuracy'])} / {_pct(mlp['utterance_accuracy'])} | {ch} chance ({len(p['speakers'])} speakers) |")
+    if r.get("vq"):
+        v = r["vq"]
+        lines.append(f"| VQ codebook: perplexity / codes used | {_f(v['perplexity'], 1)} / {v['codes_used']} of {v['codebook_size']} ({_pct(v['usage'])}) | – |")
+    rc = r["reconstruction"]
+    lines.append(f"| reconstruction mel L1 (nats), another utterance as reference ↓ | {_f(rc['other_reference'])} | {_f(rc['same_utterance'])} (the utterance itself as reference) |")
+    return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    s, d, t = r["settings"], r["data"], r["timing"]
+    g = d["speakers_by_gender"]
+    out = [
+        "# vckit eval report",
+        "",
+        f"Made with `{r['command']}`" if r.get("command") else "Made with `vckit.evaluate.evaluate`",
+        f"(vckit {r['vckit']}, torch {r['torch']}, device {s['device']}, seed {s['seed']}).",
+        "",
+        f"* model: `{s['checkpoint']}` (sha256 `{(s.get('model_sha256') or '')[:12]}`), vocoder {s['vocoder']}",
+        f"* data: `{s['data']}`: {d['utterances']} utterances, {d['speakers']} speakers ({g['f']} F, {g['m']} M, {g['?']} unknown), {d['seconds'] / 60:.1f} min after trimming"
+        + (f"; {len(d['skipped'])} files skipped" if d["skipped"] else ""),
+        f"* judge: `{r['judge']['path']}` (recorded EER {_pct(r['judge'].get('eer_recorded'))}, threshold {_f(r['judge']['threshold'])})",
+        f"* time: {t['total_s']:.0f} s in all (" + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items() if k.endswith("_s") and k != "total_s")
+        + f"); conversion real-time factor {t['convert_rtf']:.2f}",
+        "",
+        "## Summary",
+        "",
+        summary_table(r),
+        "",
+        "Reference points: *source as is* scores the unconverted source against the same held-out target utterance, so it is what "
+        "conversion must improve on. Probe accuracies are balanced (mean per-speaker recall) over held-out utterances; the content "
+        "codes should sit near chance and the speaker embedding near 100 %.",
+        "",
+        "## Conversion by group",
+        "",
+        "| group | pairs (parallel) | MCD dB conv / source | F0 RMSE Hz conv / source | F0 corr conv / source | log-F0 distance st conv / source | cos to target | cos to source | accepted | source accepted | closer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in r["conversion"].items():
+        cv, sc = c.get("converted", {}), c.get("source", {})
+        out.append(
+            f"| {name} | {c['pairs']} ({c['parallel_pairs']}) | {_f(cv.get('mcd_db'), 2)} / {_f(sc.get('mcd_db'), 2)} | {_f(cv.get('f0_rmse_hz'), 1)} / {_f(sc.get('f0_rmse_hz'), 1)} "
+            f"| {_f(cv.get('f0_corr'))} / {_f(sc.get('f0_corr'))} | {_f(cv.get('logf0_abs_diff_st'), 2)} / {_f(sc.get('logf0_abs_diff_st'), 2)} "
+            f"| {_f(c['cos_target'])} | {_f(c['cos_source'])} | {_pct(c['accepted'])} | {_pct(c['source_accepted'])} | {_pct(c['closer_to_target'])} |"
+        )
+    out += ["", "## Disentanglement probe", ""]
+    p = r["probe"]
+    if "results" in p:
+        out += [f"Speakers: {', '.join(p['speakers'])} (chance {_pct(p['chance'])}).", "",
+                "| features | probe | held-out utterances | held-out frames | train / test utterances |", "|---|---|---|---|---|"]
+        for name, res in p["results"].items():
+            for kind, v in res.items():
+                out.append(f"| {name} | {kind} | {_pct(v['utterance_accuracy'])} | {_pct(v.get('frame_accuracy'))} | {v['train_utterances']} / {v['test_utterances']} |")
+    else:
+        out.append(f"Skipped: {p['skipped']}.")
+    if r.get("vq"):
+        v = r["vq"]
+        out += ["", f"VQ: {v['codes_used']} of {v['codebook_size']} codes used over {v['frames']} frames, perplexity {v['perplexity']:.1f}."]
+    rc = r["reconstruction"]
+    out += ["", "## Reconstruction", "",
+            f"Model-only mel L1 (natural-log units) over {rc['utterances']} utterances: {_f(rc['other_reference'])} with another utterance "
+            f"of the speaker as reference, {_f(rc['same_utterance'])} with the utterance itself."]
+    out += ["", "## Plots", ""]
+    pl = r.get("plots", {})
+    if pl.get("files"):
+        out += [f"![{Path(f).stem}]({f})" for f in pl["files"]]
+    else:
+        out.append(pl.get("note", "none"))
+    out += ["", "## Pairs", "", "| kind | source | target speaker (scored against) | cos target | cos source | MCD dB | F0 corr |", "|---|---|---|---|---|---|---|"]
+    for q in r["pairs"]:
+        sc = q["scores"]
+        cv = sc.get("converted", {})
+        out.append(f"| {q['kind']}{' (parallel)' if q['parallel'] else ''} | {q['source_speaker']} {Path(q['source']).name} | {q['target_speaker']} ({Path(q['heldout']).name}) "
+                   f"| {_f(sc['cos_target'])} | {_f(sc['cos_source'])} | {_f(cv.get('mcd_db'), 2)} | {_f(cv.get('f0_corr'))} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(r: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write the PNGs; returns ``{"files": [...]}`` or ``{"note": why not}``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {"note": "plots skipped: matplotlib is not installed (pip install 'vckit[eval]')"}
+    files = []
+    p = r["probe"]
+    if "results" in p:
+        names = list(p["results"])
+        fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=80)
+        for k, kind in enumerate(("linear", "mlp")):
+            ax.bar([i + 0.38 * k for i in range(len(names))], [p["results"][n][kind]["utterance_accuracy"] for n in names], 0.38, label=kind)
+        ax.axhline(p["chance"], color="k", ls="--", lw=1, label="chance")
+        ax.set_xticks([i + 0.19 for i in range(len(names))], [n.replace(" (", "\n(").replace(", ", ",\n") for n in names], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("held-out speaker accuracy")
+        ax.legend(fontsize=8)
+        ax.set_title("Speaker probe on frozen features", fontsize=10)
+        files.append(_save(fig, out / "probe.png"))
+    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=80)
+    for par, mk in ((True, "o"), (False, "s")):
+        qs = [q for q in r["pairs"] if q["parallel"] == par]
+        if qs:
+            ax.scatter([q["scores"]["cos_source"] for q in qs], [q["scores"]["cos_target"] for q in qs], marker=mk, s=18, label="parallel" if par else "non-parallel")
+    ax.plot([-0.2, 1], [-0.2, 1], color="gray", lw=0.8)
+    ax.axhline(r["judge"]["threshold"], color="k", ls="--", lw=1, label="EER threshold")
+    ax.set_xlabel("judge cosine to the source")
+    ax.set_ylabel("judge cosine to the target")
+    ax.legend(fontsize=8)
+    ax.set_title("Conversions (above the diagonal: closer to target)", fontsize=9)
+    files.append(_save(fig, out / "similarity.png"))
+    if r.get("vq") and r["vq"].get("counts"):
+        counts = sorted(r["vq"]["counts"], reverse=True)
+        total = max(1, sum(counts))
+        fig, ax = plt.subplots(figsize=(4.8, 3.0), dpi=80)
+        ax.bar(range(len(counts)), [c / total for c in counts], width=1.0)
+        ax.set_yscale("log")
+        ax.set_xlabel("code (sorted by use)")
+        ax.set_ylabel("share of frames")
+        ax.set_title(f"VQ codebook: perplexity {r['vq']['perplexity']:.1f}, {r['vq']['codes_used']} of {r['vq']['codebook_size']} used", fontsize=9)
+        files.append(_save(fig, out / "codebook.png"))
+    return {"files": [f.name for f in files]}
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

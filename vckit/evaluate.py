@@ -1,0 +1,527 @@
+"""``vckit eval``: objective evaluation of a checkpoint and a disentanglement probe.
+
+    vckit eval --checkpoint checkpoints/default --data cache/shared_dev/valid.jsonl -o docs/eval
+
+One run measures, on the speakers of ``--data`` (use speakers the model never
+trained on):
+
+* **conversion pairs** (source utterance, target speaker) of every gender
+  combination. The target's voice comes from a few of its utterances (joined,
+  at least 3 s where there are); a *different* utterance of the target is the
+  one scored against. Where the data are parallel (the same transcript, or the
+  same utterance id when there is none: VCC 2016, FSDD digits, VCTK 001-024),
+  that held-out utterance has the source's content, and MCD with DTW, F0 RMSE
+  and correlation (after mean/variance normalisation of log-F0) and the
+  log-F0 mean distance to the target are measured (:mod:`vckit.eval`), with
+  the unconverted source as the reference point.
+* **speaker similarity** by the independent speaker-verification judge
+  (:mod:`vckit.speaker_verification`): its EER on the data, the cosine of each
+  conversion to the held-out target utterance and to the source, and the share
+  accepted as the target at the judge's EER threshold.
+* **disentanglement probe**: linear and MLP speaker classifiers trained on
+  frozen content codes (before and after VQ), on the model's speaker
+  embeddings and, for reference, on the input log-mel frames; balanced
+  accuracy on held-out utterances against chance. VQ codebook usage and
+  perplexity when the model has VQ.
+* **reconstruction**: mel L1 of the model's self-reconstruction.
+
+Results go to ``report.json`` and ``report.md`` (and PNG plots when matplotlib
+is installed) in the output folder. Everything is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vckit.errors import AudioError, VckitError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("m->f", "f->m", "f->f", "m->m")
+REF_SECONDS = 3.0  # target reference audio gathered per pair
+REF_MAX_UTTS = 8
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What one ``vckit eval`` run measures; every field is in the report."""
+
+    seed: int = 0
+    parallel_pairs: int = 20  # pairs with a same-content target utterance (MCD, F0)
+    pairs_per_kind: int = 3  # further non-parallel pairs per M->F, F->M, F->F, M->M
+    probe_utterances: int = 12  # per speaker, at most; split half for training, half held out
+    probe_min_utterances: int = 4  # speakers with fewer are left out of the probe
+    probe_max_frames: int = 200  # frames per utterance the frame probes see
+    recon_per_speaker: int = 4
+    min_source_s: float = 0.3
+    max_source_s: float = 10.0
+    plots: bool = True
+
+
+@dataclass
+class Pair:
+    source: int  # utterance indices into the data
+    target_speaker: str
+    refs: list[int]
+    heldout: int
+    parallel: bool
+    kind: str = ""
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+# -- data -----------------------------------------------------------------------
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    return (base / p).resolve()
+
+
+def load_data(spec: str | Path) -> list[dict[str, Any]]:
+    """Utterances of a manifest (``.jsonl``), a metadata ``.csv``, a corpus folder
+    with ``metadata.csv``, a folder of such corpora, or ``<speaker>/<file>`` folders.
+
+    Each row gets ``file`` (resolved path), ``gender`` (``m``, ``f`` or ``?``)
+    and ``key`` (what makes two utterances parallel: the normalised
+    transcript, else the utterance id).
+    """
+    from vckit.data import manifest_from_csv, manifest_from_folder, read_manifest
+
+    p = Path(spec)
+    if not p.exists():
+        raise VckitError(f"data not found: {p}")
+    if p.is_file() and p.suffix.lower() == ".jsonl":
+        rows, base = read_manifest(p), p.parent
+        base = Path.cwd() if all(_resolve(r["path"], Path.cwd()).exists() for r in rows[:5]) else base
+    elif p.is_file() and p.suffix.lower() == ".csv":
+        rows, base = manifest_from_csv(p), p.parent
+    elif p.is_dir() and (p / "metadata.csv").is_file():
+        rows, base = manifest_from_csv(p / "metadata.csv"), p
+    elif p.is_dir() and any(p.glob("*/metadata.csv")):
+        rows, base = [], p
+        for meta in sorted(p.glob("*/metadata.csv")):
+            rows += [{**r, "speaker": f"{meta.parent.name}:{r['speaker']}"} for r in manifest_from_csv(meta)]
+    elif p.is_dir():
+        rows, base = manifest_from_folder(p), p
+    else:
+        raise VckitError(f"--data must be a manifest (.jsonl), a metadata .csv or a folder, got {p}")
+    if not rows:
+        raise VckitError(f"no utterances in {p}")
+    out = []
+    for r in rows:
+        g = str(r.get("gender", "")).strip().lower()[:1]
+        text = re.sub(r"[^a-z0-9 ]", "", str(r.get("text", "")).lower()).strip()
+        utt_id = str(r.get("utt_id") or Path(r["path"]).stem)
+        out.append({**r, "file": str(_resolve(r["path"], base)), "speaker": str(r["speaker"]), "gender": g if g in ("m", "f") else "?",
+                    "utt_id": utt_id, "key": f"text:{' '.join(text.split())}" if text else f"id:{utt_id}"})
+    return out
+
+
+def _kind(utts: list[dict[str, Any]], src: int, tgt_spk: str, gender: dict[str, str]) -> str:
+    return f"{utts[src]['gender']}->{gender[tgt_spk]}"
+
+
+def _pick_refs(rng: random.Random, cands: list[int], dur: np.ndarray) -> list[int]:
+    refs, total = [], 0.0
+    for i in rng.sample(cands, len(cands)):
+        refs.append(i)
+        total += dur[i]
+        if total >= REF_SECONDS or len(refs) == REF_MAX_UTTS:
+            break
+    return refs if total >= 1.0 else []
+
+
+def make_pairs(utts: list[dict[str, Any]], dur: np.ndarray, cfg: EvalConfig) -> list[Pair]:
+    """Parallel pairs (round robin over source->target speaker directions), then
+    ``pairs_per_kind`` non-parallel pairs of each gender combination."""
+    rng = random.Random(cfg.seed)
+    by_spk: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_spk.setdefault(u["speaker"], []).append(i)
+    gender = {s: utts[ix[0]]["gender"] for s, ix in by_spk.items()}
+    ok_src = lambda i: cfg.min_source_s <= dur[i] <= cfg.max_source_s  # noqa: E731
+
+    def target_side(tgt: str, src: int, heldout: int | None) -> tuple[list[int], int] | None:
+        key = utts[src]["key"]
+        pool = [i for i in by_spk[tgt] if utts[i]["key"] != key and dur[i] > 0]
+        if heldout is None:
+            held = [i for i in pool if dur[i] >= 1.0] or pool
+            if not held:
+                return None
+            heldout = rng.choice(held)
+        refs = _pick_refs(rng, [i for i in pool if i != heldout], dur)
+        return (refs, heldout) if refs else None
+
+    pairs: list[Pair] = []
+    # parallel: candidates per (source speaker, target speaker) direction
+    by_key: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_key.setdefault(u["key"], []).append(i)
+    directions: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for ix in by_key.values():
+        for s in ix:
+            for t in ix:
+                if utts[s]["speaker"] != utts[t]["speaker"] and ok_src(s) and dur[t] >= cfg.min_source_s:
+                    directions.setdefault((utts[s]["speaker"], utts[t]["speaker"]), []).append((s, t))
+    order = sorted(directions)
+    for d in order:
+        rng.shuffle(directions[d])
+    while len(pairs) < cfg.parallel_pairs and any(directions.values()):
+        for d in order:
+            if len(pairs) >= cfg.parallel_pairs or not directions[d]:
+                continue
+            s, t = directions[d].pop()
+            side = target_side(d[1], s, t)
+            if side:
+                pairs.append(Pair(s, d[1], side[0], side[1], True))
+    # non-parallel, per gender combination
+    kinds = KINDS if all(g in "mf" for g in gender.values()) else ("?->?",)
+    for kind in kinds:
+        sg, tg = kind.split("->")
+        srcs = sorted(s for s in by_spk if (sg == "?" or gender[s] == sg) and any(ok_src(i) for i in by_spk[s]))
+        tgts = sorted(s for s in by_spk if (tg == "?" or gender[s] == tg) and len(by_spk[s]) >= 2)
+        made = 0
+        for _ in range(20 * cfg.pairs_per_kind):
+            if made >= cfg.pairs_per_kind or not srcs or not tgts:
+                break
+            s_spk, t_spk = rng.choice(srcs), rng.choice(tgts)
+            if s_spk == t_spk:
+                continue
+            src = rng.choice([i for i in by_spk[s_spk] if ok_src(i)])
+            side = target_side(t_spk, src, None)
+            if side:
+                pairs.append(Pair(src, t_spk, side[0], side[1], False))
+                made += 1
+    for p in pairs:
+        p.kind = _kind(utts, p.source, p.target_speaker, gender)
+    return pairs
+
+
+def read_pairs(path: str | Path, utts: list[dict[str, Any]], dur: np.ndarray, cfg: EvalConfig) -> list[Pair]:
+    """Pairs from a CSV with columns ``source,target_speaker`` and optionally
+    ``target`` (a target utterance with the source's content: MCD and F0 are
+    measured against it) and ``refs`` (``;``-separated reference utterances).
+    Paths must be utterances of the data."""
+    path = Path(path)
+    if not path.is_file():
+        raise VckitError(f"pairs file not found: {path}")
+    index = {u["file"]: i for i, u in enumerate(utts)}
+    index.update({u["path"]: i for i, u in enumerate(utts)})
+    speakers = {u["speaker"] for u in utts}
+    gender = {u["speaker"]: u["gender"] for u in utts}
+
+    def find(p: str, line: int) -> int:
+        p = p.strip()
+        i = index.get(p, index.get(str(_resolve(p, path.parent))))
+        if i is None:
+            raise VckitError(f"{path}:{line}: {p} is not an utterance of the data")
+        return i
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"source", "target_speaker"} - set(reader.fieldnames or [])
+        if missing:
+            raise VckitError(f"{path} lacks column(s) {', '.join(sorted(missing))} (source,target_speaker[,target][,refs])")
+        rng = random.Random(cfg.seed)
+        pairs = []
+        for line, r in enumerate(reader, 2):
+            src, spk = find(r["source"], line), r["target_speaker"].strip()
+            if spk not in speakers:
+                raise VckitError(f"{path}:{line}: speaker {spk!r} is not in the data")
+            tgt = find(r["target"], line) if (r.get("target") or "").strip() else None
+            pool = [i for i, u in enumerate(utts) if u["speaker"] == spk and u["key"] != utts[src]["key"]]
+            if tgt is None:
+                held = [i for i in pool if dur[i] >= 1.0] or pool
+                if not held:
+                    raise VckitError(f"{path}:{line}: speaker {spk!r} has no utterance to score against")
+                tgt = rng.choice(held)
+            refs = [find(x, line) for x in (r.get("refs") or "").split(";") if x.strip()] or _pick_refs(rng, [i for i in pool if i != tgt], dur)
+            if not refs:
+                raise VckitError(f"{path}:{line}: speaker {spk!r} has no reference audio besides the scored utterance")
+            pairs.append(Pair(src, spk, refs, tgt, bool((r.get("target") or "").strip()), f"{utts[src]['gender']}->{gender[spk]}"))
+    if not pairs:
+        raise VckitError(f"{path} lists no pairs")
+    return pairs
+
+
+# -- the run --------------------------------------------------------------------
+class _Timer:
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[f"{name}_s"] = round(now - self.t, 2)
+        log.info("%s: %.1f s", name, now - self.t)
+        self.t = now
+
+
+def _nanmean(xs: list[float]) -> float:
+    xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    return float(np.mean(xs)) if xs else math.nan
+
+
+def evaluate(
+    checkpoint: str | Path | None,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    pairs: str | Path | None = None,
+    judge: str | Path | None = None,
+    vocoder: str = "hifigan",
+    device: str = "cpu",
+    cfg: EvalConfig = EvalConfig(),
+    command: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation and write ``report.json``, ``report.md`` (and plots) into ``out_dir``.
+
+    Returns the report (the contents of ``report.json``). Raises
+    :class:`VckitError` for a missing or bad checkpoint, judge, data or pairs
+    file, data without usable utterances, or no pair to convert.
+    """
+    import vckit
+    from vckit.api import REPO_ROOT, default_checkpoint, load
+    from vckit.audio import load_audio
+    from vckit.eval import MCEP_SR, codebook_stats, parallel_scores, reconstruction_l1
+    from vckit.speaker_verification import equal_error_rate, load_sv
+
+    say = progress or (lambda msg: log.info(msg))
+    timer, t_start = _Timer(), time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    utts = load_data(data)  # data errors before the slow model load
+    judge_dir = Path(judge) if judge else REPO_ROOT / "checkpoints" / "speaker_verification"
+    if not judge_dir.exists():
+        raise VckitError(f"speaker-verification judge not found at {judge_dir}: train one with vckit train-sv, or pass --judge")
+    sv, sv_meta = load_sv(judge_dir, device)
+    vc = load(checkpoint, device=device, vocoder=vocoder)
+    model, sr = vc.model, vc.config.mel.sample_rate
+    timer.lap("load")
+
+    # audio and features of every utterance
+    say(f"analysing {len(utts)} utterances")
+    wavs: list[np.ndarray | None] = []
+    skipped = []
+    for u in utts:
+        try:
+            wavs.append(load_audio(u["file"], sr))
+        except AudioError as e:
+            wavs.append(None)
+            skipped.append(f"{u['path']}: {e}")
+    keep = [i for i, w in enumerate(wavs) if w is not None and len(w) > vc.config.mel.n_fft]
+    if not keep:
+        raise VckitError(f"no usable audio in {data} ({len(skipped)} unreadable or silent files)")
+    utts, wavs = [utts[i] for i in keep], [wavs[i] for i in keep]
+    dur = np.array([len(w) / sr for w in wavs])
+    pair_list = read_pairs(pairs, utts, dur, cfg) if pairs else make_pairs(utts, dur, cfg)
+    if not pair_list:
+        raise VckitError(f"no conversion pairs in {data}: it needs two speakers, the target with at least two utterances")
+    judge_sr = sv.cfg.mel.sample_rate
+    judge_emb = [_judge_embed(sv, w if judge_sr == sr else load_audio(w, judge_sr, sr)) for w in wavs]
+    timer.lap("judge_embeddings")
+
+    # the judge's EER on these utterances
+    spk = np.array([u["speaker"] for u in utts])
+    emb = torch.stack(judge_emb)
+    iu = np.triu_indices(len(utts), 1)
+    same = (spk[:, None] == spk[None])[iu]
+    judge_info = {"path": str(judge_dir), "eer_recorded": sv_meta.get("eer"), "threshold": float(sv_meta.get("threshold") or math.nan)}
+    if same.any() and (~same).any():
+        eer, thr = equal_error_rate((emb @ emb.T).numpy()[iu], same)
+        judge_info.update({"eer_on_data": eer, "threshold_on_data": thr, "trials": int(len(same))})
+
+    # the model's features of the probe's and the reconstruction's utterances
+    say("disentanglement probe")
+    split = _probe_split(utts, cfg)
+    by_spk: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_spk.setdefault(u["speaker"], []).append(i)
+    recon_idx = {s: ix[: cfg.recon_per_speaker] for s, ix in sorted(by_spk.items())}
+    needed = sorted({i for i, _ in split[1] + split[2]} | {i for ix in recon_idx.values() for i in ix})
+    feats = _model_features(vc, {i: wavs[i] for i in needed})
+    timer.lap("model_features")
+    probe = _probe(split, feats, cfg)
+    vq = codebook_stats(torch.cat([f["indices"] for f in feats.values()]), model.cfg.vq.codebook_size) if model.vq is not None else None
+    with torch.inference_mode():
+        recon = reconstruction_l1(model, {s: [feats[i]["mel"] for i in ix] for s, ix in recon_idx.items()}, cfg.recon_per_speaker)
+    timer.lap("probe_vq_recon")
+
+    # conversions
+    say(f"converting {len(pair_list)} pairs ({sum(p.parallel for p in pair_list)} parallel)")
+    thr = judge_info["threshold"]
+    wav16: dict[int, np.ndarray] = {}
+
+    def at16(i: int) -> np.ndarray:
+        if i not in wav16:
+            wav16[i] = load_audio(wavs[i], MCEP_SR, sr)
+        return wav16[i]
+
+    conv_seconds = out_seconds = 0.0
+    for n, p in enumerate(pair_list, 1):
+        ref = np.concatenate([wavs[i] for i in p.refs])
+        t = time.perf_counter()
+        with torch.inference_mode():
+            target = vc.embed_speaker(ref, sr=sr)
+        out = vc.convert(utts[p.source]["file"], target=target)
+        conv_seconds += time.perf_counter() - t
+        out_seconds += len(out) / vc.sample_rate
+        e_c = _judge_embed(sv, load_audio(out, sv.cfg.mel.sample_rate, vc.sample_rate))
+        e_t, e_s = judge_emb[p.heldout], judge_emb[p.source]
+        e_r = _judge_embed(sv, load_audio(ref, sv.cfg.mel.sample_rate, sr))
+        ct, cs, c0 = float(e_c @ e_t), float(e_c @ e_s), float(e_s @ e_t)
+        p.scores = {"cos_target": ct, "cos_source": cs, "closer_to_target": ct > cs, "accepted": ct >= thr,
+                    "source_cos_target": c0, "source_accepted": c0 >= thr, "refs_cos_target": float(e_r @ e_t)}
+        if p.parallel:
+            conv16 = load_audio(out, MCEP_SR, vc.sample_rate)
+            p.scores["converted"] = parallel_scores(conv16, at16(p.heldout))
+            p.scores["source"] = parallel_scores(at16(p.source), at16(p.heldout))
+        if n % 10 == 0:
+            say(f"  {n}/{len(pair_list)} pairs")
+    timer.lap("convert_and_score")
+
+    timing = dict(timer.times)
+    timing["total_s"] = round(time.perf_counter() - t_start, 2)
+    timing["convert_rtf"] = round(conv_seconds / max(out_seconds, 1e-9), 3)
+    report = {
+        "command": command,
+        "vckit": vckit.__version__,
+        "torch": torch.__version__,
+        "settings": {"checkpoint": str(checkpoint or default_checkpoint()), "model_sha256": vc.model_id, "data": str(data),
+                     "pairs": str(pairs) if pairs else None, "vocoder": vocoder, "device": device, **asdict(cfg)},
+        "data": {"utterances": len(utts), "speakers": len(set(spk)), "seconds": round(float(dur.sum()), 1),
+                 "speakers_by_gender": {g: len({u["speaker"] for u in utts if u["gender"] == g}) for g in ("f", "m", "?")},
+                 "skipped": skipped},
+        "judge": judge_info,
+        "conversion": _summarise(pair_list),
+        "probe": probe,
+        "vq": vq,
+        "reconstruction": recon,
+        "timing": timing,
+        "pairs": [_pair_row(p, utts) for p in pair_list],
+    }
+    write_report(report, out_dir, plots=cfg.plots)
+    return report
+
+
+@torch.inference_mode()
+def _judge_embed(sv: Any, wav: np.ndarray) -> torch.Tensor:
+    from vckit.audio import log_mel
+
+    return sv(log_mel(wav, sv.cfg.mel, next(sv.parameters()).device)[None])[0].float().cpu()
+
+
+@torch.inference_mode()
+def _model_features(vc: Any, wavs: dict[int, np.ndarray]) -> dict[int, dict[str, torch.Tensor]]:
+    """Per utterance: log-mel ``(n_mels, T)``, content codes before and after VQ
+    ``(T', dim)``, VQ indices ``(T',)`` and the speaker embedding ``(dim,)``."""
+    from vckit.audio import log_mel
+
+    model, out = vc.model, {}
+    for i, w in wavs.items():
+        mel = log_mel(w, vc.config.mel, vc.device)
+        z = model.content_encoder(model.normalize(mel[None]))
+        codes, f = z, {}
+        if model.vq is not None:
+            codes, _, stats = model.vq(z)
+            f["indices"] = stats["indices"][0].cpu()
+        f.update(mel=mel, content=z[0].T.float().cpu(), codes=codes[0].T.float().cpu(), speaker=model.embed_speaker(mel[None])[0].float().cpu())
+        out[i] = f
+    return out
+
+
+def _probe_split(utts: list[dict[str, Any]], cfg: EvalConfig) -> tuple[list[str], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Speakers with enough utterances, and (utterance, speaker index) for training and held out."""
+    rng = random.Random(cfg.seed)
+    by_spk: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_spk.setdefault(u["speaker"], []).append(i)
+    speakers = sorted(s for s, ix in by_spk.items() if len(ix) >= cfg.probe_min_utterances)
+    if len(speakers) < 2:
+        return [], [], []
+    train, test = [], []
+    for k, s in enumerate(speakers):
+        ix = rng.sample(by_spk[s], min(len(by_spk[s]), cfg.probe_utterances))
+        half = (len(ix) + 1) // 2
+        train += [(i, k) for i in ix[:half]]
+        test += [(i, k) for i in ix[half:]]
+    return speakers, train, test
+
+
+def _probe(split: tuple[list[str], list[tuple[int, int]], list[tuple[int, int]]], feats: dict[int, dict[str, torch.Tensor]], cfg: EvalConfig) -> dict[str, Any]:
+    """Linear and MLP speaker probes on each representation."""
+    from vckit.eval import probe_scores
+
+    speakers, train, test = split
+    if not speakers:
+        return {"skipped": f"fewer than two speakers with {cfg.probe_min_utterances} or more utterances"}
+
+    def frames(x: torch.Tensor) -> torch.Tensor:
+        return x[:: max(1, math.ceil(len(x) / cfg.probe_max_frames))]
+
+    idx = [i for i, _ in train + test]
+    reps = {"log-mel frames (input)": {i: frames(feats[i]["mel"].T.cpu()) for i in idx}}
+    if "indices" in feats[idx[0]]:
+        reps["content, before VQ"] = {i: frames(feats[i]["content"]) for i in idx}
+    reps["content codes"] = {i: frames(feats[i]["codes"]) for i in idx}
+    reps["speaker embedding"] = {i: feats[i]["speaker"] for i in idx}
+    out: dict[str, Any] = {"speakers": speakers, "chance": 1.0 / len(speakers), "results": {}}
+    for name, xs in reps.items():
+        out["results"][name] = {
+            kind: probe_scores([(xs[i], k) for i, k in train], [(xs[i], k) for i, k in test], kind, cfg.seed) for kind in ("linear", "mlp")
+        }
+    return out
+
+
+def _summarise(pairs: list[Pair]) -> dict[str, Any]:
+    groups = {"cross-gender": [p for p in pairs if "?" not in p.kind and p.kind[0] != p.kind[-1]],
+              "same-gender": [p for p in pairs if "?" not in p.kind and p.kind[0] == p.kind[-1]],
+              "all": pairs}
+    out: dict[str, Any] = {}
+    for g, ps in groups.items():
+        if not ps:
+            continue
+        d: dict[str, Any] = {"pairs": len(ps)}
+        for k in ("cos_target", "cos_source", "closer_to_target", "accepted", "source_cos_target", "source_accepted", "refs_cos_target"):
+            d[k] = _nanmean([p.scores[k] for p in ps])
+        par = [p for p in ps if p.parallel]
+        d["parallel_pairs"] = len(par)
+        for who in ("converted", "source"):
+            if par:
+                keys = par[0].scores[who].keys()
+                d[who] = {k: _nanmean([p.scores[who][k] for p in par]) for k in keys}
+                d[who]["logf0_abs_diff_st"] = _nanmean([abs(p.scores[who]["logf0_mean_diff_st"]) for p in par])
+        out[g] = d
+    return out
+
+
+def _pair_row(p: Pair, utts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": p.kind, "parallel": p.parallel, "source": utts[p.source]["path"], "source_speaker": utts[p.source]["speaker"],
+            "target_speaker": p.target_speaker, "heldout": utts[p.heldout]["path"], "refs": [utts[i]["path"] for i in p.refs], "scores": p.scores}
+
+
+# -- the report -----------------------------------------------------------------
+def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True) -> Path:
+    """``report.json``, ``report.md`` and, with matplotlib, PNG plots in ``out_dir``."""
+    from vckit.eval_report import markdown, plot
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VckitError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = plot(report, out) if plots else {"note": "plots not asked for (--no-plots)"}
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    return out
