@@ -41,8 +41,13 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 768000  # inputs outside this range are
 MAX_RESAMPLE_TAPS = 1_000_000  # bound on torchaudio's sinc kernel (reduced orig rate * new rate)
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read a file as float32 ``(channels, samples)`` and its sample rate."""
+def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarray, int]:
+    """Read a file as float32 ``(channels, samples)`` and its sample rate.
+
+    With ``mono`` the channels are averaged block by block while reading,
+    giving ``(samples,)``: an hour of 8-channel audio then needs the memory
+    of one channel, not of eight.
+    """
     import soundfile as sf
 
     path = Path(path)
@@ -53,11 +58,16 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if path.stat().st_size == 0:
         raise EmptyAudioError(f"audio file {path.name} is empty (0 bytes)")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            if not mono or f.channels == 1:
+                data = f.read(dtype="float32", always_2d=True).T
+                return np.ascontiguousarray(data[0] if mono else data), int(sr)
+            blocks = [b.mean(axis=1) for b in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)]
     except Exception as e:  # soundfile raises several types for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnreadableAudioError(f"cannot read audio file {path.name}: {msg}") from None
-    return np.ascontiguousarray(data.T), int(sr)
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), int(sr)
 
 
 def to_mono(wav: np.ndarray) -> np.ndarray:
@@ -127,7 +137,7 @@ def check_signal(wav: np.ndarray, what: str = "audio") -> None:
 def _frame_rms_db(wav: np.ndarray, frame: int) -> np.ndarray:
     n = len(wav) // frame
     if n == 0:
-        return np.array([20 * np.log10(np.sqrt(np.mean(wav**2)) + 1e-12)])
+        return np.array([20 * np.log10(np.sqrt(np.mean(np.square(wav, dtype=np.float64))) + 1e-12)])  # float64: 1e20 squared overflows float32
     x = wav[: n * frame].reshape(n, frame)
     return 20 * np.log10(np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64) / frame) + 1e-12)
 
@@ -185,8 +195,7 @@ def load_audio(
     """
     if isinstance(src, (str, os.PathLike)):
         what = what or Path(src).name
-        wav, sr = read_audio(src)
-        wav = wav.mean(axis=0)  # (channels, samples) -> mono
+        wav, sr = read_audio(src, mono=True)
     else:
         what = what or "audio"
         if sr is None:
