@@ -253,6 +253,15 @@ def test_odd_sample_rates_resample_quickly(rate):
     assert resample_ratio(48000, MODEL_SR) == (320, 147)  # common rates stay exact
 
 
+@pytest.mark.parametrize("n", [3, 10, 50])
+def test_a_short_float_file_of_huge_samples_normalises(n):
+    """1e30-scale samples in a clip shorter than one loudness frame normalised to all-NaN
+    (their squares overflowed float32)."""
+    x = (1e30 * np.sin(np.arange(n) * 0.3)).astype(np.float32)
+    wav = load_audio(x, 16000, 8000, trim=False)
+    assert np.isfinite(wav).all() and 0 < np.abs(wav).max() <= PEAK_LIMIT + 1e-6
+
+
 @pytest.mark.parametrize("rate", [1, 3999, 768001])
 def test_sample_rates_outside_the_range_are_refused(tmp_path, rate):
     with pytest.raises(AudioError, match=f"sample rate {rate} Hz is outside"):

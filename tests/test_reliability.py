@@ -115,6 +115,7 @@ def test_kill_9_at_random_moments_then_resume_matches_the_uninterrupted_run(tiny
         args = train_args(tiny_cache, run)
         waited, delay = kill_at_random(args, run, rng, tmp_path / f"trial{trial}.log")
         survived = check_folder(run)
+        cut_short = sorted(p.name.split(".", 1)[1] for p in run.glob("*.tmp-*"))  # a save or prune the kill interrupted
         for s in survived:  # each checkpoint the killed run left is the reference's of that step
             assert same_weights(step_folder(run, s), step_folder(reference, s)), (seed, trial, s)
         resumed = subprocess.run([*vckit_command(), *args, "--resume"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
@@ -127,7 +128,7 @@ def test_kill_9_at_random_moments_then_resume_matches_the_uninterrupted_run(tiny
         assert not list(run.glob("*.tmp-*"))  # whatever the kill cut short was cleaned up
         if REPORT:
             with open(REPORT, "a") as f:
-                f.write(json.dumps({"seed": seed, "trial": trial, "waited_for": waited, "delay": round(delay, 4), "survived": survived, "resumed_from": max(survived, default=0), "ok": True}) + "\n")
+                f.write(json.dumps({"seed": seed, "trial": trial, "waited_for": waited, "delay": round(delay, 4), "survived": survived, "cut_short": cut_short, "ok": True}) + "\n")
 
 
 def test_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
@@ -233,3 +234,115 @@ def test_the_shipped_model_is_checked_by_its_sha256(tmp_path, monkeypatch):
         vckit.load(vocoder="griffinlim", device="cpu")
     with pytest.raises(CheckpointError, match="records no sha256"):  # named by its path: still the shipped model
         vckit.load(ship, vocoder="griffinlim", device="cpu")
+
+
+# -- the demo under load and abuse ------------------------------------------------------------------
+DEMO_MAX_SECONDS = 5  # so the upload cap is demo_app's floor, 10 MB
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory: pytest.TempPathFactory):
+    """``python demo.py`` with 8 conversions at a time, clips up to 5 s; yields its URL."""
+    import socket
+    import urllib.request
+
+    pytest.importorskip("gradio_client", reason="the demo tests need gradio (pip install -e '.[demo]')")
+    root = tmp_path_factory.mktemp("demo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "demo.py", "--port", str(port), "--vocoder", "griffinlim", "--device", "cpu", "--concurrency", "8"]
+    cmd += ["--max-seconds", str(DEMO_MAX_SECONDS), "--bank", str(root / "bank")]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(root / "gradio")}
+    log = root / "demo.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        end = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < end, "demo.py did not start:\n" + log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def upload(url: str, name: str, data: bytes) -> tuple[int, str]:
+    """POST one file to Gradio's upload route: (HTTP status, body)."""
+    import urllib.error
+    import urllib.request
+
+    boundary = "vckit-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n').encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_demo_refuses_an_over_large_upload_and_keeps_serving(demo_url):
+    status, body = upload(demo_url, "huge.wav", os.urandom(11 * 1024 * 1024))
+    assert status == 413 and "maximum allowed size" in body
+    status, body = upload(demo_url, "small.wav", b"RIFF" + os.urandom(1000))
+    assert status == 200 and "small.wav" in body
+
+
+def test_demo_8_simultaneous_visitors_get_their_own_results(demo_url, data_dir, tmp_path):
+    """Eight visitors at once: six with speech of different lengths to different voices, one
+    with an over-long clip and one with a picture named .wav; each gets their own answer."""
+    import threading
+
+    import numpy as np
+    import soundfile as sf
+    from gradio_client import Client, handle_file
+
+    from vckit.demo_app import REFERENCE_CHOICE
+
+    speech, sr = sf.read(str(data_dir / "vcc2016" / "SF1" / "100001.wav"), dtype="float32")
+    refs = [data_dir / "vcc2016" / spk / "100001.wav" for spk in ("TM1", "SM1", "TF1")]
+    visitors = []
+    for i in range(6):
+        src = tmp_path / f"visitor{i}.wav"
+        sf.write(str(src), np.resize(speech, int((1.0 + 0.3 * i) * sr)), sr)
+        visitors.append((src, refs[i % 3], f"{1.0 + 0.3 * i:.1f} s"))
+    long = tmp_path / "visitor6_long.wav"
+    sf.write(str(long), np.resize(speech, int((DEMO_MAX_SECONDS + 1) * sr)), sr)
+    visitors.append((long, refs[0], f"is {DEMO_MAX_SECONDS + 1:.1f} s long; this demo takes at most {DEMO_MAX_SECONDS} s"))
+    picture = tmp_path / "visitor7_picture.wav"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(5000))
+    visitors.append((picture, refs[1], "cannot read audio file"))
+    barrier = threading.Barrier(len(visitors))
+
+    def visit(i: int):
+        src, ref, _ = visitors[i]
+        client = Client(demo_url, verbose=False, download_files=str(tmp_path / f"downloads{i}"))
+        barrier.wait()  # all eight press Convert together
+        return client.predict(handle_file(str(src)), REFERENCE_CHOICE, handle_file(str(ref)), "griffinlim", "none", 0, api_name="/on_convert")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(visitors)) as pool:
+        answers = list(pool.map(visit, range(len(visitors))))
+    for i, ((src, ref, expect), (audio, picture_path, report)) in enumerate(zip(visitors, answers)):
+        if i < 6:
+            assert audio and picture_path, report
+            assert Path(audio).name == f"vckit_visitor{i}_to_{ref.stem}.wav"  # their own source, their own voice
+            assert abs(sf.info(audio).duration - float(expect.split()[0])) < 0.02
+            assert f"voice of *{ref.stem}*" in report
+        else:
+            assert audio is None and picture_path is None
+            assert report.startswith("**Could not convert:**") and expect in report, report
+    assert len({Path(a[0]).parent for a in answers[:6]}) == 6
