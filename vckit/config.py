@@ -164,6 +164,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05  # cosine decay to lr * this
     grad_clip: float = 3.0
     spectral_convergence: float = 0.0
+    content_cycle: float = 0.0  # >0: L1 between the codes of a conversion to another voice and the source's codes
     amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
     compile: bool = False
     seed: int = 1234

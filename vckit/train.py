@@ -396,7 +396,7 @@ class Trainer(TrainingLoop):
             g["lr"] = lr
         adv_w = adversarial_weight(self.step, cfg.model.classifier.weight, cfg.model.classifier.start_step, cfg.model.classifier.warmup_steps)
         with autocast_for(self.device, t.amp):
-            out = self.net(batch["mel"], batch["ref"], batch["speaker"], adv_w)
+            out = self.net(batch["mel"], batch["ref"], batch["speaker"], adv_w, t.content_cycle > 0)
         mask = batch["mask"]
         recon = masked_l1(out["pred"], out["target"], mask)
         loss = recon
@@ -405,6 +405,10 @@ class Trainer(TrainingLoop):
             sc = spectral_convergence(out["pred"], out["target"], cfg.model.mel_mean, cfg.model.mel_std, mask)
             loss = loss + t.spectral_convergence * sc
             stats["loss/spectral_convergence"] = sc.detach()
+        if "cycle_codes" in out:
+            cyc = masked_l1(out["cycle_codes"], out["cycle_target"])
+            loss = loss + t.content_cycle * cyc
+            stats["loss/content_cycle"] = cyc.detach()
         if "kl" in out:
             loss = loss + cfg.model.content.kl_weight * out["kl"]
             stats["loss/kl"] = out["kl"].detach()

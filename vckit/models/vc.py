@@ -49,7 +49,7 @@ class VoiceConversionModel(nn.Module):
     def encode_content(self, mel: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """log-mel (B, n_mels, T) -> codes (B, dim, ceil(T / hop)) and aux terms."""
         codes = self.content_encoder(self.normalize(mel))
-        aux: dict[str, torch.Tensor] = {}
+        aux: dict[str, torch.Tensor] = {"continuous": codes}  # before VQ and noise
         if self.cfg.content.kl_weight > 0:
             aux["kl"] = 0.5 * codes.float().pow(2).mean()
         if self.vq is not None:
@@ -84,6 +84,7 @@ class VoiceConversionModel(nn.Module):
         ref: torch.Tensor,
         speaker_ids: torch.Tensor | None = None,
         adv_weight: float = 0.0,
+        cycle: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Self-reconstruction of ``mel`` with the speaker taken from ``ref``.
 
@@ -91,12 +92,22 @@ class VoiceConversionModel(nn.Module):
         Returns the prediction and target in normalised units (for the loss)
         and the auxiliary terms; with a classifier and ``speaker_ids``, its
         logits (the codes reach it through a gradient-reversal layer).
+
+        With ``cycle``, each item is also decoded in the voice of the next
+        item's reference, and the content encoder reads that conversion back:
+        ``cycle_codes`` should match ``cycle_target`` (the source's codes
+        before VQ, detached), which asks the decoder to keep the words when
+        the voice changes, the case plain reconstruction never trains.
         """
         frames = mel.shape[-1]
         codes, aux = self.encode_content(mel)
         spk = self.embed_speaker(ref)
         pred = self.decoder(codes, spk)[..., :frames]
         out = {"pred": pred, "target": self.normalize(mel), **aux}
+        if cycle:
+            conv = self.decoder(codes, spk.roll(1, 0))[..., :frames]
+            out["cycle_codes"] = self.content_encoder(conv)
+            out["cycle_target"] = aux["continuous"].detach()
         if self.classifier is not None and speaker_ids is not None:
             out["speaker_logits"] = self.classifier(grad_reverse(codes, adv_weight))
         return out
