@@ -1,6 +1,9 @@
 """Crash safety: ``kill -9`` of ``vckit train`` at random moments never leaves
 a corrupt checkpoint, and resuming reaches the parameters of a run never
-stopped; a full disk is one clear line; loading never unpickles code.
+stopped; a kill mid-write leaves no WAV; a full disk is one clear line;
+loading never unpickles code and checks the shipped model's sha256; the demo
+serves eight visitors at once, each their own result, and refuses over-large,
+over-long and non-audio uploads without falling over.
 
 The default run does two kill/resume trials; ``VCKIT_KILL_TRIALS=N`` does N
 (``benchmarks/kill_resume.py`` runs many and prints the outcomes), and
@@ -83,6 +86,17 @@ def same_weights(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def end_process(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` (if it still runs) and reap it; SIGKILL if it has not gone in 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def kill_at_random(args: list[str], run: Path, rng: random.Random, log: Path) -> tuple[int, float]:
     """Start ``vckit train``, SIGKILL it a random delay (often mid-save) after a random
     step's checkpoint appeared; returns (that step, the delay)."""
@@ -97,12 +111,8 @@ def kill_at_random(args: list[str], run: Path, rng: random.Random, log: Path) ->
                 break
             time.sleep(0.002)
         time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
     assert proc.returncode == -signal.SIGKILL, f"training ended by itself ({proc.returncode}) before the kill:\n{log.read_text()[-2000:]}"
     return wait_for, delay
 
@@ -157,6 +167,33 @@ def test_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
     assert check_folder(tmp_path)  # what is still named as a checkpoint is whole
     prune_checkpoints(tmp_path, keep=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000003"]
+
+
+KILL_DURING_WRITE = """
+import os, sys, time
+def slow(fd):  # the data is written, not yet synced or linked: the moment a kill hurts most
+    print("writing", flush=True)
+    time.sleep(60)
+os.fsync = slow
+from vckit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_during_a_wav_write_leaves_no_file(data_dir, tmp_path):
+    """``kill -9`` while the WAV is being written: neither the output nor a temp file is left."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["convert", str(data_dir / "vcc2016" / "SF1" / "100002.wav"), "--ref", str(data_dir / "vcc2016" / "TM1" / "100001.wav")]
+    args += ["-o", str(out / "x.wav"), "--checkpoint", "checkpoints/default", "--vocoder", "griffinlim", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, *args], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        line = proc.stdout.readline()  # blocks until the write has begun
+        assert line.strip() == "writing", line
+    finally:
+        end_process(proc)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(out.iterdir()) == []
 
 
 # -- a full disk -------------------------------------------------------------------------------
@@ -243,14 +280,11 @@ DEMO_MAX_SECONDS = 5  # so the upload cap is demo_app's floor, 10 MB
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory: pytest.TempPathFactory):
     """``python demo.py`` with 8 conversions at a time, clips up to 5 s; yields its URL."""
-    import socket
-    import urllib.request
+    from test_demo import free_port, wait_for_server
 
     pytest.importorskip("gradio_client", reason="the demo tests need gradio (pip install -e '.[demo]')")
     root = tmp_path_factory.mktemp("demo")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "demo.py", "--port", str(port), "--vocoder", "griffinlim", "--device", "cpu", "--concurrency", "8"]
     cmd += ["--max-seconds", str(DEMO_MAX_SECONDS), "--bank", str(root / "bank")]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(root / "gradio")}
@@ -259,23 +293,10 @@ def demo_url(tmp_path_factory: pytest.TempPathFactory):
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        end = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < end, "demo.py did not start:\n" + log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.3)
+        wait_for_server(url, proc, log, timeout=120)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, signal.SIGTERM)
 
 
 def upload(url: str, name: str, data: bytes) -> tuple[int, str]:
