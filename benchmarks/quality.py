@@ -29,6 +29,13 @@ only; its native library is not loaded), ``onnxruntime``; ``--no-dnsmos`` and
 
     python benchmarks/quality.py                          # prints Markdown, writes docs/eval/quality.json
     python benchmarks/quality.py --no-asr --no-dnsmos     # speaker scores and reconstruction only
+    python benchmarks/quality.py --report docs/eval/report.json   # re-run `vckit eval` as recorded there
+
+``--report`` reproduces the summary table of a ``vckit eval`` report (MCD,
+F0, judge similarity, disentanglement probe, VQ, reconstruction): it re-runs
+:func:`vckit.evaluate.evaluate` with the settings recorded in the report,
+prints the new table and says whether it matches the committed one (exit 1
+if not). The new report goes to a temporary folder (or ``--report-out``).
 """
 
 from __future__ import annotations
@@ -166,6 +173,37 @@ def wer(pairs: list[tuple[str, str]]) -> tuple[float, int]:
     return (errs / words if words else float("nan")), words
 
 
+# -- vckit eval report ---------------------------------------------------------------
+def reproduce_report(path: Path, out_dir: Path | None = None) -> int:
+    """Re-run the evaluation a ``vckit eval`` report records; print its table and compare."""
+    import tempfile
+    from dataclasses import fields
+
+    from vckit.eval_report import summary_table
+    from vckit.evaluate import EvalConfig, evaluate
+
+    old = json.loads(path.read_text())
+    s = old["settings"]
+    cfg = EvalConfig(**{f.name: s[f.name] for f in fields(EvalConfig) if f.name in s})
+    out = out_dir or Path(tempfile.mkdtemp(prefix="vckit_eval_"))
+    if s.get("threads"):
+        torch.set_num_threads(s["threads"])  # float sums, hence the probes' training, depend on it
+    t = time.perf_counter()
+    new = evaluate(s["checkpoint"], s["data"], out, pairs=s["pairs"], judge=old["judge"]["path"], vocoder=s["vocoder"],
+                   device=s["device"], cfg=cfg, command=old["command"])
+    print(f"re-ran `{old['command']}` in {time.perf_counter() - t:.0f} s; report in {out}\n")
+    table, committed = summary_table(new), summary_table(old)
+    print(table)
+    if table == committed:
+        print(f"\nthe table matches {path}")
+        return 0
+    print(f"\nthe table differs from {path}:")
+    for a, b in zip(committed.splitlines(), table.splitlines()):
+        if a != b:
+            print(f"  committed: {a}\n  now:       {b}")
+    return 1
+
+
 # -- main ---------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -181,8 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dnsmos", action="store_true")
     ap.add_argument("--no-griffinlim", action="store_true")
     ap.add_argument("--match-pitch", action="store_true", help="shift each source to its target's median F0 first (vckit convert --match-pitch)")
+    ap.add_argument("--report", default=None, help="a vckit eval report.json: re-run it and print its summary table (nothing else is measured)")
+    ap.add_argument("--report-out", default=None, help="with --report: where the new report goes (default: a temporary folder)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.report:
+        return reproduce_report(Path(args.report), Path(args.report_out) if args.report_out else None)
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
 

@@ -217,7 +217,7 @@ def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean([np.mean(pred[y == k] == k) for k in np.unique(y)]))
 
 
-def train_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, kind: str = "linear", seed: int = 0, steps: int = 300, hidden: int = 256) -> nn.Module:
+def train_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, kind: str = "linear", seed: int = 0, steps: int = 300, hidden: int = 128) -> nn.Module:
     """A speaker classifier on frozen features ``x: (n, dim)``, labels ``y: (n,)``.
 
     ``kind`` is ``linear`` (multinomial logistic regression) or ``mlp`` (one
@@ -263,8 +263,9 @@ def probe_scores(train: list[tuple[torch.Tensor, int]], test: list[tuple[torch.T
     Each item is ``(features (frames, dim) or (dim,), speaker index)``: frames
     of an utterance are separate training examples, and an utterance is
     classified by its frames' summed log-probabilities. Returns balanced
-    accuracy over test utterances (and over test frames for frame features)
-    and chance (1 / speakers).
+    accuracy over test utterances (and over test frames for frame features),
+    chance (1 / speakers) and ``chance_95``, the balanced accuracy that 5 % of
+    uniformly random guesses over the same test utterances reach.
     """
     if not train or not test:
         raise VckitError("the probe needs training and test utterances")
@@ -285,9 +286,12 @@ def probe_scores(train: list[tuple[torch.Tensor, int]], test: list[tuple[torch.T
         frame_pred.append(logp.argmax(-1).numpy())
         frame_true.append(np.full(len(logp), k))
     y_utt = np.array([k for _, k in test])
-    speakers = len(np.unique(y_utt))
-    out = {"utterance_accuracy": balanced_accuracy(np.array(utt_pred), y_utt), "chance": 1.0 / speakers, "speakers": speakers,
-           "train_utterances": len(train), "test_utterances": len(test)}
+    speakers = np.unique(y_utt)
+    # chance is 1 / speakers on average; with few test utterances a guess can score well above it
+    rng = np.random.default_rng(seed)
+    guesses = [balanced_accuracy(rng.choice(speakers, len(y_utt)), y_utt) for _ in range(1000)]
+    out = {"utterance_accuracy": balanced_accuracy(np.array(utt_pred), y_utt), "chance": 1.0 / len(speakers),
+           "chance_95": float(np.quantile(guesses, 0.95)), "speakers": len(speakers), "train_utterances": len(train), "test_utterances": len(test)}
     if any(f.dim() == 2 for f, _ in test):
         out["frame_accuracy"] = balanced_accuracy(np.concatenate(frame_pred), np.concatenate(frame_true))
     return out

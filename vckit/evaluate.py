@@ -61,9 +61,9 @@ class EvalConfig:
     seed: int = 0
     parallel_pairs: int = 20  # pairs with a same-content target utterance (MCD, F0)
     pairs_per_kind: int = 3  # further non-parallel pairs per M->F, F->M, F->F, M->M
-    probe_utterances: int = 12  # per speaker, at most; split half for training, half held out
+    probe_utterances: int = 20  # per speaker, at most; split half for training, half held out
     probe_min_utterances: int = 4  # speakers with fewer are left out of the probe
-    probe_max_frames: int = 200  # frames per utterance the frame probes see
+    probe_max_frames: int = 100  # frames per utterance the frame probes see (evenly spaced)
     recon_per_speaker: int = 4
     min_source_s: float = 0.3
     max_source_s: float = 10.0
@@ -269,6 +269,15 @@ class _Timer:
         self.t = now
 
 
+def _shown(path: str | Path) -> str:
+    """A path as the report shows it: relative to the working folder when inside it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _nanmean(xs: list[float]) -> float:
     xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
     return float(np.mean(xs)) if xs else math.nan
@@ -326,6 +335,7 @@ def evaluate(
         raise VckitError(f"no usable audio in {data} ({len(skipped)} unreadable or silent files)")
     utts, wavs = [utts[i] for i in keep], [wavs[i] for i in keep]
     dur = np.array([len(w) / sr for w in wavs])
+    timer.lap("audio")
     pair_list = read_pairs(pairs, utts, dur, cfg) if pairs else make_pairs(utts, dur, cfg)
     if not pair_list:
         raise VckitError(f"no conversion pairs in {data}: it needs two speakers, the target with at least two utterances")
@@ -338,7 +348,7 @@ def evaluate(
     emb = torch.stack(judge_emb)
     iu = np.triu_indices(len(utts), 1)
     same = (spk[:, None] == spk[None])[iu]
-    judge_info = {"path": str(judge_dir), "eer_recorded": sv_meta.get("eer"), "threshold": float(sv_meta.get("threshold") or math.nan)}
+    judge_info = {"path": _shown(judge_dir), "eer_recorded": sv_meta.get("eer"), "threshold": float(sv_meta.get("threshold") or math.nan)}
     if same.any() and (~same).any():
         eer, thr = equal_error_rate((emb @ emb.T).numpy()[iu], same)
         judge_info.update({"eer_on_data": eer, "threshold_on_data": thr, "trials": int(len(same))})
@@ -384,8 +394,9 @@ def evaluate(
         ct, cs, c0 = float(e_c @ e_t), float(e_c @ e_s), float(e_s @ e_t)
         p.scores = {"cos_target": ct, "cos_source": cs, "closer_to_target": ct > cs, "accepted": ct >= thr,
                     "source_cos_target": c0, "source_accepted": c0 >= thr, "refs_cos_target": float(e_r @ e_t)}
+        conv16 = load_audio(out, MCEP_SR, vc.sample_rate)
+        p.scores["converted_vs_source"] = parallel_scores(conv16, at16(p.source))  # what of the source is kept
         if p.parallel:
-            conv16 = load_audio(out, MCEP_SR, vc.sample_rate)
             p.scores["converted"] = parallel_scores(conv16, at16(p.heldout))
             p.scores["source"] = parallel_scores(at16(p.source), at16(p.heldout))
         if n % 10 == 0:
@@ -399,8 +410,8 @@ def evaluate(
         "command": command,
         "vckit": vckit.__version__,
         "torch": torch.__version__,
-        "settings": {"checkpoint": str(checkpoint or default_checkpoint()), "model_sha256": vc.model_id, "data": str(data),
-                     "pairs": str(pairs) if pairs else None, "vocoder": vocoder, "device": device, **asdict(cfg)},
+        "settings": {"checkpoint": _shown(checkpoint or default_checkpoint()), "model_sha256": vc.model_id, "data": _shown(data),
+                     "pairs": _shown(pairs) if pairs else None, "vocoder": vocoder, "device": device, "threads": torch.get_num_threads(), **asdict(cfg)},
         "data": {"utterances": len(utts), "speakers": len(set(spk)), "seconds": round(float(dur.sum()), 1),
                  "speakers_by_gender": {g: len({u["speaker"] for u in utts if u["gender"] == g}) for g in ("f", "m", "?")},
                  "skipped": skipped},
@@ -496,6 +507,7 @@ def _summarise(pairs: list[Pair]) -> dict[str, Any]:
         d: dict[str, Any] = {"pairs": len(ps)}
         for k in ("cos_target", "cos_source", "closer_to_target", "accepted", "source_cos_target", "source_accepted", "refs_cos_target"):
             d[k] = _nanmean([p.scores[k] for p in ps])
+        d["converted_vs_source"] = {k: _nanmean([p.scores["converted_vs_source"][k] for p in ps]) for k in ps[0].scores["converted_vs_source"]}
         par = [p for p in ps if p.parallel]
         d["parallel_pairs"] = len(par)
         for who in ("converted", "source"):
