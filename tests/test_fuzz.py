@@ -33,7 +33,7 @@ from vckit.errors import AudioError, NonFiniteAudioError, VckitError
 
 from conftest import DATA_DIR, REPO_ROOT
 
-hypothesis = pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (pip install -e '.[dev]')")
+pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (pip install -e '.[dev]')")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -140,7 +140,7 @@ def make_signal(s: Signal) -> np.ndarray:
         "speech": np.resize(speech(), n),
         "square": np.sign(sine),
         "clipped_square": np.clip(4 * sine, -1, 1),
-        "over_range_square": 8 * np.sign(sine),  # only float files keep it; PCM writers wrap or clip it
+        "over_range_square": 8 * np.sign(sine),  # float files keep it; PCM cases are clipped before writing
         "huge": 1e30 * sine,
         "impulse": np.eye(1, n, n // 2)[0] if n else np.zeros(0),
     }.get(s.kind, 0.5 * np.ones(n))
