@@ -289,3 +289,22 @@ def test_clear_errors(tiny_eval, tmp_path, capsys, case, message):
     assert run_eval(tiny_eval, *args) == 1  # later flags override the defaults given by run_eval
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_data_layouts(data_dir, tmp_path):
+    """Corpus folders with metadata.csv, folders of corpora, speaker folders, manifests with relative paths."""
+    import shutil
+
+    from vckit.evaluate import load_data
+
+    fsdd = load_data(data_dir / "fsdd")
+    assert len(fsdd) == 300 and {u["gender"] for u in fsdd} == {"m"}
+    assert fsdd[0]["key"] == "text:zero" and fsdd[0]["file"].endswith("0_george_0.wav")
+    for spk in ("alice", "bob"):
+        (tmp_path / "spk" / spk).mkdir(parents=True)
+        shutil.copy(data_dir / "vcc2016" / "SF1" / "100001.wav", tmp_path / "spk" / spk / "100001.wav")
+    folders = load_data(tmp_path / "spk")
+    assert [(u["speaker"], u["gender"], u["key"]) for u in folders] == [("alice", "?", "id:100001"), ("bob", "?", "id:100001")]
+    (tmp_path / "spk" / "m.jsonl").write_text('{"path": "alice/100001.wav", "speaker": "a", "gender": "F", "text": "Hello, World!"}\n')
+    (row,) = load_data(tmp_path / "spk" / "m.jsonl")  # relative to the manifest's folder
+    assert row["file"] == str((tmp_path / "spk" / "alice" / "100001.wav").resolve()) and row["key"] == "text:hello world" and row["gender"] == "f"

@@ -1,7 +1,15 @@
-"""Objective evaluation of a conversion model on held-out speakers.
+"""Objective evaluation metrics for conversion models on held-out speakers.
 
-Works on log-mels (no vocoder), so it runs wherever the model trains. The
-speaker judge is the independent verifier of :mod:`vckit.speaker_verification`.
+* :func:`make_pairs` and :func:`conversion_scores`: speaker similarity on
+  cached log-mels (no vocoder), for model selection while training. The
+  speaker judge is the independent verifier of :mod:`vckit.speaker_verification`.
+* signal metrics on waveforms: :func:`mel_cepstrum`, :func:`mcd_dtw`,
+  :func:`f0_scores` and :func:`parallel_scores` (MCD with DTW and F0 against a
+  same-content target utterance);
+* the disentanglement probe (:func:`probe_scores`), :func:`codebook_stats`
+  and :func:`reconstruction_l1`.
+
+``vckit eval`` (:mod:`vckit.evaluate`) runs them all on a checkpoint.
 """
 
 from __future__ import annotations
