@@ -57,6 +57,7 @@ def test_finetune_trains_only_the_chosen_parts_and_enrolls(source, voices, tmp_p
     out, bank = tmp_path / "ft" / "me", tmp_path / "bank"
     res = finetune(source, voices / "sm1", out, speaker="me", config=FAST, bank=bank, device="cpu", progress=False)
     assert res.checkpoint == out and res.steps == 30 and list(res.speakers) == ["me"]
+    assert res.replay_speakers == 0 and res.new_share == pytest.approx(1.0)
     assert 15 < res.speakers["me"] < 25
     assert res.recon_after < 0.9 * res.recon_before  # it fits the new voice
     assert folder_digest(source) == before_src  # the source is never touched
@@ -95,6 +96,17 @@ def test_finetune_content_encoder_when_asked(source, voices, tmp_path):
     _, sd1, _ = load_checkpoint(tmp_path / "m")
     assert not torch.equal(sd0["content_encoder.inp.weight"], sd1["content_encoder.inp.weight"])
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0 if k.startswith("speaker_encoder."))
+
+
+def test_replay_mixes_the_source_data_into_each_batch(source, voices, tiny_cache, tmp_path):
+    cfg = FinetuneConfig(steps=5, batch_size=8, segment_frames=32, replay=str(tiny_cache["root"]), replay_fraction=0.25)
+    res = finetune(source, voices / "sm1", tmp_path / "m", speaker="me", config=cfg, bank=tmp_path / "bank", device="cpu", progress=False)
+    assert res.replay_speakers == 5 and res.new_share == pytest.approx(0.75)
+    assert read_meta(tmp_path / "m")["speakers"] == ["me"] and list(res.profiles) == ["me"]
+    with pytest.raises(VckitError, match="not a prepared cache"):
+        finetune(source, voices / "sm1", tmp_path / "n", speaker="me", config=FinetuneConfig(replay=str(tmp_path)), device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="replay_fraction"):
+        FinetuneConfig(replay_fraction=1.0)
 
 
 def test_cli_finetunes_several_speakers_then_converts(source, voices, tmp_path, capsys):

@@ -184,7 +184,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from vckit.api import default_checkpoint
 
     parts = ("content_encoder", "speaker_encoder", "decoder") if args.train_content else FinetuneConfig.train
-    given = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr), ("time_budget", args.time_budget)) if v is not None}
+    opts = (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr), ("time_budget", args.time_budget), ("replay", args.replay), ("replay_fraction", args.replay_fraction))
+    given = {k: v for k, v in opts if v is not None}
     cfg = FinetuneConfig(train=parts, **given)
     out = args.out or str(Path("runs") / "finetune" / (args.speaker or Path(args.data).stem))
     res = finetune(args.source or default_checkpoint(), args.data, out, speaker=args.speaker, config=cfg, bank=args.bank, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4)")
     f.add_argument("--time-budget", type=float, default=None, help="stop after this many training seconds")
     f.add_argument("--train-content", action="store_true", help="also train the content encoder (frozen by default)")
+    f.add_argument("--replay", default=None, metavar="CACHE", help="mix in the source model's prepared training data (e.g. cache/shared_dev)")
+    f.add_argument("--replay-fraction", type=float, default=None, help="share of each batch from --replay (default 0.5)")
     f.add_argument("--bank", default=None, help="speaker bank to enroll into (default: user data dir, or $VCKIT_BANK)")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out folder and enrolled speakers of the same names")

@@ -39,6 +39,7 @@ from vckit.config import Config, DataConfig, TrainConfig, to_dict
 from vckit.data import cache_features, read_manifest, valid_batches, write_manifest
 from vckit.errors import ConfigError, VckitError
 from vckit.losses import masked_l1
+from vckit.prepare import merge_feature_caches, rows_from_csv, rows_from_folder
 from vckit.train import Trainer, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class FinetuneConfig:
     time_budget: float = 0.0  # >0: stop after this many training seconds (the LR schedule follows time)
     augment: bool = False  # the training-time speed / mel-shift augmentation (makes virtual speakers)
     min_seconds: float = 10.0  # refuse a speaker with less usable audio than this
+    replay: str = ""  # a prepared cache (train.jsonl + features/) of the source model's data, mixed in
+    replay_fraction: float = 0.5  # share of each batch drawn from the replay speakers
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune: parts to train must be some of {', '.join(PARTS)}, got {', '.join(self.train) or 'none'}")
         if self.steps < 1 or self.batch_size < 1 or self.segment_frames < 8 or self.lr <= 0:
             raise ConfigError("finetune: steps, batch_size and lr must be positive and segment_frames at least 8")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ConfigError(f"finetune: replay_fraction must be in [0, 1), got {self.replay_fraction}")
 
 
 @dataclass
@@ -81,15 +86,25 @@ class FinetuneResult:
     recon_before: float  # mel L1 (normalised units) of the new speakers' self-reconstruction
     recon_after: float
     skipped: list[str] = field(default_factory=list)
+    replay_speakers: int = 0  # speakers of the replay data mixed in
+    new_share: float = 1.0  # the new speakers' share of each batch
 
 
 class FineTuner(Trainer):
     """A :class:`Trainer` that starts from an inference checkpoint's weights
     (all of them, checked strictly), trains only ``parts`` and saves inference
-    weights only (no optimiser state, no event files)."""
+    weights only (no optimiser state, no event files).
 
-    def __init__(self, cfg: Config, source: str | os.PathLike, parts: tuple[str, ...], *, device: str = "auto"):
+    With replay speakers in the manifest besides the ``new`` ones, the new
+    speakers get ``1 - replay_fraction`` of each batch (evenly), the others
+    the rest (by frames ** 0.3, as in training).
+    """
+
+    def __init__(self, cfg: Config, source: str | os.PathLike, parts: tuple[str, ...], new: list[str], replay_fraction: float = 0.0, *, device: str = "auto"):
         super().__init__(cfg, device=device)
+        self.new_speakers = new
+        self.new_utts = [u for u in self.train_utts if u["speaker"] in set(new)]
+        self._weight_speakers(replay_fraction)
         _, sd, _ = load_checkpoint(source, self.device)
         check_state_dict(self.model, sd)
         self.model.load_state_dict(sd, strict=True)
@@ -104,6 +119,20 @@ class FineTuner(Trainer):
     def interrupted(self) -> bool:
         """Whether the last :meth:`run` stopped on a signal."""
         return self._stop
+
+    def _weight_speakers(self, replay_fraction: float) -> None:
+        s = self.sampler
+        is_new = torch.tensor([spk in set(self.new_speakers) for spk in s.speakers], device=s.spk_frames.device)
+        if bool(is_new.all()):
+            return
+        old = torch.where(is_new, torch.zeros_like(s.spk_frames), s.spk_frames.pow(0.3)).float()
+        s.spk_probs = is_new.float() / is_new.sum() * (1 - replay_fraction) + old / old.sum() * replay_fraction
+
+    @property
+    def new_share(self) -> float:
+        """The new speakers' share of each batch."""
+        s = self.sampler
+        return float(sum(p for spk, p in zip(s.speakers, s.spk_probs.tolist()) if spk in set(self.new_speakers)))
 
     def _learns(self, module: str) -> bool:
         # the VQ codebook follows the content encoder
@@ -120,7 +149,7 @@ class FineTuner(Trainer):
     def save(self) -> Path:
         folder = self.out_dir / "last"
         sd = {k: v for k, v in self.model.state_dict().items() if not k.startswith("classifier.")}
-        self.saved = save_checkpoint(folder, self.cfg, sd, step=self.step, extra={"speakers": self.sampler.speakers})
+        self.saved = save_checkpoint(folder, self.cfg, sd, step=self.step, extra={"speakers": self.new_speakers})
         return self.saved
 
     @torch.no_grad()
@@ -128,7 +157,7 @@ class FineTuner(Trainer):
         """Self-reconstruction L1 on fixed segments of the new speakers (reference: another utterance)."""
         self.model.eval()
         total, n = 0.0, 0
-        for b in valid_batches(self.store, self.train_utts, self.cfg.data.segment_frames, 16, max_items):
+        for b in valid_batches(self.store, self.new_utts, self.cfg.data.segment_frames, 16, max_items):
             out = self.model(b["mel"], b["ref"])
             k = b["mel"].shape[0]
             total += float(masked_l1(out["pred"], out["target"], b["mask"])) * k
@@ -141,8 +170,6 @@ class FineTuner(Trainer):
 def collect_rows(data: str | os.PathLike, speaker: str | None) -> list[dict[str, Any]]:
     """Rows of the new speakers' audio: a folder (``--speaker``: all its audio
     is that speaker's; else ``data/<speaker>/...``), a CSV or a JSONL manifest."""
-    from vckit.prepare import rows_from_csv, rows_from_folder
-
     data = Path(data)
     if not data.exists():
         raise VckitError(f"fine-tuning data not found: {data}")
@@ -166,7 +193,15 @@ def _usable_seconds(index: dict[str, Any], frame_rate: float) -> dict[str, float
     return out
 
 
-def _config(source_cfg: Config, work: Path, ft: FinetuneConfig) -> Config:
+def _replay_rows(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], Path]:
+    """The training manifest and feature cache of a prepared recipe cache (e.g. ``cache/shared_dev``)."""
+    folder = Path(folder)
+    if not (folder / "train.jsonl").is_file() or not (folder / "features" / "index.json").is_file():
+        raise VckitError(f"--replay {folder} is not a prepared cache (it needs train.jsonl and features/; run the recipe's prepare.py)")
+    return read_manifest(folder / "train.jsonl"), folder / "features"
+
+
+def _config(source_cfg: Config, work: Path, features: Path, ft: FinetuneConfig) -> Config:
     model = dataclasses.replace(
         source_cfg.model,
         n_speakers=0,
@@ -176,7 +211,7 @@ def _config(source_cfg: Config, work: Path, ft: FinetuneConfig) -> Config:
     data = DataConfig(
         train_manifest=str(work / "train.jsonl"),
         valid_manifest="",
-        features=str(work / "features"),
+        features=str(features),
         segment_frames=ft.segment_frames,
         speaker_sampling_power=0.0,
         augment=augment,
@@ -249,14 +284,14 @@ def finetune(
         taken = [n for n in names if (bank / f"{n}.safetensors").exists()]
         if taken:
             raise VckitError(f"speaker {taken[0]!r} is already enrolled in {bank} (use --overwrite to replace it, or another name)")
+    replay = _replay_rows(ft.replay) if ft.replay else None
     source_cfg, _, _ = load_checkpoint(source)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.finetune-", dir=out.parent))
     try:
-        write_manifest(rows, work / "train.jsonl")
         try:
-            index = cache_features(rows, source_cfg.mel, work / "features", progress=progress)
+            index = cache_features(rows, source_cfg.mel, work / "new", progress=progress)
         except VckitError:
             raise VckitError(f"no usable audio in {data}: all {len(rows)} file(s) are unreadable, silent or too short") from None
         seconds = _usable_seconds(index, source_cfg.mel.frame_rate)
@@ -266,8 +301,13 @@ def finetune(
                 raise VckitError(f"speaker {name!r} has {s:.1f} s of usable audio: fine-tuning needs at least {ft.min_seconds:g} s (a few minutes is best)")
             if s < 60:
                 log.warning("speaker %r has only %.0f s of audio: a few minutes gives a closer voice", name, s)
-        cfg = _config(source_cfg, work, ft)
-        trainer = FineTuner(cfg, source, ft.train, device=device)
+        features, manifest = work / "new", rows
+        if replay is not None:
+            features, manifest = work / "features", rows + replay[0]
+            merge_feature_caches([work / "new", replay[1]], features)
+        write_manifest(manifest, work / "train.jsonl")
+        cfg = _config(source_cfg, work, features, ft)
+        trainer = FineTuner(cfg, source, ft.train, names, ft.replay_fraction, device=device)
         before = trainer.recon_l1()
         t0 = time.time()
         trainer.run(progress=progress)
@@ -296,6 +336,8 @@ def finetune(
         recon_before=before,
         recon_after=after,
         skipped=list(index["skipped"]),
+        replay_speakers=len(trainer.sampler.speakers) - len(names),
+        new_share=trainer.new_share,
     )
 
 

@@ -21,8 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
-from vckit.config import MelConfig
-from vckit.data import AUDIO_EXTS, cache_features, manifest_from_csv, manifest_from_folder, write_manifest
+from vckit.config import MelConfig, to_dict
+from vckit.data import AUDIO_EXTS, QUANT_HI, QUANT_LO, cache_features, manifest_from_csv, manifest_from_folder, write_manifest
 from vckit.errors import VckitError
 
 log = logging.getLogger(__name__)
@@ -111,23 +111,58 @@ def describe(name: str, rows: list[dict[str, Any]]) -> str:
 
 # -- features -------------------------------------------------------------
 def _cache_shard(args: tuple[list[dict[str, Any]], MelConfig, str]) -> str:
+    import numpy as np
+
     rows, mel, out = args
     try:
         cache_features(rows, mel, out, progress=False)
-    except VckitError:  # no usable file in this shard: an empty shard
+    except VckitError:  # no usable file in this shard: an empty cache that lists them as skipped
         Path(out).mkdir(parents=True, exist_ok=True)
+        np.save(Path(out) / "mels.npy", np.zeros((0, mel.n_mels), dtype=np.uint8))
+        index = {"mel": to_dict(mel), "quant": [QUANT_LO, QUANT_HI], "frames": 0, "utterances": [], "skipped": [r["path"] for r in rows]}
+        (Path(out) / "index.json").write_text(json.dumps(index))
     return out
 
 
-def cache_features_parallel(rows: list[dict[str, Any]], mel: MelConfig, out_dir: str | os.PathLike, workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """:func:`vckit.data.cache_features` in ``workers`` processes, merged into one cache.
+def merge_feature_caches(folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Copy feature caches back to back into one (``out_dir/mels.npy`` + ``index.json``).
 
-    The rows are cut into contiguous shards, each cached into a temporary
-    folder, then copied back to back into ``out_dir/mels.npy`` (through a
-    memory map, so the whole corpus never has to fit in memory twice).
+    The copy goes through a memory map, so the caches never have to fit in
+    memory twice. Raises :class:`VckitError` if their mel configs differ or
+    they hold no frames at all.
     """
     import numpy as np
 
+    out_dir = Path(out_dir)
+    indexes = [json.loads((Path(f) / "index.json").read_text()) for f in folders]
+    for f, ix in zip(folders, indexes):
+        if ix["mel"] != indexes[0]["mel"]:
+            raise VckitError(f"feature cache {f} was made with another mel config than {folders[0]}")
+    total = sum(ix["frames"] for ix in indexes)
+    if total == 0:
+        raise VckitError("no usable audio in the manifest")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged = np.lib.format.open_memmap(out_dir / "mels.npy.tmp", mode="w+", dtype=np.uint8, shape=(total, int(indexes[0]["mel"]["n_mels"])))
+    utts: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    offset = 0
+    for folder, ix in zip(folders, indexes):
+        merged[offset : offset + ix["frames"]] = np.load(Path(folder) / "mels.npy", mmap_mode="r")
+        utts += [{**u, "offset": u["offset"] + offset} for u in ix["utterances"]]
+        skipped += ix["skipped"]
+        offset += ix["frames"]
+    merged.flush()
+    del merged
+    os.replace(out_dir / "mels.npy.tmp", out_dir / "mels.npy")
+    index = {**indexes[0], "frames": total, "utterances": utts, "skipped": skipped}
+    (out_dir / "index.json").write_text(json.dumps(index, indent=1))
+    return index
+
+
+def cache_features_parallel(rows: list[dict[str, Any]], mel: MelConfig, out_dir: str | os.PathLike, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """:func:`vckit.data.cache_features` in ``workers`` processes: the rows are
+    cut into contiguous shards, each cached into a temporary folder, then
+    merged with :func:`merge_feature_caches`."""
     if workers <= 1 or len(rows) < 2 * workers:
         return cache_features(rows, mel, out_dir, progress=progress)
     out_dir = Path(out_dir)
@@ -143,27 +178,8 @@ def cache_features_parallel(rows: list[dict[str, Any]], mel: MelConfig, out_dir:
                 from tqdm import tqdm
 
                 it = tqdm(it, total=len(jobs), desc="features", unit="shard")
-            shards = [Path(p) for p in it]
-        indexes = [json.loads((s / "index.json").read_text()) if (s / "index.json").is_file() else None for s in shards]
-        total = sum(ix["frames"] for ix in indexes if ix)
-        if total == 0:
-            raise VckitError("no usable audio in the manifest")
-        merged = np.lib.format.open_memmap(out_dir / "mels.npy.tmp", mode="w+", dtype=np.uint8, shape=(total, mel.n_mels))
-        utts, skipped, offset = [], [], 0
-        for shard, ix, (rows_in, _, _) in zip(shards, indexes, jobs):
-            if ix is None:
-                skipped += [r["path"] for r in rows_in]
-                continue
-            merged[offset : offset + ix["frames"]] = np.load(shard / "mels.npy", mmap_mode="r")
-            utts += [{**u, "offset": u["offset"] + offset} for u in ix["utterances"]]
-            skipped += ix["skipped"]
-            offset += ix["frames"]
-        merged.flush()
-        del merged
-        os.replace(out_dir / "mels.npy.tmp", out_dir / "mels.npy")
-        index = {**indexes[next(i for i, ix in enumerate(indexes) if ix)], "frames": total, "utterances": utts, "skipped": skipped}
-        (out_dir / "index.json").write_text(json.dumps(index, indent=1))
-        return index
+            shards = list(it)
+        return merge_feature_caches(shards, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
