@@ -448,3 +448,11 @@ def test_an_hour_long_file_converts(vc, target, tmp_path):
     seconds = time.perf_counter() - t0
     assert abs(sf.info(str(out)).duration - 3600) < 0.05 and np.isfinite(wav).all()
     print(f"\nan hour converted in {seconds:.0f} s (griffinlim, CPU); peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def test_mixing_channels_of_huge_samples_does_not_overflow(tmp_path):
+    """Two channels near float32's largest value mixed to +inf (a finite file called non-finite)."""
+    p = tmp_path / "loud.wav"
+    sf.write(str(p), np.full((800, 2), 3e38) * np.sin(np.arange(800) * 0.3)[:, None], 8000, subtype="FLOAT")
+    wav = load_audio(p, 16000)
+    assert np.isfinite(wav).all() and np.abs(wav).max() <= PEAK_LIMIT + 1e-6

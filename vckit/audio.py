@@ -63,7 +63,8 @@ def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarr
             if not mono or f.channels == 1:
                 data = f.read(dtype="float32", always_2d=True).T
                 return np.ascontiguousarray(data[0] if mono else data), int(sr)
-            blocks = [b.mean(axis=1) for b in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)]
+            with np.errstate(invalid="ignore"):  # inf and -inf mix to NaN, which check_signal reports
+                blocks = [b.mean(axis=1, dtype=np.float64).astype(np.float32) for b in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)]
     except Exception as e:  # soundfile raises several types for bad files
         msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnreadableAudioError(f"cannot read audio file {path.name}: {msg}") from None
