@@ -221,6 +221,9 @@ def test_eval_end_to_end(tiny_eval, capsys):
     a = r["conversion"]["all"]
     assert a["pairs"] == 8 and a["parallel_pairs"] == 4 and math.isfinite(a["converted"]["mcd_db"])
     assert all(math.isfinite(p["scores"]["converted_vs_source"]["mcd_db"]) for p in pairs)
+    # the vocoder alone (Griffin-Lim here) keeps the source far better than a random model does
+    voc = a["vocoder_only_vs_source"]
+    assert voc["pairs"] == 8 and voc["mcd_db"] < a["converted_vs_source"]["mcd_db"] and voc["f0_corr"] > 0.5 and voc["cos_source"] > 0.5
     # the judge: a target's own references are closer to the held-out utterance than the source is
     assert a["refs_cos_target"] > a["source_cos_target"]
     assert 0 <= r["judge"]["eer_on_data"] < 0.5

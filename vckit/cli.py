@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--parallel-pairs", type=int, default=None, help="pairs with a same-content target utterance (default 20)")
     ev.add_argument("--pairs-per-kind", type=int, default=None, help="more pairs, not parallel, for each of M->F, F->M, F->F, M->M (default 3)")
-    ev.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    ev.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is fastest on a busy machine)")
     ev.add_argument("--no-plots", action="store_true", help="no PNG plots")
     ev.add_argument("--quiet", action="store_true", help="no progress lines")
     ev.set_defaults(func=_cmd_eval)

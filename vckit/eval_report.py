@@ -36,8 +36,11 @@ def summary_table(r: dict[str, Any]) -> str:
             f"| normalised log-F0 RMSE (std units) ↓ | {_f(c['f0_rmse_norm'])} | {_f(s['f0_rmse_norm'])} (source as is) |",
             f"| log-F0 mean distance to the target, semitones ↓ | {_f(c['logf0_abs_diff_st'], 2)} | {_f(s['logf0_abs_diff_st'], 2)} (source as is) |",
         ]
-    k = a["converted_vs_source"]
-    lines.append(f"| F0 correlation of the conversion with its own source (intonation kept, all {a['pairs']} pairs) ↑ | {_f(k['f0_corr'])} | 1 (source as is) |")
+    k, v = a["converted_vs_source"], a.get("vocoder_only_vs_source")
+    voc = f"{_f(v['f0_corr'])} (the vocoder alone, {v['pairs']} sources)" if v else "–"
+    lines.append(f"| F0 correlation of the conversion with its own source (intonation kept, all {a['pairs']} pairs) ↑ | {_f(k['f0_corr'])} | {voc} |")
+    if v:
+        lines.append(f"| MCD of the vocoder alone against its input (the floor of any MCD here), dB | – | {_f(v['mcd_db'], 2)} ({v['pairs']} sources) |")
     j = r["judge"]
     eer = f"EER {_pct(j.get('eer_on_data'))} on these data" if "eer_on_data" in j else "EER not measurable on these data"
     lines += [

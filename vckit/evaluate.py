@@ -65,6 +65,7 @@ class EvalConfig:
     probe_min_utterances: int = 4  # speakers with fewer are left out of the probe
     probe_max_frames: int = 100  # frames per utterance the frame probes see (evenly spaced)
     recon_per_speaker: int = 4
+    vocoder_floor_pairs: int = 8  # sources also resynthesised by the vocoder alone, for reference
     min_source_s: float = 0.3
     max_source_s: float = 10.0
     plots: bool = True
@@ -304,7 +305,7 @@ def evaluate(
     """
     import vckit
     from vckit.api import REPO_ROOT, default_checkpoint, load
-    from vckit.audio import load_audio
+    from vckit.audio import load_audio, log_mel
     from vckit.eval import MCEP_SR, codebook_stats, parallel_scores, reconstruction_l1
     from vckit.speaker_verification import equal_error_rate, load_sv
 
@@ -399,6 +400,13 @@ def evaluate(
         if p.parallel:
             p.scores["converted"] = parallel_scores(conv16, at16(p.heldout))
             p.scores["source"] = parallel_scores(at16(p.source), at16(p.heldout))
+        if n <= cfg.vocoder_floor_pairs:  # the vocoder alone on the same input: the floor of MCD, the ceiling of F0 correlation
+            with torch.inference_mode():
+                x = load_audio(utts[p.source]["file"], sr, trim=False)
+                copy = vc.vocoder.vocode(log_mel(x, vc.config.mel, vc.device)).float().cpu().numpy()
+            p.scores["vocoder_only_vs_source"] = parallel_scores(load_audio(copy, MCEP_SR, vc.sample_rate), at16(p.source))
+            judge_copy = _judge_embed(sv, load_audio(copy, sv.cfg.mel.sample_rate, vc.sample_rate))
+            p.scores["vocoder_only_vs_source"]["cos_source"] = float(judge_copy @ e_s)
         if n % 10 == 0:
             say(f"  {n}/{len(pair_list)} pairs")
     timer.lap("convert_and_score")
@@ -508,6 +516,9 @@ def _summarise(pairs: list[Pair]) -> dict[str, Any]:
         for k in ("cos_target", "cos_source", "closer_to_target", "accepted", "source_cos_target", "source_accepted", "refs_cos_target"):
             d[k] = _nanmean([p.scores[k] for p in ps])
         d["converted_vs_source"] = {k: _nanmean([p.scores["converted_vs_source"][k] for p in ps]) for k in ps[0].scores["converted_vs_source"]}
+        voc = [p.scores["vocoder_only_vs_source"] for p in ps if "vocoder_only_vs_source" in p.scores]
+        if voc:
+            d["vocoder_only_vs_source"] = {k: _nanmean([v[k] for v in voc]) for k in voc[0]} | {"pairs": len(voc)}
         par = [p for p in ps if p.parallel]
         d["parallel_pairs"] = len(par)
         for who in ("converted", "source"):
