@@ -4,6 +4,8 @@ input gives one clear error."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -22,15 +24,17 @@ from vckit.finetune import FinetuneConfig, finetune
 from vckit.models import VoiceConversionModel
 from vckit.speakers import load_profile
 
-FAST = FinetuneConfig(steps=30, batch_size=8, segment_frames=32, lr=2e-3, warmup_steps=3)
+FAST = FinetuneConfig(steps=30, batch_size=8, segment_frames=32, lr=2e-3, warmup_steps=3, replay="")
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """A tiny VQ model shipped like checkpoints/default: fp16, no adversary, sha256 recorded."""
+    """A tiny VQ model shipped like checkpoints/default: fp16, no adversary, sha256 recorded.
+    Its training data is not on this machine (so replay "auto" finds none)."""
     root = tmp_path_factory.mktemp("source")
     model_cfg = {**TINY_MODEL, "vq": {"enabled": True, "codebook_size": 32}}
-    cfg = Config(model=from_dict(Config, {"model": model_cfg}).model)
+    gone = str(root / "gone")
+    cfg = from_dict(Config, {"model": model_cfg, "data": {"train_manifest": f"{gone}/train.jsonl", "features": f"{gone}/features"}})
     torch.manual_seed(0)
     model = VoiceConversionModel(cfg.mel, cfg.model)
     save_checkpoint(root / "train", cfg, model.state_dict(), step=100)
@@ -101,8 +105,19 @@ def test_finetune_content_encoder_when_asked(source, voices, tmp_path):
 def test_replay_mixes_the_source_data_into_each_batch(source, voices, tiny_cache, tmp_path):
     cfg = FinetuneConfig(steps=5, batch_size=8, segment_frames=32, replay=str(tiny_cache["root"]), replay_fraction=0.25)
     res = finetune(source, voices / "sm1", tmp_path / "m", speaker="me", config=cfg, bank=tmp_path / "bank", device="cpu", progress=False)
-    assert res.replay_speakers == 5 and res.new_share == pytest.approx(0.75)
+    assert res.replay_speakers == 5 and res.new_share == pytest.approx(0.75) and res.replay == str(tiny_cache["train"])
     assert read_meta(tmp_path / "m")["speakers"] == ["me"] and list(res.profiles) == ["me"]
+    # "auto": the training data the source's config names, when it is here; a cap spreads it over the speakers
+    here = tmp_path / "source_here"
+    shutil.copytree(source, here)
+    meta = json.loads((here / "config.json").read_text())
+    meta["config"]["data"].update(train_manifest=str(tiny_cache["train"]), features=str(tiny_cache["features"]))
+    (here / "config.json").write_text(json.dumps(meta))
+    auto = FinetuneConfig(steps=2, batch_size=4, segment_frames=32, replay_minutes=0.1)
+    res = finetune(here, voices / "sm1", tmp_path / "a", speaker="me", config=auto, enroll=False, device="cpu", progress=False)
+    assert res.replay == str(tiny_cache["train"]) and 1 <= res.replay_speakers < 5  # 6 s: one utterance of a few speakers
+    res = finetune(source, voices / "sm1", tmp_path / "b", speaker="me", config=dataclasses.replace(auto, steps=1), enroll=False, device="cpu", progress=False)
+    assert res.replay == "" and res.replay_speakers == 0
     with pytest.raises(VckitError, match="not a prepared cache"):
         finetune(source, voices / "sm1", tmp_path / "n", speaker="me", config=FinetuneConfig(replay=str(tmp_path)), device="cpu", progress=False)
     with pytest.raises(ConfigError, match="replay_fraction"):

@@ -184,7 +184,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from vckit.api import default_checkpoint
 
     parts = ("content_encoder", "speaker_encoder", "decoder") if args.train_content else FinetuneConfig.train
-    opts = (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr), ("time_budget", args.time_budget), ("replay", args.replay), ("replay_fraction", args.replay_fraction))
+    replay = "" if args.replay == "none" else args.replay
+    opts = (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr), ("time_budget", args.time_budget), ("replay", replay), ("replay_fraction", args.replay_fraction))
     given = {k: v for k, v in opts if v is not None}
     cfg = FinetuneConfig(train=parts, **given)
     out = args.out or str(Path("runs") / "finetune" / (args.speaker or Path(args.data).stem))
@@ -192,6 +193,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     audio = ", ".join(f"{n} ({s / 60:.1f} min)" for n, s in res.speakers.items())
     print(f"fine-tuned on {audio}: {res.steps} steps in {res.train_seconds:.0f} s ({res.total_seconds:.0f} s in all)")
     print(f"self-reconstruction L1 {res.recon_before:.3f} -> {res.recon_after:.3f}; {len(res.skipped)} file(s) skipped")
+    if res.replay:
+        print(f"replayed {res.replay_speakers} speakers of {res.replay} ({1 - res.new_share:.0%} of each batch)")
     print(f"wrote {res.checkpoint}")
     for name, path in res.profiles.items():
         print(f"enrolled {name}: {path}  (vckit convert SRC --checkpoint {res.checkpoint} --speaker {name} -o OUT.wav)")
@@ -290,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4)")
     f.add_argument("--time-budget", type=float, default=None, help="stop after this many training seconds")
     f.add_argument("--train-content", action="store_true", help="also train the content encoder (frozen by default)")
-    f.add_argument("--replay", default=None, metavar="CACHE", help="mix in the source model's prepared training data (e.g. cache/shared_dev)")
+    f.add_argument("--replay", default=None, metavar="auto|none|CACHE", help="training data mixed into each batch against forgetting: auto (default: the source model's own, if its cache is here), none, or a prepared cache folder")
     f.add_argument("--replay-fraction", type=float, default=None, help="share of each batch from --replay (default 0.5)")
     f.add_argument("--bank", default=None, help="speaker bank to enroll into (default: user data dir, or $VCKIT_BANK)")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

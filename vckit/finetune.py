@@ -39,7 +39,7 @@ from vckit.config import Config, DataConfig, TrainConfig, to_dict
 from vckit.data import cache_features, read_manifest, valid_batches, write_manifest
 from vckit.errors import ConfigError, VckitError
 from vckit.losses import masked_l1
-from vckit.prepare import merge_feature_caches, rows_from_csv, rows_from_folder
+from vckit.prepare import merge_feature_caches, rows_from_csv, rows_from_folder, spread_rows, subset_feature_cache
 from vckit.train import Trainer, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,11 @@ class FinetuneConfig:
     time_budget: float = 0.0  # >0: stop after this many training seconds (the LR schedule follows time)
     augment: bool = False  # the training-time speed / mel-shift augmentation (makes virtual speakers)
     min_seconds: float = 10.0  # refuse a speaker with less usable audio than this
-    replay: str = ""  # a prepared cache (train.jsonl + features/) of the source model's data, mixed in
+    # mixed into each batch against forgetting: "auto" (the source model's own training data, when its
+    # manifest and feature cache are on this machine), "" (none), or a prepared cache (train.jsonl + features/)
+    replay: str = "auto"
     replay_fraction: float = 0.5  # share of each batch drawn from the replay speakers
+    replay_minutes: float = 60.0  # at most this much replay audio, spread over its speakers
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,7 +89,8 @@ class FinetuneResult:
     recon_before: float  # mel L1 (normalised units) of the new speakers' self-reconstruction
     recon_after: float
     skipped: list[str] = field(default_factory=list)
-    replay_speakers: int = 0  # speakers of the replay data mixed in
+    replay: str = ""  # the replayed manifest, if any
+    replay_speakers: int = 0  # its speakers
     new_share: float = 1.0  # the new speakers' share of each batch
 
 
@@ -193,12 +197,24 @@ def _usable_seconds(index: dict[str, Any], frame_rate: float) -> dict[str, float
     return out
 
 
-def _replay_rows(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], Path]:
-    """The training manifest and feature cache of a prepared recipe cache (e.g. ``cache/shared_dev``)."""
-    folder = Path(folder)
+def find_replay(replay: str, source_cfg: Config) -> tuple[Path, Path] | None:
+    """(training manifest, feature cache) to replay, or None.
+
+    ``"auto"``: the data the source config names, if both are here (else
+    None); ``""``: None; a folder: its ``train.jsonl`` and ``features/``,
+    which must exist.
+    """
+    if not replay:
+        return None
+    if replay == "auto":
+        manifest, features = Path(source_cfg.data.train_manifest), Path(source_cfg.data.features)
+        found = manifest.is_file() and (features / "index.json").is_file()
+        log.info("replay: %s", f"{manifest} and {features}" if found else f"none ({manifest} or {features} is not here)")
+        return (manifest, features) if found else None
+    folder = Path(replay)
     if not (folder / "train.jsonl").is_file() or not (folder / "features" / "index.json").is_file():
         raise VckitError(f"--replay {folder} is not a prepared cache (it needs train.jsonl and features/; run the recipe's prepare.py)")
-    return read_manifest(folder / "train.jsonl"), folder / "features"
+    return folder / "train.jsonl", folder / "features"
 
 
 def _config(source_cfg: Config, work: Path, features: Path, ft: FinetuneConfig) -> Config:
@@ -284,8 +300,8 @@ def finetune(
         taken = [n for n in names if (bank / f"{n}.safetensors").exists()]
         if taken:
             raise VckitError(f"speaker {taken[0]!r} is already enrolled in {bank} (use --overwrite to replace it, or another name)")
-    replay = _replay_rows(ft.replay) if ft.replay else None
     source_cfg, _, _ = load_checkpoint(source)
+    replay = find_replay(ft.replay, source_cfg)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.finetune-", dir=out.parent))
@@ -303,8 +319,10 @@ def finetune(
                 log.warning("speaker %r has only %.0f s of audio: a few minutes gives a closer voice", name, s)
         features, manifest = work / "new", rows
         if replay is not None:
-            features, manifest = work / "features", rows + replay[0]
-            merge_feature_caches([work / "new", replay[1]], features)
+            old = spread_rows(read_manifest(replay[0]), ft.replay_minutes * 60)
+            subset_feature_cache(replay[1], {r["path"] for r in old}, work / "replay")
+            features, manifest = work / "features", rows + old
+            merge_feature_caches([work / "new", work / "replay"], features)
         write_manifest(manifest, work / "train.jsonl")
         cfg = _config(source_cfg, work, features, ft)
         trainer = FineTuner(cfg, source, ft.train, names, ft.replay_fraction, device=device)
@@ -336,6 +354,7 @@ def finetune(
         recon_before=before,
         recon_after=after,
         skipped=list(index["skipped"]),
+        replay=str(replay[0]) if replay else "",
         replay_speakers=len(trainer.sampler.speakers) - len(names),
         new_share=trainer.new_share,
     )

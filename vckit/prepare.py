@@ -159,6 +159,46 @@ def merge_feature_caches(folders: Sequence[str | os.PathLike], out_dir: str | os
     return index
 
 
+def subset_feature_cache(folder: str | os.PathLike, paths: set[str], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """A new cache in ``out_dir`` with only the utterances of ``folder`` whose path is in ``paths``."""
+    import numpy as np
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    index = json.loads((folder / "index.json").read_text())
+    keep = [u for u in index["utterances"] if u["path"] in paths]
+    total = sum(u["frames"] for u in keep)
+    src = np.load(folder / "mels.npy", mmap_mode="r")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = np.lib.format.open_memmap(out_dir / "mels.npy", mode="w+", dtype=np.uint8, shape=(total, src.shape[1]))
+    utts, offset = [], 0
+    for u in keep:
+        dst[offset : offset + u["frames"]] = src[u["offset"] : u["offset"] + u["frames"]]
+        utts.append({**u, "offset": offset})
+        offset += u["frames"]
+    dst.flush()
+    del dst
+    index = {**index, "frames": total, "utterances": utts, "skipped": []}
+    (out_dir / "index.json").write_text(json.dumps(index))
+    return index
+
+
+def spread_rows(rows: list[dict[str, Any]], max_seconds: float) -> list[dict[str, Any]]:
+    """At most ``max_seconds`` of ``rows``, taken round-robin over the speakers
+    (each speaker's first utterance, then each one's second, ...)."""
+    by_spk: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_spk.setdefault(r["speaker"], []).append(r)
+    out: list[dict[str, Any]] = []
+    total, i = 0.0, 0
+    while total < max_seconds and any(i < len(v) for v in by_spk.values()):
+        for spk in sorted(by_spk):
+            if i < len(by_spk[spk]) and total < max_seconds:
+                out.append(by_spk[spk][i])
+                total += float(by_spk[spk][i].get("duration", 0.0))
+        i += 1
+    return out
+
+
 def cache_features_parallel(rows: list[dict[str, Any]], mel: MelConfig, out_dir: str | os.PathLike, workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """:func:`vckit.data.cache_features` in ``workers`` processes: the rows are
     cut into contiguous shards, each cached into a temporary folder, then
