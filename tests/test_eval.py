@@ -239,14 +239,15 @@ def test_eval_end_to_end(tiny_eval, capsys):
 
 
 def test_pairs_are_deterministic_for_a_seed(tiny_eval):
-    from vckit.evaluate import EvalConfig, load_data, make_pairs
+    from vckit.eval_pairs import load_data, make_pairs
 
     utts = load_data(tiny_eval / "data.jsonl")
     dur = np.array([float(u["duration"]) for u in utts])
     key = lambda ps: [(p.source, p.target_speaker, p.refs, p.heldout, p.parallel) for p in ps]  # noqa: E731
-    a, b = make_pairs(utts, dur, EvalConfig(seed=3)), make_pairs(utts, dur, EvalConfig(seed=3))
-    assert key(a) == key(b) and len(a) > 0
-    assert key(make_pairs(utts, dur, EvalConfig(seed=4))) != key(a)
+    a, b = make_pairs(utts, dur, seed=3), make_pairs(utts, dur, seed=3)
+    assert key(a) == key(b) and len(a) == 20 + 4 * 3 and sum(p.parallel for p in a) == 20
+    assert key(make_pairs(utts, dur, seed=4)) != key(a)
+    assert len(make_pairs(utts, dur, parallel=0, per_kind=0)) == 0
 
 
 def test_pairs_file(tiny_eval, data_dir, capsys):
@@ -298,7 +299,7 @@ def test_data_layouts(data_dir, tmp_path):
     """Corpus folders with metadata.csv, folders of corpora, speaker folders, manifests with relative paths."""
     import shutil
 
-    from vckit.evaluate import load_data
+    from vckit.eval_pairs import load_data
 
     fsdd = load_data(data_dir / "fsdd")
     assert len(fsdd) == 300 and {u["gender"] for u in fsdd} == {"m"}

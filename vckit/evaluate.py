@@ -31,14 +31,12 @@ is installed) in the output folder. Everything is deterministic for a seed.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import random
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,12 +44,9 @@ import numpy as np
 import torch
 
 from vckit.errors import AudioError, VckitError
+from vckit.eval_pairs import Pair, load_data, make_pairs, read_pairs
 
 log = logging.getLogger(__name__)
-
-KINDS = ("m->f", "f->m", "f->f", "m->m")
-REF_SECONDS = 3.0  # target reference audio gathered per pair
-REF_MAX_UTTS = 8
 
 
 @dataclass(frozen=True)
@@ -69,192 +64,6 @@ class EvalConfig:
     min_source_s: float = 0.3
     max_source_s: float = 10.0
     plots: bool = True
-
-
-@dataclass
-class Pair:
-    source: int  # utterance indices into the data
-    target_speaker: str
-    refs: list[int]
-    heldout: int
-    parallel: bool
-    kind: str = ""
-    scores: dict[str, Any] = field(default_factory=dict)
-
-
-# -- data -----------------------------------------------------------------------
-def _resolve(path: str, base: Path) -> Path:
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    return (base / p).resolve()
-
-
-def load_data(spec: str | Path) -> list[dict[str, Any]]:
-    """Utterances of a manifest (``.jsonl``), a metadata ``.csv``, a corpus folder
-    with ``metadata.csv``, a folder of such corpora, or ``<speaker>/<file>`` folders.
-
-    Each row gets ``file`` (resolved path), ``gender`` (``m``, ``f`` or ``?``)
-    and ``key`` (what makes two utterances parallel: the normalised
-    transcript, else the utterance id).
-    """
-    from vckit.data import manifest_from_csv, manifest_from_folder, read_manifest
-
-    p = Path(spec)
-    if not p.exists():
-        raise VckitError(f"data not found: {p}")
-    if p.is_file() and p.suffix.lower() == ".jsonl":
-        rows, base = read_manifest(p), p.parent
-        base = Path.cwd() if all(_resolve(r["path"], Path.cwd()).exists() for r in rows[:5]) else base
-    elif p.is_file() and p.suffix.lower() == ".csv":
-        rows, base = manifest_from_csv(p), p.parent
-    elif p.is_dir() and (p / "metadata.csv").is_file():
-        rows, base = manifest_from_csv(p / "metadata.csv"), p
-    elif p.is_dir() and any(p.glob("*/metadata.csv")):
-        rows, base = [], p
-        for meta in sorted(p.glob("*/metadata.csv")):
-            rows += [{**r, "speaker": f"{meta.parent.name}:{r['speaker']}"} for r in manifest_from_csv(meta)]
-    elif p.is_dir():
-        rows, base = manifest_from_folder(p), p
-    else:
-        raise VckitError(f"--data must be a manifest (.jsonl), a metadata .csv or a folder, got {p}")
-    if not rows:
-        raise VckitError(f"no utterances in {p}")
-    out = []
-    for r in rows:
-        g = str(r.get("gender", "")).strip().lower()[:1]
-        text = re.sub(r"[^a-z0-9 ]", "", str(r.get("text", "")).lower()).strip()
-        utt_id = str(r.get("utt_id") or Path(r["path"]).stem)
-        out.append({**r, "file": str(_resolve(r["path"], base)), "speaker": str(r["speaker"]), "gender": g if g in ("m", "f") else "?",
-                    "utt_id": utt_id, "key": f"text:{' '.join(text.split())}" if text else f"id:{utt_id}"})
-    return out
-
-
-def _kind(utts: list[dict[str, Any]], src: int, tgt_spk: str, gender: dict[str, str]) -> str:
-    return f"{utts[src]['gender']}->{gender[tgt_spk]}"
-
-
-def _pick_refs(rng: random.Random, cands: list[int], dur: np.ndarray) -> list[int]:
-    refs, total = [], 0.0
-    for i in rng.sample(cands, len(cands)):
-        refs.append(i)
-        total += dur[i]
-        if total >= REF_SECONDS or len(refs) == REF_MAX_UTTS:
-            break
-    return refs if total >= 1.0 else []
-
-
-def make_pairs(utts: list[dict[str, Any]], dur: np.ndarray, cfg: EvalConfig) -> list[Pair]:
-    """Parallel pairs (round robin over source->target speaker directions), then
-    ``pairs_per_kind`` non-parallel pairs of each gender combination."""
-    rng = random.Random(cfg.seed)
-    by_spk: dict[str, list[int]] = {}
-    for i, u in enumerate(utts):
-        by_spk.setdefault(u["speaker"], []).append(i)
-    gender = {s: utts[ix[0]]["gender"] for s, ix in by_spk.items()}
-    ok_src = lambda i: cfg.min_source_s <= dur[i] <= cfg.max_source_s  # noqa: E731
-
-    def target_side(tgt: str, src: int, heldout: int | None) -> tuple[list[int], int] | None:
-        key = utts[src]["key"]
-        pool = [i for i in by_spk[tgt] if utts[i]["key"] != key and dur[i] > 0]
-        if heldout is None:
-            held = [i for i in pool if dur[i] >= 1.0] or pool
-            if not held:
-                return None
-            heldout = rng.choice(held)
-        refs = _pick_refs(rng, [i for i in pool if i != heldout], dur)
-        return (refs, heldout) if refs else None
-
-    pairs: list[Pair] = []
-    # parallel: candidates per (source speaker, target speaker) direction
-    by_key: dict[str, list[int]] = {}
-    for i, u in enumerate(utts):
-        by_key.setdefault(u["key"], []).append(i)
-    directions: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    for ix in by_key.values():
-        for s in ix:
-            for t in ix:
-                if utts[s]["speaker"] != utts[t]["speaker"] and ok_src(s) and dur[t] >= cfg.min_source_s:
-                    directions.setdefault((utts[s]["speaker"], utts[t]["speaker"]), []).append((s, t))
-    order = sorted(directions)
-    for d in order:
-        rng.shuffle(directions[d])
-    while len(pairs) < cfg.parallel_pairs and any(directions.values()):
-        for d in order:
-            if len(pairs) >= cfg.parallel_pairs or not directions[d]:
-                continue
-            s, t = directions[d].pop()
-            side = target_side(d[1], s, t)
-            if side:
-                pairs.append(Pair(s, d[1], side[0], side[1], True))
-    # non-parallel, per gender combination
-    kinds = KINDS if all(g in "mf" for g in gender.values()) else ("?->?",)
-    for kind in kinds:
-        sg, tg = kind.split("->")
-        srcs = sorted(s for s in by_spk if (sg == "?" or gender[s] == sg) and any(ok_src(i) for i in by_spk[s]))
-        tgts = sorted(s for s in by_spk if (tg == "?" or gender[s] == tg) and len(by_spk[s]) >= 2)
-        made = 0
-        for _ in range(20 * cfg.pairs_per_kind):
-            if made >= cfg.pairs_per_kind or not srcs or not tgts:
-                break
-            s_spk, t_spk = rng.choice(srcs), rng.choice(tgts)
-            if s_spk == t_spk:
-                continue
-            src = rng.choice([i for i in by_spk[s_spk] if ok_src(i)])
-            side = target_side(t_spk, src, None)
-            if side:
-                pairs.append(Pair(src, t_spk, side[0], side[1], False))
-                made += 1
-    for p in pairs:
-        p.kind = _kind(utts, p.source, p.target_speaker, gender)
-    return pairs
-
-
-def read_pairs(path: str | Path, utts: list[dict[str, Any]], dur: np.ndarray, cfg: EvalConfig) -> list[Pair]:
-    """Pairs from a CSV with columns ``source,target_speaker`` and optionally
-    ``target`` (a target utterance with the source's content: MCD and F0 are
-    measured against it) and ``refs`` (``;``-separated reference utterances).
-    Paths must be utterances of the data."""
-    path = Path(path)
-    if not path.is_file():
-        raise VckitError(f"pairs file not found: {path}")
-    index = {u["file"]: i for i, u in enumerate(utts)}
-    index.update({u["path"]: i for i, u in enumerate(utts)})
-    speakers = {u["speaker"] for u in utts}
-    gender = {u["speaker"]: u["gender"] for u in utts}
-
-    def find(p: str, line: int) -> int:
-        p = p.strip()
-        i = index.get(p, index.get(str(_resolve(p, path.parent))))
-        if i is None:
-            raise VckitError(f"{path}:{line}: {p} is not an utterance of the data")
-        return i
-
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"source", "target_speaker"} - set(reader.fieldnames or [])
-        if missing:
-            raise VckitError(f"{path} lacks column(s) {', '.join(sorted(missing))} (source,target_speaker[,target][,refs])")
-        rng = random.Random(cfg.seed)
-        pairs = []
-        for line, r in enumerate(reader, 2):
-            src, spk = find(r["source"], line), r["target_speaker"].strip()
-            if spk not in speakers:
-                raise VckitError(f"{path}:{line}: speaker {spk!r} is not in the data")
-            tgt = find(r["target"], line) if (r.get("target") or "").strip() else None
-            pool = [i for i, u in enumerate(utts) if u["speaker"] == spk and u["key"] != utts[src]["key"]]
-            if tgt is None:
-                held = [i for i in pool if dur[i] >= 1.0] or pool
-                if not held:
-                    raise VckitError(f"{path}:{line}: speaker {spk!r} has no utterance to score against")
-                tgt = rng.choice(held)
-            refs = [find(x, line) for x in (r.get("refs") or "").split(";") if x.strip()] or _pick_refs(rng, [i for i in pool if i != tgt], dur)
-            if not refs:
-                raise VckitError(f"{path}:{line}: speaker {spk!r} has no reference audio besides the scored utterance")
-            pairs.append(Pair(src, spk, refs, tgt, bool((r.get("target") or "").strip()), f"{utts[src]['gender']}->{gender[spk]}"))
-    if not pairs:
-        raise VckitError(f"{path} lists no pairs")
-    return pairs
 
 
 # -- the run --------------------------------------------------------------------
@@ -337,7 +146,8 @@ def evaluate(
     utts, wavs = [utts[i] for i in keep], [wavs[i] for i in keep]
     dur = np.array([len(w) / sr for w in wavs])
     timer.lap("audio")
-    pair_list = read_pairs(pairs, utts, dur, cfg) if pairs else make_pairs(utts, dur, cfg)
+    pair_list = (read_pairs(pairs, utts, dur, cfg.seed) if pairs else
+                 make_pairs(utts, dur, parallel=cfg.parallel_pairs, per_kind=cfg.pairs_per_kind, seed=cfg.seed, source_seconds=(cfg.min_source_s, cfg.max_source_s)))
     if not pair_list:
         raise VckitError(f"no conversion pairs in {data}: it needs two speakers, the target with at least two utterances")
     judge_sr = sv.cfg.mel.sample_rate
