@@ -19,6 +19,7 @@ them with the shipped HiFi-GAN, transcribes them with Moonshine base
 
     python benchmarks/intelligibility.py --checkpoint checkpoints/default
     python benchmarks/intelligibility.py --mels a=runs/a.npz --mels b=runs/b.npz
+    python benchmarks/intelligibility.py --checkpoint checkpoints/default --bypass-vq --only-bypass
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", default=str(REPO / "cache/shared_dev/features"))
     ap.add_argument("--checkpoint", action="append", default=[], help="NAME=FOLDER or FOLDER; repeatable")
     ap.add_argument("--mels", action="append", default=[], help="NAME=NPZ made by convert_set; repeatable")
+    ap.add_argument("--bypass-vq", action="store_true", help="also score each checkpoint with its VQ skipped (a diagnostic: how many words the codebook costs)")
+    ap.add_argument("--only-bypass", action="store_true", help="with --bypass-vq: score only the bypassed runs")
     ap.add_argument("--judge", default=str(REPO / "checkpoints/speaker_verification"))
     ap.add_argument("-n", type=int, default=30, help="source utterances")
     ap.add_argument("--seed", type=int, default=0)
@@ -178,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.rpartition("=")
         cfg, sd, _ = load_checkpoint(path)
         model = build_model(cfg, sd)
-        runs.append((name or Path(path).name, convert_set(model, store, items)))
+        name = name or Path(path).name
+        if not args.only_bypass:
+            runs.append((name, convert_set(model, store, items)))
+        if args.bypass_vq and model.vq is not None:
+            model.vq = None  # the decoder reads the continuous codes it was trained to stay near
+            runs.append((f"{name} (VQ skipped)", convert_set(model, store, items)))
     for spec in args.mels:
         name, _, path = spec.partition("=")
         with np.load(path) as z:

@@ -265,3 +265,11 @@ def test_shipped_default_checkpoint_loads():
     counts = count_parameters(model)
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     assert inference_state_dict(model).keys() == model.state_dict().keys()
+
+
+def test_error_reason_is_one_line_even_for_empty_or_blank_messages():
+    from vckit.errors import reason
+
+    assert reason(EOFError()) == "EOFError"
+    assert reason(ValueError("  \n\n  bad header\nsecond line")) == "bad header"
+    assert reason(OSError(28, "No space left on device")) == "[Errno 28] No space left on device"

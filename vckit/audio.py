@@ -27,6 +27,7 @@ from vckit.errors import (
     TooShortAudioError,
     UnreadableAudioError,
     VckitError,
+    reason,
 )
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,7 @@ def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarr
             with np.errstate(invalid="ignore"):  # inf and -inf mix to NaN, which check_signal reports
                 blocks = [b.mean(axis=1, dtype=np.float64).astype(np.float32) for b in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)]
     except Exception as e:  # soundfile raises several types for bad files
-        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnreadableAudioError(f"cannot read audio file {path.name}: {msg}") from None
+        raise UnreadableAudioError(f"cannot read audio file {path.name}: {reason(e)}") from None
     return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), int(sr)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from vckit.config import Config, to_dict
-from vckit.errors import CheckpointError, ConfigError
+from vckit.errors import CheckpointError, ConfigError, reason
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _reason(e: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,7 +176,7 @@ def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu
     try:
         sd = load_file(str(wpath), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{wpath} is corrupt or truncated: {_reason(e)}") from None
+        raise CheckpointError(f"{wpath} is corrupt or truncated: {reason(e)}") from None
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     return config, sd, meta
 
@@ -232,7 +226,7 @@ def load_train_state(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is corrupt or unsafe: {_reason(e)}") from None
+        raise CheckpointError(f"{path} is corrupt or unsafe: {reason(e)}") from None
 
 
 def step_folder(run_dir: str | os.PathLike, step: int) -> Path:

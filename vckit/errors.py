@@ -41,3 +41,13 @@ class ConfigError(VckitError):
 
 class CheckpointError(VckitError):
     """A checkpoint is missing, corrupt or does not match the model or config."""
+
+
+def reason(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name.
+
+    Third-party errors (soundfile, safetensors, pickle) sometimes carry an
+    empty or multi-line message; this is the part a one-line error can use.
+    """
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(e).__name__

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vckit.config import AugmentConfig, MelConfig, SpeakerConfig, from_dict, to_dict
-from vckit.errors import CheckpointError, VckitError
+from vckit.errors import CheckpointError, VckitError, reason
 from vckit.models.speaker import SpeakerEncoder
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def load_sv(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         sd = load_file(str(folder / "model.safetensors"))
         model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     except Exception as e:
-        raise CheckpointError(f"{folder}/model.safetensors does not load: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{folder}/model.safetensors does not load: {reason(e)}") from None
     return model.to(device).eval(), meta
 
 

@@ -35,7 +35,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from vckit.config import MelConfig
-from vckit.errors import CheckpointError, ConfigError
+from vckit.errors import CheckpointError, ConfigError, reason
 from vckit.models.vocoder.base import Vocoder
 
 log = logging.getLogger(__name__)
@@ -316,8 +316,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (not a zip), EOFError...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"cannot read vocoder checkpoint {path}: {msg}") from None
+        raise CheckpointError(f"cannot read vocoder checkpoint {path}: {reason(e)}") from None
     if isinstance(obj, dict) and "generator" in obj:
         obj = obj["generator"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vckit.config import MelConfig, from_dict, to_dict
-from vckit.errors import CheckpointError, ConfigError
+from vckit.errors import CheckpointError, ConfigError, reason
 from vckit.models.vocoder.base import Vocoder
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Vocos(Vocoder):
         try:
             sd = load_file(str(wpath))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{wpath} is corrupt or truncated: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(f"{wpath} is corrupt or truncated: {reason(e)}") from None
         model = cls(gen_cfg, mel_cfg, name=name or str(folder))
         try:
             check_state_dict(model, sd)
