@@ -87,6 +87,18 @@ def test_convert_mel_changes_with_the_target(vc, files):
     assert (a - b).abs().mean() > 0.05
 
 
+def test_quantize_switch_picks_codebook_or_continuous_codes(vc, files):
+    src, ref = files["source"], vc.embed_speaker(files["ref_a"])
+    cont = vckit.load(checkpoint="checkpoints/default", vocoder="griffinlim", device="cpu", quantize=False)
+    quant = vckit.load(checkpoint="checkpoints/default", vocoder="griffinlim", device="cpu", quantize=True)
+    assert not cont.config.model.vq.at_inference and quant.config.model.vq.at_inference
+    a, b = cont.convert_mel(src, ref), quant.convert_mel(src, ref)
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    # the codes are close to the codebook, so the two conversions stay close too
+    assert (a - b).abs().mean() < 0.5 * (b - b.mean()).abs().mean()
+    torch.testing.assert_close(vc.convert_mel(src, ref), a if not vc.config.model.vq.at_inference else b)
+
+
 def test_reconstruct(vc, files):
     wav = vc.reconstruct(files["ref_b"])
     assert abs(len(wav) - expected_samples(files["ref_b"])) <= HOP

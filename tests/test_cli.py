@@ -170,6 +170,14 @@ def test_convert_writes_a_wav_and_refuses_to_overwrite(vckit_cli, speech_pair, t
     assert forced.returncode == 0, forced.stderr
     assert sf.info(str(out)).frames == info.frames
 
+    # codebook entries or the encoder's own codes: two different conversions
+    outs = []
+    for vq in ("on", "off"):
+        proc = vckit_cli(*common, "--overwrite", "--vq", vq)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] != outs[1] and first in outs
+
 
 def test_convert_missing_source(vckit_cli, speech_pair, tmp_path):
     _, ref = speech_pair

@@ -356,6 +356,18 @@ def test_vq_dead_codes_are_restarted_on_encoder_outputs():
     assert float(stats["usage"]) > 0.3
 
 
+def test_vq_can_be_skipped_outside_training():
+    cfg = tiny_model_cfg((1, 2), vq=True)
+    cfg = dataclasses.replace(cfg, vq=dataclasses.replace(cfg.vq, at_inference=False))
+    model = VoiceConversionModel(MelConfig(), cfg).eval()
+    mel = log_mel_like(2, N_MELS, 40)
+    codes, aux = model.encode_content(mel)
+    assert "vq" not in aux and torch.equal(codes, aux["continuous"])
+    model.train()
+    codes, aux = model.encode_content(mel)
+    assert "vq" in aux and not torch.equal(codes, aux["continuous"])  # training always quantises
+
+
 def test_vq_ema_updates_only_in_training_mode():
     vq = VectorQuantizer(4, VQConfig(enabled=True, codebook_size=8))
     z = torch.randn(2, 4, 40) + 0.5

@@ -227,7 +227,7 @@ class Converter:
         return wav.detach().float().cpu().numpy().astype(np.float32)
 
 
-def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", vocoder: str = "hifigan") -> Converter:
+def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", vocoder: str = "hifigan", quantize: bool | None = None) -> Converter:
     """Load a model for conversion.
 
     Args:
@@ -235,7 +235,12 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         vocoder: ``hifigan`` (the universal HiFi-GAN, default), ``griffinlim``,
             or a path to a HiFi-GAN generator in the released format.
+        quantize: for a model with a VQ bottleneck, whether conversion uses the
+            nearest codebook entries (True) or the encoder's continuous codes
+            (False); None keeps the checkpoint's ``model.vq.at_inference``.
     """
+    import dataclasses
+
     from vckit.models.vocoder import load_vocoder
 
     dev = pick_device(device)
@@ -244,6 +249,9 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     recorded = meta.get("sha256", {}).get("model.safetensors")
     if not recorded and path.resolve() == DEFAULT_CHECKPOINT.resolve():
         raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
+    if quantize is not None:
+        vq = dataclasses.replace(config.model.vq, at_inference=quantize)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, vq=vq))
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
     model_id = recorded or _weights_hash(path)

@@ -115,7 +115,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise VckitError(f"{out} already exists (use --overwrite to replace it)")
     elif out.exists() and not out.is_dir():
         raise VckitError(f"{out} exists and is not a folder: batch conversion writes into a folder")
-    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder)
+    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize={"auto": None, "on": True, "off": False}[args.vq])
     target, f0 = _target_args(args, vc)
     opts = dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch, target_f0=f0)
     if batch is None:
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
     c.add_argument("--vocoder", default="hifigan", help="hifigan (default), griffinlim, or a path")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    c.add_argument("--vq", default="auto", choices=["auto", "on", "off"], help="content codes: the nearest codebook entries (on) or the encoder's own (off); auto: as the checkpoint says")
     c.add_argument("--pitch-shift", type=float, default=0.0, help="shift the source by this many semitones first")
     c.add_argument("--match-pitch", action="store_true", help="shift the source so its median F0 matches the target's")
     c.add_argument("--sample-rate", type=int, default=None, help="output sample rate (default 22050)")

@@ -88,6 +88,9 @@ class VQConfig:
     commitment: float = 0.25
     weight: float = 1.0
     dead_code_threshold: float = 1e-3  # restart codes whose EMA usage falls below this
+    # False: outside training, decode the encoder's continuous codes (which the
+    # commitment loss keeps near the codebook) instead of the nearest codes
+    at_inference: bool = True
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class VoiceConversionModel(nn.Module):
         aux: dict[str, torch.Tensor] = {"continuous": codes}  # before VQ and noise
         if self.cfg.content.kl_weight > 0:
             aux["kl"] = 0.5 * codes.float().pow(2).mean()
-        if self.vq is not None:
+        if self.vq is not None and (self.training or self.cfg.vq.at_inference):
             codes, commit, stats = self.vq(codes)
             aux["vq"] = commit
             aux["perplexity"] = stats["perplexity"]
