@@ -40,6 +40,12 @@ def write(path: Path, wav: np.ndarray, sr: int) -> None:
     sf.write(path, wav, sr)
 
 
+def run_prepare(recipe: str, data: Path, out: Path, capsys, *args: str) -> tuple[str, list[dict], list[dict]]:
+    """``python recipes/<recipe>/prepare.py --data DATA --out OUT ...``: (what it printed, train rows, valid rows)."""
+    assert load_prepare(recipe).main(["--data", str(data), "--out", str(out), "--quiet", *args]) == 0
+    return capsys.readouterr().out, read_manifest(out / "train.jsonl"), read_manifest(out / "valid.jsonl")
+
+
 def smoke_train(recipe: str, cwd: Path, monkeypatch) -> Path:
     """``vckit train --config recipes/<recipe>/conf/smoke.yaml`` as a user runs it, from ``cwd``."""
     monkeypatch.chdir(cwd)
@@ -73,13 +79,10 @@ def fake_vctk(tmp_path_factory, data_dir) -> Path:
 
 
 def test_vctk_prepare_and_smoke(fake_vctk, tmp_path, monkeypatch, capsys):
-    prep = load_prepare("vctk")
     out = tmp_path / "cache" / "vctk"
     # the folder the user unzipped into (one level above the corpus) is accepted too
-    assert prep.main(["--data", str(fake_vctk.parent), "--out", str(out), "--quiet", "--workers", "1"]) == 0
-    printed = capsys.readouterr().out
+    printed, train, valid = run_prepare("vctk", fake_vctk.parent, out, capsys, "--workers", "1")
     assert "train: 9 files, 3 speakers" in printed and "valid: 6 files, 2 speakers (F 1, M 1)" in printed
-    train, valid = read_manifest(out / "train.jsonl"), read_manifest(out / "valid.jsonl")
     assert {r["speaker"] for r in valid} == {"p226", "p228"}  # held out by the recipe's list
     assert {r["speaker"] for r in train} == {"p225", "p227", "p315"}
     assert all(r["utt_id"].endswith("_mic1") for r in train + valid)
@@ -90,9 +93,8 @@ def test_vctk_prepare_and_smoke(fake_vctk, tmp_path, monkeypatch, capsys):
     index = json.loads((out / "features" / "index.json").read_text())
     assert len(index["utterances"]) == 15 and not index["skipped"]
 
-    both = tmp_path / "both"
-    assert prep.main(["--data", str(fake_vctk), "--out", str(both), "--mic", "both", "--no-features", "--quiet"]) == 0
-    assert len(read_manifest(both / "train.jsonl")) == 18
+    _, train, _ = run_prepare("vctk", fake_vctk, tmp_path / "both", capsys, "--mic", "both", "--no-features")
+    assert len(train) == 18
 
     smoke_train("vctk", tmp_path, monkeypatch)
 
@@ -132,12 +134,8 @@ def fake_libritts(tmp_path_factory, data_dir) -> Path:
 
 
 def test_libritts_prepare_and_smoke(fake_libritts, tmp_path, monkeypatch, capsys):
-    prep = load_prepare("libritts")
-    out = tmp_path / "cache" / "libritts"
-    assert prep.main(["--data", str(fake_libritts.parent), "--out", str(out), "--quiet", "--workers", "1"]) == 0
-    printed = capsys.readouterr().out
+    printed, train, valid = run_prepare("libritts", fake_libritts.parent, tmp_path / "cache" / "libritts", capsys, "--workers", "1")
     assert "train: 11 files, 4 speakers (F 2, M 2)" in printed
-    train, valid = read_manifest(out / "train.jsonl"), read_manifest(out / "valid.jsonl")
     assert {r["speaker"] for r in valid} == {"1088"}  # dev-clean validates
     assert {r["corpus"] for r in train} == {"libritts/train-clean-100", "libritts/train-clean-360"}
     assert all(r["duration"] >= 1.0 for r in train)  # the 0.5 s utterance is out
@@ -145,7 +143,7 @@ def test_libritts_prepare_and_smoke(fake_libritts, tmp_path, monkeypatch, capsys
 
     # one subset only, and no dev-clean: training speakers are held out instead
     one = tmp_path / "one"
-    assert prep.main(["--data", str(fake_libritts), "--out", str(one), "--subsets", "train-clean-360", "--valid-subset", "", "--n-valid", "1", "--no-features"]) == 0
+    assert load_prepare("libritts").main(["--data", str(fake_libritts), "--out", str(one), "--subsets", "train-clean-360", "--valid-subset", "", "--n-valid", "1", "--no-features"]) == 0
     assert {r["speaker"] for r in read_manifest(one / "train.jsonl")} == {"1093", "6415"}  # too few to hold one out
     assert (one / "valid.jsonl").read_text() == ""
 
@@ -168,11 +166,9 @@ def fake_custom(tmp_path_factory, data_dir) -> Path:
 
 
 def test_custom_prepare_folder_csv_parallel_and_smoke(fake_custom, tmp_path, monkeypatch, capsys, caplog):
-    prep = load_prepare("custom")
     out = tmp_path / "cache" / "custom"
-    assert prep.main(["--data", str(fake_custom), "--out", str(out), "--quiet", "--workers", "1", "--valid-speakers", "dave"]) == 0
+    _, train, valid = run_prepare("custom", fake_custom, out, capsys, "--workers", "1", "--valid-speakers", "dave")
     assert "broken.wav" in caplog.text  # unreadable: skipped with a warning
-    train, valid = read_manifest(out / "train.jsonl"), read_manifest(out / "valid.jsonl")
     assert {r["speaker"] for r in train} == {"alice", "bob", "carol"} and {r["speaker"] for r in valid} == {"dave"}
     assert len(train) == 10  # 9 + the silent file, which only the feature cache can tell
     seq = json.loads((out / "features" / "index.json").read_text())
@@ -183,15 +179,14 @@ def test_custom_prepare_folder_csv_parallel_and_smoke(fake_custom, tmp_path, mon
     lines = ["path,speaker,text"] + [f"{Path(r['path']).relative_to(fake_custom.parent)},{r['speaker']},hello" for r in train + valid]
     csv_path.write_text("\n".join(lines) + "\n")
     par = tmp_path / "par"
-    assert prep.main(["--data", str(csv_path), "--out", str(par), "--quiet", "--workers", "2", "--valid-speakers", "dave"]) == 0
+    _, par_train, _ = run_prepare("custom", csv_path, par, capsys, "--workers", "2", "--valid-speakers", "dave")
     idx = json.loads((par / "features" / "index.json").read_text())
     assert [u["frames"] for u in idx["utterances"]] == [u["frames"] for u in seq["utterances"]]
     assert [Path(p).name for p in idx["skipped"]] == ["silence.wav"]
     np.testing.assert_array_equal(np.load(par / "features" / "mels.npy"), np.load(out / "features" / "mels.npy"))
-    assert read_manifest(par / "train.jsonl")[0]["text"] == "hello"
+    assert par_train[0]["text"] == "hello"
 
-    capsys.readouterr()
-    assert prep.main(["--data", str(fake_custom / "notes.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert load_prepare("custom").main(["--data", str(fake_custom / "notes.txt"), "--out", str(tmp_path / "x")]) == 2
     assert "folder of <speaker>/ folders or a .csv" in capsys.readouterr().err
 
     smoke_train("custom", tmp_path, monkeypatch)

@@ -1,15 +1,18 @@
 """Fine-tune a trained model on a few minutes of new speakers, then enroll them.
 
-    vckit finetune --from checkpoints/default --data my_voice/ --speaker me --out runs/me
+    vckit finetune --data my_voice/ --speaker me --out runs/finetune/me
 
 The run starts from an inference checkpoint (no adversary, no optimiser
-state), caches the new speakers' log-mels, and trains with the ordinary
-:class:`~vckit.train.Trainer` step (reconstruct a segment from its content
-codes and the embedding of *another* segment of the same speaker) with a
-small learning rate for a few hundred steps. By default only the speaker
-encoder and the decoder learn: the content encoder and its VQ codebook stay
-frozen, so what the model says is not touched, only how it sounds. The
-result is a normal checkpoint folder (fp16, with the weights' sha256) that
+state; by default the shipped model), caches the new speakers' log-mels, and
+trains with the ordinary :class:`~vckit.train.Trainer` step (reconstruct a
+segment from its content codes and the embedding of *another* segment of
+the same speaker) at a small learning rate for a few hundred steps. By
+default only the speaker encoder and the decoder learn: the content encoder
+and its VQ codebook stay frozen. When the source model's own training data
+is on the machine (its cache, as its config names it), half of each batch
+is replayed from it, which keeps the decoder from forgetting how to speak
+clearly (``recipes/custom/README.md`` has the measured effect). The result
+is a normal checkpoint folder (fp16, with the weights' sha256) that
 ``vckit.load`` and ``vckit convert --checkpoint`` read, and each new speaker
 is enrolled with it in the speaker bank.
 """
@@ -65,7 +68,7 @@ class FinetuneConfig:
     # manifest and feature cache are on this machine), "" (none), or a prepared cache (train.jsonl + features/)
     replay: str = "auto"
     replay_fraction: float = 0.5  # share of each batch drawn from the replay speakers
-    replay_minutes: float = 60.0  # at most this much replay audio, spread over its speakers
+    replay_minutes: float = 180.0  # at most this much replay audio, spread over its speakers
     seed: int = 0
 
     def __post_init__(self) -> None:
