@@ -104,7 +104,7 @@ def test_overwrite_is_atomic_and_leaves_no_temp(saved, tmp_path):
 
 def test_export_fp16_keeps_outputs_close(saved, tmp_path):
     cfg, model, path = saved
-    out = export_for_inference(path, tmp_path / "export", extra={"name": "tiny"})
+    out = export_for_inference(str(path), str(tmp_path / "export"), extra={"name": "tiny"})  # str paths too
     meta = read_meta(out)
     assert meta["name"] == "tiny" and meta["speakers"] == ["a", "b", "c", "d"] and meta["step"] == 42
     assert meta["sha256"][WEIGHTS_FILE] == sha256_file(out / WEIGHTS_FILE)

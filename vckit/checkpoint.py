@@ -130,7 +130,7 @@ def save_checkpoint(
             buf = io.BytesIO()
             torch.save(train_state, buf)
             (tmp / STATE_FILE).write_bytes(buf.getbuffer())
-    return folder
+    return Path(folder)
 
 
 def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
