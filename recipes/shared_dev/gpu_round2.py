@@ -28,16 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from gpu_run import BASE, CACHE, export, log, unpack, vckit  # noqa: E402
 
 RUNS = Path("runs/gpu2")
-COMMON = ["train.lr=3e-4", "train.warmup_steps=300", "model.vq.enabled=true"]
+COMMON = ["train.lr=3e-4", "train.warmup_steps=300", "model.vq.enabled=true", "model.vq.at_inference=false"]
 VARIANTS = {  # the bottleneck's size: code rate x log2(codebook)
     "vq256": ["model.vq.codebook_size=256"],  # the shipped model, trained on
     "vq512": ["model.vq.codebook_size=512"],
     "vq1024": ["model.vq.codebook_size=1024"],
     "vq1024_full": ["model.vq.codebook_size=1024", "model.content.downsample=[1,1,1,1,1,1]"],
-    # the content cycle (train.content_cycle) trains what reconstruction never
-    # does: keeping the words while the voice changes
-    "vq256_cycle": ["model.vq.codebook_size=256", "train.content_cycle=1.0"],
-    "vq1024_cycle": ["model.vq.codebook_size=1024", "train.content_cycle=1.0"],
+    # the content cycle (train.content_cycle) keeps more words but at weight 1
+    # it let the source voice back in (README, second round): try it weaker
+    "vq256_cycle": ["model.vq.codebook_size=256", "train.content_cycle=0.2"],
 }
 
 
@@ -83,7 +82,7 @@ def score_and_convert(names: list[str], out: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=("sweep", "final"))
-    ap.add_argument("--variants", default="vq256,vq1024,vq256_cycle,vq1024_cycle")
+    ap.add_argument("--variants", default="vq256,vq512,vq1024,vq256_cycle")
     ap.add_argument("--variant", default="vq256")
     ap.add_argument("--seconds", type=float, default=450)
     ap.add_argument("--init", default="checkpoints/default")
