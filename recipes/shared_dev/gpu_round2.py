@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from gpu_run import BASE, CACHE, export, log, unpack, vckit  # noqa: E402
+from gpu_run import BASE, CACHE, export, log, score_runs, unpack, vckit  # noqa: E402
 
 RUNS = Path("runs/gpu2")
 COMMON = ["train.lr=3e-4", "train.warmup_steps=300", "model.vq.enabled=true", "model.vq.at_inference=false"]
@@ -50,9 +50,8 @@ def score_and_convert(names: list[str], out: Path) -> None:
     import torch
 
     from intelligibility import build_set, convert_set
-    from vckit.checkpoint import build_model, latest_checkpoint, load_checkpoint
     from vckit.data import FeatureStore, read_manifest
-    from vckit.eval import conversion_scores, make_pairs
+    from vckit.eval import make_pairs
     from vckit.speaker_verification import load_sv
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,19 +62,10 @@ def score_and_convert(names: list[str], out: Path) -> None:
     utts = [u for u in store.utterances if u["path"] in valid]
     pairs = make_pairs(utts, n=120, seed=1)
     items = build_set(rows, 30, 0)
-    table = {}
-    for name in names:
-        ck = latest_checkpoint(RUNS / name)
-        if ck is None:
-            log(f"{name}: no checkpoint")
-            continue
-        cfg, sd, meta = load_checkpoint(ck, dev)
-        model = build_model(cfg, sd).to(dev)
-        res = conversion_scores(model, judge, store, utts, pairs, dev)
-        res["step"] = meta["step"]
-        table[name] = res
-        log(f"{name}: {json.dumps(res)}")
+    def save_mels(name: str, model) -> None:
         np.savez_compressed(out / f"mels_{name}.npz", **convert_set(model, store, items, dev))
+
+    table = score_runs(RUNS, names, judge, store, utts, pairs, dev, each=save_mels)
     (out / "sweep2.json").write_text(json.dumps(table, indent=2))
 
 

@@ -86,24 +86,14 @@ def sweep(seconds: float) -> None:
         log(f"{name}: exit {rc}: {tail[0][:400]}")
 
 
-def select() -> str:
-    import torch
-
-    sys.path.insert(0, ".")
+def score_runs(runs: Path, names: list[str], judge, store, utts, pairs, dev, each=None) -> dict:
+    """Judge scores of the latest checkpoint of each run in ``runs``; ``each(name, model)`` sees every model."""
     from vckit.checkpoint import build_model, latest_checkpoint, load_checkpoint
-    from vckit.data import FeatureStore, read_manifest
-    from vckit.eval import conversion_scores, make_pairs
-    from vckit.speaker_verification import load_sv
+    from vckit.eval import conversion_scores
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    judge, jmeta = load_sv(RUNS / "judge", dev)
-    store = FeatureStore.load(CACHE / "features", device=dev)
-    valid = {r["path"] for r in read_manifest(CACHE / "valid.jsonl")}
-    utts = [u for u in store.utterances if u["path"] in valid]
-    pairs = make_pairs(utts, n=120, seed=1)
-    table = {"judge": {k: jmeta.get(k) for k in ("eer", "threshold", "trials", "step")}}
-    for name in VARIANTS:
-        ck = latest_checkpoint(RUNS / name)
+    table = {}
+    for name in names:
+        ck = latest_checkpoint(runs / name)
         if ck is None:
             log(f"{name}: no checkpoint")
             continue
@@ -113,6 +103,27 @@ def select() -> str:
         res["step"] = meta["step"]
         table[name] = res
         log(f"{name}: {json.dumps(res)}")
+        if each is not None:
+            each(name, model)
+    return table
+
+
+def select() -> str:
+    import torch
+
+    sys.path.insert(0, ".")
+    from vckit.data import FeatureStore, read_manifest
+    from vckit.eval import make_pairs
+    from vckit.speaker_verification import load_sv
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    judge, jmeta = load_sv(RUNS / "judge", dev)
+    store = FeatureStore.load(CACHE / "features", device=dev)
+    valid = {r["path"] for r in read_manifest(CACHE / "valid.jsonl")}
+    utts = [u for u in store.utterances if u["path"] in valid]
+    pairs = make_pairs(utts, n=120, seed=1)
+    table = {"judge": {k: jmeta.get(k) for k in ("eer", "threshold", "trials", "step")}}
+    table.update(score_runs(RUNS, list(VARIANTS), judge, store, utts, pairs, dev))
     scored = {k: v for k, v in table.items() if k != "judge"}
     best_l1 = min(v["recon_mel_l1"] for v in scored.values())
     # recon L1 falls as more of the source voice leaks through, so it only
