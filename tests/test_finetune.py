@@ -124,6 +124,25 @@ def test_replay_mixes_the_source_data_into_each_batch(source, voices, tiny_cache
         FinetuneConfig(replay_fraction=1.0)
 
 
+def test_inference_codes_train_the_decoder_on_continuous_codes(source, voices, tmp_path, monkeypatch):
+    """A model that skips its VQ at inference: with inference_codes the decoder never sees quantised codes."""
+    from vckit.models.content import VectorQuantizer
+
+    cont = tmp_path / "continuous"
+    shutil.copytree(source, cont)
+    meta = json.loads((cont / "config.json").read_text())
+    meta["config"]["model"]["vq"]["at_inference"] = False
+    (cont / "config.json").write_text(json.dumps(meta))
+    calls = []
+    forward = VectorQuantizer.forward
+    monkeypatch.setattr(VectorQuantizer, "forward", lambda self, z: calls.append(1) or forward(self, z))
+    run = dict(speaker="me", enroll=False, device="cpu", progress=False)
+    finetune(cont, voices / "sm1", tmp_path / "a", config=dataclasses.replace(FAST, steps=3, inference_codes=True), **run)
+    assert calls == []
+    finetune(cont, voices / "sm1", tmp_path / "b", config=dataclasses.replace(FAST, steps=3, inference_codes=False), **run)
+    assert len(calls) == 3  # one batch a step, quantised as in training
+
+
 def test_cli_finetunes_several_speakers_then_converts(source, voices, tmp_path, capsys):
     out, bank = tmp_path / "model", tmp_path / "bank"
     args = ["finetune", "--from", str(source), "--data", str(voices), "--out", str(out), "--steps", "4", "--batch-size", "4", "--bank", str(bank), "--device", "cpu", "--quiet"]

@@ -63,6 +63,9 @@ class FinetuneConfig:
     train: tuple[str, ...] = ("speaker_encoder", "decoder")  # the parts that learn; the rest stay frozen
     time_budget: float = 0.0  # >0: stop after this many training seconds (the LR schedule follows time)
     augment: bool = False  # the training-time speed / mel-shift augmentation (makes virtual speakers)
+    # with the content encoder frozen, feed the decoder the codes it reads at inference: the
+    # continuous ones when the model skips its VQ at inference (model.vq.at_inference false)
+    inference_codes: bool = False
     min_seconds: float = 10.0  # refuse a speaker with less usable audio than this
     # mixed into each batch against forgetting: "auto" (the source model's own training data, when its
     # manifest and feature cache are on this machine), "" (none), or a prepared cache (train.jsonl + features/)
@@ -107,7 +110,7 @@ class FineTuner(Trainer):
     the rest (by frames ** 0.3, as in training).
     """
 
-    def __init__(self, cfg: Config, source: str | os.PathLike, parts: tuple[str, ...], new: list[str], replay_fraction: float = 0.0, *, device: str = "auto"):
+    def __init__(self, cfg: Config, source: str | os.PathLike, parts: tuple[str, ...], new: list[str], replay_fraction: float = 0.0, *, inference_codes: bool = False, device: str = "auto"):
         super().__init__(cfg, device=device)
         self.new_speakers = new
         self.new_utts = [u for u in self.train_utts if u["speaker"] in set(new)]
@@ -117,6 +120,8 @@ class FineTuner(Trainer):
         self.model.load_state_dict(sd, strict=True)
         self.parts = parts
         self.frozen = [name for name, _ in self.model.named_children() if not self._learns(name)]
+        vq = cfg.model.vq
+        self.continuous_codes = inference_codes and vq.enabled and not vq.at_inference and "content_encoder" in self.frozen
         for name in self.frozen:
             getattr(self.model, name).requires_grad_(False)
         self.optimizer = make_optimizer(self.model, self.cfg)
@@ -149,6 +154,8 @@ class FineTuner(Trainer):
         self.model.train()
         for name in self.frozen:  # no dropout, no VQ codebook updates in the frozen parts
             getattr(self.model, name).eval()
+        if self.continuous_codes:  # the model itself "not training": encode_content skips the VQ (and the code noise)
+            self.model.training = False
 
     def _open_writer(self) -> None:
         self.writer = None
@@ -328,7 +335,7 @@ def finetune(
             merge_feature_caches([work / "new", work / "replay"], features)
         write_manifest(manifest, work / "train.jsonl")
         cfg = _config(source_cfg, work, features, ft)
-        trainer = FineTuner(cfg, source, ft.train, names, ft.replay_fraction, device=device)
+        trainer = FineTuner(cfg, source, ft.train, names, ft.replay_fraction, inference_codes=ft.inference_codes, device=device)
         before = trainer.recon_l1()
         t0 = time.time()
         trainer.run(progress=progress)
