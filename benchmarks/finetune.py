@@ -170,7 +170,7 @@ class Scorer:
 
 def run_finetune(csv_path: Path, name: str, out: Path, bank: Path, args: argparse.Namespace) -> Any:
     replay = {"auto": "auto", "none": ""}.get(args.replay, str(REPO / args.replay))
-    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, train=tuple(args.train), augment=args.augment, inference_codes=args.inference_codes, replay=replay, replay_fraction=args.replay_fraction)
+    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, train=tuple(args.train), augment=args.augment, inference_codes=not args.quantized_codes, replay=replay, replay_fraction=args.replay_fraction)
     return finetune(REPO / "checkpoints" / "default", csv_path, out, config=cfg, bank=bank, device=args.device, overwrite=True, progress=False)
 
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     ap.add_argument("--train", nargs="+", default=list(FinetuneConfig.train), help="parts that learn")
     ap.add_argument("--augment", action="store_true")
-    ap.add_argument("--inference-codes", action="store_true", help="train the decoder on the codes it reads at inference")
+    ap.add_argument("--quantized-codes", action="store_true", help="train the decoder on the nearest VQ codes even when inference skips the VQ (the old default)")
     ap.add_argument("--replay", default="auto", help="auto (the shipped model's cache/shared_dev, if prepared), none, or a prepared cache")
     ap.add_argument("--replay-fraction", type=float, default=FinetuneConfig.replay_fraction)
     ap.add_argument("--threads", type=int, default=2)
@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "train": args.train,
+        "inference_codes": not args.quantized_codes,
         "replay": res.replay,
         "replay_speakers": res.replay_speakers,
         "new_share": res.new_share,

@@ -58,14 +58,14 @@ class FinetuneConfig:
     steps: int = 500
     batch_size: int = 16
     segment_frames: int = 128
-    lr: float = 2e-4
+    lr: float = 1e-4
     warmup_steps: int = 50
     train: tuple[str, ...] = ("speaker_encoder", "decoder")  # the parts that learn; the rest stay frozen
     time_budget: float = 0.0  # >0: stop after this many training seconds (the LR schedule follows time)
     augment: bool = False  # the training-time speed / mel-shift augmentation (makes virtual speakers)
     # with the content encoder frozen, feed the decoder the codes it reads at inference: the
     # continuous ones when the model skips its VQ at inference (model.vq.at_inference false)
-    inference_codes: bool = False
+    inference_codes: bool = True
     min_seconds: float = 10.0  # refuse a speaker with less usable audio than this
     # mixed into each batch against forgetting: "auto" (the source model's own training data, when its
     # manifest and feature cache are on this machine), "" (none), or a prepared cache (train.jsonl + features/)
