@@ -97,6 +97,13 @@ def test_quantize_switch_picks_codebook_or_continuous_codes(vc, files):
     # the codes are close to the codebook, so the two conversions stay close too
     assert (a - b).abs().mean() < 0.5 * (b - b.mean()).abs().mean()
     torch.testing.assert_close(vc.convert_mel(src, ref), a if not vc.config.model.vq.at_inference else b)
+    # a mix lies between the two: codes that share of the way toward the codebook
+    half = vckit.load(checkpoint="checkpoints/default", vocoder="griffinlim", device="cpu", quantize=0.5)
+    assert half.config.model.vq.at_inference and half.config.model.vq.inference_mix == 0.5
+    c = half.convert_mel(src, ref)
+    assert 0 < (c - a).abs().mean() < (b - a).abs().mean() and 0 < (c - b).abs().mean() < (b - a).abs().mean()
+    with pytest.raises(VckitError, match="between 0 and 1"):
+        vckit.load(checkpoint="checkpoints/default", vocoder="griffinlim", device="cpu", quantize=1.5)
 
 
 def test_reconstruct(vc, files):

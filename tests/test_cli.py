@@ -172,11 +172,13 @@ def test_convert_writes_a_wav_and_refuses_to_overwrite(vckit_cli, speech_pair, t
 
     # codebook entries or the encoder's own codes: two different conversions
     outs = []
-    for vq in ("on", "off"):
+    for vq in ("on", "off", "0.5"):
         proc = vckit_cli(*common, "--overwrite", "--vq", vq)
         assert proc.returncode == 0, proc.stderr
         outs.append(out.read_bytes())
-    assert outs[0] != outs[1] and first in outs
+    assert len(set(outs)) == 3 and first in outs
+    bad = vckit_cli(*common, "--overwrite", "--vq", "2")
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_convert_missing_source(vckit_cli, speech_pair, tmp_path):

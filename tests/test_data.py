@@ -26,6 +26,7 @@ from vckit.data import (
     dequantize,
     manifest_from_csv,
     manifest_from_folder,
+    mel_shift,
     quantize,
     read_manifest,
     valid_batches,
@@ -371,3 +372,16 @@ def test_prepare_options_and_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert prepare.main(["--data", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_mel_shift_moves_content_along_the_mel_axis():
+    mel = torch.zeros(3, 20, 5)
+    mel[:, 8] = 1.0  # one bright band
+    out = mel_shift(mel, torch.tensor([0.0, 2.0, -1.5]))
+    assert out.shape == mel.shape
+    torch.testing.assert_close(out[0], mel[0])  # no shift: unchanged
+    assert out[1, 10].eq(1.0).all() and out[1, 8].eq(0.0).all()  # up two bins
+    torch.testing.assert_close(out[2, 6], torch.full((5,), 0.5))  # down 1.5 bins: half in each neighbour
+    torch.testing.assert_close(out[2, 7], torch.full((5,), 0.5))
+    edge = mel_shift(torch.arange(20.0)[None, :, None].expand(1, 20, 2).contiguous(), torch.tensor([3.0]))
+    assert edge[0, :4, 0].eq(0.0).all()  # the bottom bin repeats into the gap

@@ -20,6 +20,7 @@ from vckit.config import (
     SpeakerConfig,
     VQConfig,
 )
+from vckit.errors import ConfigError
 from vckit.losses import masked_l1
 from vckit.models import VoiceConversionModel
 from vckit.models.classifier import SpeakerClassifier, grad_reverse
@@ -366,6 +367,22 @@ def test_vq_can_be_skipped_outside_training():
     model.train()
     codes, aux = model.encode_content(mel)
     assert "vq" in aux and not torch.equal(codes, aux["continuous"])  # training always quantises
+
+
+def test_vq_inference_mix_interpolates_between_continuous_and_nearest_codes():
+    base = tiny_model_cfg((1, 2), vq=True)
+    mel = log_mel_like(2, N_MELS, 40)
+    torch.manual_seed(0)
+    model = VoiceConversionModel(MelConfig(), base).eval()
+    full, aux = model.encode_content(mel)  # at_inference true, mix 1: the nearest codes
+    cont = aux["continuous"]
+    for mix in (0.0, 0.25, 0.5):
+        model.cfg = dataclasses.replace(base, vq=dataclasses.replace(base.vq, inference_mix=mix))
+        codes, _ = model.encode_content(mel)
+        torch.testing.assert_close(codes, cont + mix * (full - cont))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="inference_mix"):
+            dataclasses.replace(base.vq, inference_mix=bad)
 
 
 def test_vq_ema_updates_only_in_training_mode():

@@ -59,6 +59,15 @@ def test_content_cycle_loss_is_logged_and_falls(make_config, tmp_path):
     assert np.isfinite(cyc).all() and cyc[-5:].mean() < cyc[:5].mean(), cyc
 
 
+def test_content_invariance_loss_is_logged_and_falls(make_config, tmp_path):
+    cfg = make_config("train.steps=40", "train.batch_size=8", "data.segment_frames=48", "train.content_invariance=1.0", "train.valid_every=1000")
+    trainer = Trainer(cfg, device="cpu")
+    history = record_losses(trainer)
+    trainer.run(progress=False)
+    inv = np.array([h["loss/content_invariance"] for h in history])
+    assert np.isfinite(inv).all() and inv[-5:].mean() < inv[:5].mean(), inv
+
+
 def exact_config(make_config, out_dir, steps: int, ckpt_every: int):
     """Every source of randomness on: augmentation, VQ restarts, code noise, dropout, the adversary."""
     return make_config(

@@ -23,7 +23,7 @@ import torch
 from vckit.audio import AudioInput, load_audio, log_mel, write_wav
 from vckit.checkpoint import build_model, load_checkpoint
 from vckit.config import Config
-from vckit.errors import CheckpointError, VckitError
+from vckit.errors import CheckpointError, ConfigError, VckitError
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class Converter:
         return wav.detach().float().cpu().numpy().astype(np.float32)
 
 
-def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", vocoder: str = "hifigan", quantize: bool | None = None) -> Converter:
+def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", vocoder: str = "hifigan", quantize: bool | float | None = None) -> Converter:
     """Load a model for conversion.
 
     Args:
@@ -237,7 +237,9 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
             or a path to a HiFi-GAN generator in the released format.
         quantize: for a model with a VQ bottleneck, whether conversion uses the
             nearest codebook entries (True) or the encoder's continuous codes
-            (False); None keeps the checkpoint's ``model.vq.at_inference``.
+            (False); a number between 0 and 1 moves the continuous codes that
+            share of the way to the nearest entries (``model.vq.inference_mix``).
+            None keeps what the checkpoint's config says.
     """
     import dataclasses
 
@@ -250,7 +252,13 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     if not recorded and path.resolve() == DEFAULT_CHECKPOINT.resolve():
         raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
     if quantize is not None:
-        vq = dataclasses.replace(config.model.vq, at_inference=quantize)
+        if isinstance(quantize, bool):
+            vq = dataclasses.replace(config.model.vq, at_inference=quantize, inference_mix=1.0)
+        else:
+            mix = float(quantize)
+            if not 0.0 <= mix <= 1.0:
+                raise ConfigError(f"quantize: a mix must be between 0 and 1, got {quantize}")
+            vq = dataclasses.replace(config.model.vq, at_inference=mix > 0.0, inference_mix=mix if mix > 0.0 else 1.0)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, vq=vq))
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)

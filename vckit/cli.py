@@ -99,6 +99,20 @@ def _target_args(args: argparse.Namespace, vc) -> tuple[object, float | None]:
     return spk, f0
 
 
+def _vq_choice(value: str) -> bool | float | None:
+    """``--vq``: auto (None), on (True), off (False) or a mix between 0 and 1."""
+    named = {"auto": None, "on": True, "off": False}
+    if value in named:
+        return named[value]
+    try:
+        mix = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, on, off or a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= mix <= 1.0:
+        raise argparse.ArgumentTypeError(f"a mix must be between 0 and 1, got {value}")
+    return mix
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from vckit.api import load
 
@@ -115,7 +129,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise VckitError(f"{out} already exists (use --overwrite to replace it)")
     elif out.exists() and not out.is_dir():
         raise VckitError(f"{out} exists and is not a folder: batch conversion writes into a folder")
-    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize={"auto": None, "on": True, "off": False}[args.vq])
+    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq)
     target, f0 = _target_args(args, vc)
     opts = dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch, target_f0=f0)
     if batch is None:
@@ -267,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
     c.add_argument("--vocoder", default="hifigan", help="hifigan (default), griffinlim, or a path")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    c.add_argument("--vq", default="auto", choices=["auto", "on", "off"], help="content codes: the nearest codebook entries (on) or the encoder's own (off); auto: as the checkpoint says")
+    c.add_argument("--vq", default="auto", type=_vq_choice, metavar="{auto,on,off,MIX}", help="content codes: the nearest codebook entries (on), the encoder's own (off), or a MIX between 0 and 1 of the way from the encoder's toward the nearest; auto: as the checkpoint says")
     c.add_argument("--pitch-shift", type=float, default=0.0, help="shift the source by this many semitones first")
     c.add_argument("--match-pitch", action="store_true", help="shift the source so its median F0 matches the target's")
     c.add_argument("--sample-rate", type=int, default=None, help="output sample rate (default 22050)")
@@ -291,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default=None, help="the new checkpoint folder (default: runs/finetune/<speaker or data folder name>)")
     f.add_argument("--steps", type=int, default=None, help="training steps (default 500)")
     f.add_argument("--batch-size", type=int, default=None, help="segments per step (default 16)")
-    f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4)")
+    f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4)")
     f.add_argument("--time-budget", type=float, default=None, help="stop after this many training seconds")
     f.add_argument("--train-content", action="store_true", help="also train the content encoder (frozen by default)")
     f.add_argument("--replay", default=None, metavar="auto|none|CACHE", help="training data mixed into each batch against forgetting: auto (default: the source model's own, if its cache is here), none, or a prepared cache folder")

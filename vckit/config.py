@@ -91,6 +91,13 @@ class VQConfig:
     # False: outside training, decode the encoder's continuous codes (which the
     # commitment loss keeps near the codebook) instead of the nearest codes
     at_inference: bool = True
+    # with at_inference: decode codes + inference_mix * (nearest - codes); 1 is the nearest codes,
+    # between 0 and 1 a partial pull toward the codebook (the voice/words trade, measured in benchmarks)
+    inference_mix: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.inference_mix <= 1.0:
+            raise ConfigError(f"model.vq.inference_mix must be between 0 and 1, got {self.inference_mix}")
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,10 @@ class TrainConfig:
     grad_clip: float = 3.0
     spectral_convergence: float = 0.0
     content_cycle: float = 0.0  # >0: L1 between the codes of a conversion to another voice and the source's codes
+    # >0: L1 between the codes of a segment and of the same segment shifted along the mel axis (a pitch
+    # and formant change, as between voices), so the codes keep less of the register (ContentVec's idea)
+    content_invariance: float = 0.0
+    invariance_bins: float = 3.0  # the shift: uniform 1..this many mel bins, either direction
     amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
     compile: bool = False
     seed: int = 1234

@@ -307,6 +307,18 @@ def augment(batch: dict[str, torch.Tensor], cfg: AugmentConfig, gen: torch.Gener
     return {**batch, "mel": level(warp(mel)), "ref": level(warp(ref)), "mask": m}
 
 
+def mel_shift(mel: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """Shift log-mels (B, n_mels, T) up the mel axis by ``bins`` (B,) (fractional,
+    negative: down), repeating the edge bins: a pitch and formant change."""
+    b, n_mels, t = mel.shape
+    pos = (torch.arange(n_mels, device=mel.device, dtype=mel.dtype)[None] - bins[:, None].to(mel.dtype)).clamp(0, n_mels - 1)
+    lo = pos.floor().long().clamp(max=n_mels - 2) if n_mels > 1 else pos.floor().long()
+    frac = (pos - lo.to(mel.dtype))[:, :, None]
+    lo_v = torch.gather(mel, 1, lo[:, :, None].expand(b, n_mels, t))
+    hi_v = torch.gather(mel, 1, (lo + 1).clamp(max=n_mels - 1)[:, :, None].expand(b, n_mels, t))
+    return lo_v + frac * (hi_v - lo_v)
+
+
 def valid_batches(store: FeatureStore, utterances: list[dict[str, Any]], segment: int, batch: int, max_items: int = 256) -> Iterator[dict[str, torch.Tensor]]:
     """Fixed validation batches: the middle segment of each utterance, with
     the reference taken from the speaker's next utterance (or its own start)."""

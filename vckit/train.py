@@ -37,7 +37,7 @@ from vckit.checkpoint import (
     step_folder,
 )
 from vckit.config import Config
-from vckit.data import FeatureStore, SegmentSampler, augment, read_manifest, valid_batches
+from vckit.data import FeatureStore, SegmentSampler, augment, mel_shift, read_manifest, valid_batches
 from vckit.errors import VckitError
 from vckit.losses import adversarial_weight, classifier_loss, masked_l1, spectral_convergence
 
@@ -395,8 +395,14 @@ class Trainer(TrainingLoop):
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         adv_w = adversarial_weight(self.step, cfg.model.classifier.weight, cfg.model.classifier.start_step, cfg.model.classifier.warmup_steps)
+        perturbed = None
+        if t.content_invariance > 0:
+            b = batch["mel"].shape[0]
+            size = 1 + (t.invariance_bins - 1) * torch.rand((b,), generator=self.sampler.gen, device=batch["mel"].device)
+            sign = torch.where(torch.rand((b,), generator=self.sampler.gen, device=size.device) < 0.5, -1.0, 1.0)
+            perturbed = mel_shift(batch["mel"], sign * size)
         with autocast_for(self.device, t.amp):
-            out = self.net(batch["mel"], batch["ref"], batch["speaker"], adv_w, t.content_cycle > 0)
+            out = self.net(batch["mel"], batch["ref"], batch["speaker"], adv_w, t.content_cycle > 0, perturbed)
         mask = batch["mask"]
         recon = masked_l1(out["pred"], out["target"], mask)
         loss = recon
@@ -409,6 +415,10 @@ class Trainer(TrainingLoop):
             cyc = masked_l1(out["cycle_codes"], out["cycle_target"])
             loss = loss + t.content_cycle * cyc
             stats["loss/content_cycle"] = cyc.detach()
+        if "invariance_codes" in out:
+            inv = masked_l1(out["invariance_codes"], out["continuous"])
+            loss = loss + t.content_invariance * inv
+            stats["loss/content_invariance"] = inv.detach()
         if "kl" in out:
             loss = loss + cfg.model.content.kl_weight * out["kl"]
             stats["loss/kl"] = out["kl"].detach()

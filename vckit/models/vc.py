@@ -53,7 +53,9 @@ class VoiceConversionModel(nn.Module):
         if self.cfg.content.kl_weight > 0:
             aux["kl"] = 0.5 * codes.float().pow(2).mean()
         if self.vq is not None and (self.training or self.cfg.vq.at_inference):
-            codes, commit, stats = self.vq(codes)
+            quantized, commit, stats = self.vq(codes)
+            mix = 1.0 if self.training else self.cfg.vq.inference_mix
+            codes = quantized if mix >= 1.0 else codes + mix * (quantized - codes)
             aux["vq"] = commit
             aux["perplexity"] = stats["perplexity"]
             aux["codebook_usage"] = stats["usage"]
@@ -85,6 +87,7 @@ class VoiceConversionModel(nn.Module):
         speaker_ids: torch.Tensor | None = None,
         adv_weight: float = 0.0,
         cycle: bool = False,
+        perturbed: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Self-reconstruction of ``mel`` with the speaker taken from ``ref``.
 
@@ -98,6 +101,11 @@ class VoiceConversionModel(nn.Module):
         ``cycle_codes`` should match ``cycle_target`` (the source's codes
         before VQ, detached), which asks the decoder to keep the words when
         the voice changes, the case plain reconstruction never trains.
+
+        With ``perturbed`` (``mel`` with its pitch and formants moved, same
+        shape), its codes before VQ come back as ``invariance_codes``, to be
+        pulled toward ``aux["continuous"]``: codes that do not move with the
+        register carry less of the speaker.
         """
         frames = mel.shape[-1]
         codes, aux = self.encode_content(mel)
@@ -108,6 +116,8 @@ class VoiceConversionModel(nn.Module):
             conv = self.decoder(codes, spk.roll(1, 0))[..., :frames]
             out["cycle_codes"] = self.content_encoder(conv)
             out["cycle_target"] = aux["continuous"].detach()
+        if perturbed is not None:
+            out["invariance_codes"] = self.content_encoder(self.normalize(perturbed))
         if self.classifier is not None and speaker_ids is not None:
             out["speaker_logits"] = self.classifier(grad_reverse(codes, adv_weight))
         return out
