@@ -54,13 +54,7 @@ from vckit.audio import load_audio, log_mel  # noqa: E402
 from vckit.finetune import FinetuneConfig, finetune  # noqa: E402
 from vckit.speaker_verification import load_sv  # noqa: E402
 from vckit.speakers import load_profile  # noqa: E402
-
-
-def read_rows(manifest: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    for r in rows:
-        r["file"] = str((REPO / r["path"]).resolve())
-    return rows
+from quality import read_rows  # noqa: E402  (benchmarks/quality.py: manifest rows with absolute paths)
 
 
 def write_csv(rows: list[dict[str, Any]], name: str, path: Path) -> Path:

@@ -23,7 +23,7 @@ import torch
 from vckit.audio import AudioInput, load_audio, log_mel, write_wav
 from vckit.checkpoint import build_model, load_checkpoint
 from vckit.config import Config
-from vckit.errors import CheckpointError, ConfigError, VckitError
+from vckit.errors import CheckpointError, VckitError
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +252,9 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     if not recorded and path.resolve() == DEFAULT_CHECKPOINT.resolve():
         raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
     if quantize is not None:
-        if isinstance(quantize, bool):
-            vq = dataclasses.replace(config.model.vq, at_inference=quantize, inference_mix=1.0)
-        else:
-            mix = float(quantize)
-            if not 0.0 <= mix <= 1.0:
-                raise ConfigError(f"quantize: a mix must be between 0 and 1, got {quantize}")
-            vq = dataclasses.replace(config.model.vq, at_inference=mix > 0.0, inference_mix=mix if mix > 0.0 else 1.0)
+        # a mix of 0 is the continuous codes; VQConfig refuses a mix outside [0, 1]
+        mix = 1.0 if isinstance(quantize, bool) else float(quantize)
+        vq = dataclasses.replace(config.model.vq, at_inference=bool(quantize), inference_mix=mix or 1.0)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, vq=vq))
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
