@@ -374,6 +374,29 @@ def test_prepare_options_and_errors(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_prepare_with_frame_features(tmp_path, capsys, monkeypatch):
+    """--frame-features: each utterance's cached F0 is its own tone's; the teacher's PCA is fitted on the training rows."""
+    import vckit.frame_features as ff
+
+    fitted_on = []
+    real = ff.cache_frame_features
+    monkeypatch.setattr(ff, "cache_frame_features", lambda folder, **kw: fitted_on.append(set(kw["fit_paths"])) or real(folder, **kw))
+    prepare = load_prepare()
+    data, out = tmp_path / "data", tmp_path / "cache"
+    fake_corpus(data, "vcc2016", {"SF1": 2, "TF1": 3}, 16000)  # SF1 validates
+    assert prepare.main(["--data", str(data), "--out", str(out), "--frame-features", "--threads", "1"]) == 0
+    assert "frame features: F0" in capsys.readouterr().out
+    assert fitted_on == [{r["path"] for r in read_manifest(out / "train.jsonl")}]
+    store = FeatureStore.load(out / "features", MelConfig())
+    assert store.extra["f0"].shape == (store.mels.shape[0],) and store.extra["phonetic"].shape == (store.mels.shape[0], 64)
+    for u in store.utterances:
+        f0 = store.extra["f0"][u["offset"] : u["offset"] + u["frames"]].float()
+        tone = 120 + 20 * int(u["utt_id"].rsplit("_", 1)[1])  # fake_corpus's i-th file is a tone of 120 + 20 i Hz
+        assert (f0 > 0).float().mean() > 0.8 and abs(float(f0[f0 > 0].median()) / tone - 1) < 0.03
+    assert prepare.main(["--data", str(data), "--out", str(tmp_path / "o"), "--no-features", "--frame-features"]) == 2
+    assert "drop --no-features" in capsys.readouterr().err
+
+
 def test_mel_shift_moves_content_along_the_mel_axis():
     mel = torch.zeros(3, 20, 5)
     mel[:, 8] = 1.0  # one bright band

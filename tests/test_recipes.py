@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import REPO_ROOT
 from vckit.audio import load_audio
 from vckit.cli import main as vckit_main
-from vckit.data import read_manifest
+from vckit.config import MelConfig
+from vckit.data import FeatureStore, read_manifest
+from vckit.frame_features import load_projection
 from vckit.prepare import split_speakers
 
 SECONDS = 1.6  # each fake utterance: real speech, cut short so features are quick
@@ -190,6 +193,43 @@ def test_custom_prepare_folder_csv_parallel_and_smoke(fake_custom, tmp_path, mon
     assert "folder of <speaker>/ folders or a .csv" in capsys.readouterr().err
 
     smoke_train("custom", tmp_path, monkeypatch)
+
+
+def test_custom_prepare_with_frame_features(fake_custom, tmp_path, monkeypatch, capsys):
+    """--frame-features: F0 and the phonetic teacher beside the mels, the PCA fitted on the training speakers only."""
+    import vckit.frame_features as ff
+
+    fitted_on = []
+    real = ff.cache_frame_features
+
+    def spy(folder, **kw):
+        fitted_on.append(set(kw["fit_paths"]))
+        return real(folder, **kw)
+
+    monkeypatch.setattr(ff, "cache_frame_features", spy)
+    out = tmp_path / "cache"
+    printed, train, valid = run_prepare("custom", fake_custom, out, capsys, "--workers", "1", "--valid-speakers", "dave", "--frame-features")
+    assert "frame features: F0" in printed
+    assert fitted_on == [{r["path"] for r in train}] and not fitted_on[0] & {r["path"] for r in valid}
+    store = FeatureStore.load(out / "features", MelConfig())
+    n = store.mels.shape[0]
+    assert store.extra["f0"].shape == (n,) and store.extra["phonetic"].shape == (n, 64)
+    assert store.extra["posteriors_idx"].shape == store.extra["posteriors_p"].shape == (n, 3)
+    assert load_projection(out / "features")["proj"].shape == (64, 256)
+
+    def median_f0(speaker: str) -> float:
+        f0 = torch.cat([store.extra["f0"][u["offset"] : u["offset"] + u["frames"]] for u in store.utterances if u["speaker"] == speaker]).float()
+        return float(f0[f0 > 0].median())
+
+    assert median_f0("alice") > 1.4 * median_f0("bob")  # SF1's voice is far higher than SM1's: each F0 is its utterance's
+
+    # prepared again without them: no stale arrays beside the new mels
+    run_prepare("custom", fake_custom, out, capsys, "--workers", "1", "--valid-speakers", "dave")
+    assert not list((out / "features").glob("*.npy.tmp")) and sorted(p.name for p in (out / "features").glob("*.npy")) == ["mels.npy"]
+    assert not (out / "features" / "phonetic.json").exists()
+
+    assert load_prepare("custom").main(["--data", str(fake_custom), "--out", str(tmp_path / "x"), "--no-features", "--frame-features"]) == 2
+    assert "beside the mel features" in capsys.readouterr().err
 
 
 def test_split_speakers_rules():

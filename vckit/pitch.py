@@ -1,10 +1,9 @@
-"""F0 estimation (YIN-style, vectorised) and pitch shifting, for F0-range matching.
+"""F0 estimation (vectorised YIN with octave clean-up) and pitch shifting.
 
-The converted voice's register comes mostly from the speaker embedding, but
-a source far from the target's range (a low male voice to a high female one)
-keeps some of its own. Shifting the source by the difference of the median
-F0s first can bring the result closer to the target; ``benchmarks/quality.py``
-measures whether it does.
+:func:`f0_track` is fast enough to run at conversion time (about 5 ms per
+second of audio on one core): it feeds the model's F0 path (the source's
+contour, moved to the target's register) and the F0 figures of ``vckit eval``.
+:func:`shift_pitch` (a phase vocoder) is kept for models without an F0 path.
 """
 
 from __future__ import annotations
@@ -14,21 +13,51 @@ import math
 import numpy as np
 import torch
 
+F0_MIN = 55.0
+F0_MAX = 600.0
 
-def f0_track(wav: np.ndarray | torch.Tensor, sr: int, fmin: float = 60.0, fmax: float = 500.0, frame_s: float = 0.04, hop_s: float = 0.01, threshold: float = 0.15) -> np.ndarray:
-    """F0 in Hz per frame (0 where unvoiced), by the YIN cumulative-mean difference.
 
-    wav: (samples,) mono float.
+def f0_track(
+    wav: np.ndarray | torch.Tensor,
+    sr: int,
+    fmin: float = F0_MIN,
+    fmax: float = F0_MAX,
+    frame_s: float = 0.04,
+    hop_s: float = 0.01,
+    threshold: float = 0.35,
+    hop: int | None = None,
+    n_frames: int | None = None,
+    silence_db: float = 40.0,
+) -> np.ndarray:
+    """F0 in Hz per frame (0 where unvoiced) by the YIN cumulative-mean difference.
+
+    wav: (samples,) mono float -> f0: (frames,) float32.
+    Frame ``i`` is centred on sample ``i * hop + hop // 2`` (``hop`` in samples,
+    default ``hop_s * sr``); ``n_frames`` fixes the number of frames (the
+    signal is zero-padded), e.g. to align with mel frames. Frames quieter than
+    ``silence_db`` below the loudest are unvoiced. Octave errors are cleaned
+    up by :func:`clean_octaves`.
     """
-    x = torch.as_tensor(wav, dtype=torch.float32).flatten()
-    win, hop = int(frame_s * sr), int(hop_s * sr)
+    x = torch.as_tensor(np.asarray(wav, dtype=np.float32) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32).flatten()
+    hop = int(hop or round(hop_s * sr))
+    win = int(frame_s * sr)
     tau_min, tau_max = max(2, int(sr / fmax)), min(int(sr / fmin), win - 1)
-    if len(x) < win + tau_max:
+    if n_frames is None:
+        if len(x) < win + tau_max:
+            return np.zeros(0, dtype=np.float32)
+        n_frames = (len(x) - win - tau_max) // hop + 1
+        offset = 0
+    else:
+        # centre frame i on i * hop + hop // 2
+        offset = win // 2 - hop // 2
+    if n_frames <= 0:
         return np.zeros(0, dtype=np.float32)
-    frames = x.unfold(0, win + tau_max, hop)  # (n, win + tau_max)
+    span = win + tau_max
+    need = (n_frames - 1) * hop + span
+    x = torch.nn.functional.pad(x, (offset, max(0, need - len(x) - offset)))[:need] if offset or need > len(x) else x[:need]
+    frames = x.unfold(0, span, hop)  # (n, win + tau_max)
     n = frames.shape[0]
-    # difference function d(tau) = sum_j (x_j - x_{j+tau})^2 over the window, via FFT autocorrelation
-    size = 1 << (2 * (win + tau_max) - 1).bit_length()
+    size = 1 << (2 * span - 1).bit_length()
     spec = torch.fft.rfft(frames, size)
     head = torch.fft.rfft(frames[:, :win], size)
     corr = torch.fft.irfft(spec * head.conj(), size)[:, : tau_max + 1]  # sum_j x_j x_{j+tau}, j < win
@@ -41,23 +70,41 @@ def f0_track(wav: np.ndarray | torch.Tensor, sr: int, fmin: float = 60.0, fmax: 
     cmnd = torch.cat([torch.ones(n, 1), d[:, 1:] / cum.clamp(min=1e-12)], dim=1)
     cmnd[:, :tau_min] = 2.0
     below = cmnd < threshold
-    first = torch.where(below.any(1), below.float().argmax(1), torch.full((n,), -1))
-    # walk from the first dip under the threshold down to its local minimum
-    f0 = np.zeros(n, dtype=np.float32)
-    c = cmnd.numpy()
-    rms = frames[:, :win].pow(2).mean(1).sqrt().numpy()
-    loud = rms > 0.1 * rms.max() if n else rms
-    for i, t in enumerate(first.tolist()):
-        if t < 0 or not loud[i]:
-            continue
-        while t + 1 <= tau_max and c[i, t + 1] < c[i, t]:
-            t += 1
-        if 0 < t < tau_max:  # parabolic interpolation
-            a, b, cc = c[i, t - 1], c[i, t], c[i, t + 1]
-            den = a - 2 * b + cc
-            t = t + (0.5 * (a - cc) / den if den > 1e-9 else 0.0)
-        f0[i] = sr / t
-    return f0
+    has = below.any(1)
+    first = below.float().argmax(1)
+    # from the first dip under the threshold, walk down to its local minimum
+    rising = torch.cat([cmnd[:, 1:] >= cmnd[:, :-1], torch.ones(n, 1, dtype=torch.bool)], dim=1)
+    after = taus[None] >= first[:, None]
+    t = (rising & after).float().argmax(1).clamp(1, tau_max - 1)
+    rows = torch.arange(n)
+    a, b, c = cmnd[rows, t - 1], cmnd[rows, t], cmnd[rows, t + 1]
+    den = a - 2 * b + c
+    frac = torch.where(den > 1e-9, 0.5 * (a - c) / den.clamp(min=1e-9), torch.zeros_like(den)).clamp(-1, 1)
+    f0 = sr / (t.float() + frac)
+    rms = frames[:, :win].pow(2).mean(1).sqrt()
+    loud = rms > rms.max() * 10 ** (-silence_db / 20) if n else rms > 0
+    f0 = torch.where(has & loud & (f0 >= fmin) & (f0 <= fmax), f0, torch.zeros_like(f0))
+    return clean_octaves(f0.numpy().astype(np.float32))
+
+
+def clean_octaves(f0: np.ndarray, min_run: int = 3) -> np.ndarray:
+    """Fold octave jumps back toward the utterance's median and drop voiced
+    runs shorter than ``min_run`` frames. f0: (frames,) Hz, 0 = unvoiced."""
+    f0 = f0.copy()
+    voiced = f0 > 0
+    if voiced.sum() < 5:
+        return np.zeros_like(f0)
+    med = float(np.median(f0[voiced]))
+    ratio = np.where(voiced, f0 / med, 1.0)
+    f0 = np.where(voiced & (ratio > 1.8), f0 / 2, f0)
+    f0 = np.where(voiced & (ratio < 0.55), f0 * 2, f0)
+    # short isolated voiced runs are mostly noise
+    v = f0 > 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], v.astype(np.int8), [0]])))
+    for s, e in zip(edges[::2], edges[1::2]):
+        if e - s < min_run:
+            f0[s:e] = 0
+    return f0.astype(np.float32)
 
 
 def median_f0(wav: np.ndarray, sr: int) -> float | None:

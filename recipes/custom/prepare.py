@@ -13,6 +13,10 @@ Validation speakers: ``--valid-speakers A B``, else ``--n-valid`` (default 1)
 spread over the speakers; a corpus of one speaker has none (then train with
 ``--set data.valid_manifest=''``). To adapt the shipped model to a few
 speakers with a few minutes each, ``vckit finetune`` is the faster road.
+
+``--frame-features`` also caches each frame's F0 and the phonetic teacher's
+features beside the mels: models with an F0 path (``model.f0.enabled``) or
+phonetic input (``model.content.input: phonetic``) need them.
 """
 
 from __future__ import annotations

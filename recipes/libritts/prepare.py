@@ -15,6 +15,10 @@ The speakers of ``dev-clean`` (when it is there: ``--valid-subset``) are the
 validation speakers, up to ``--valid-per-speaker`` utterances each; without
 it, ``--n-valid`` training speakers are held out. Utterances shorter than
 ``--min-seconds`` are left out (LibriTTS has many sub-second ones).
+
+``--frame-features`` also caches each frame's F0 and the phonetic teacher's
+features beside the mels: models with an F0 path (``model.f0.enabled``) or
+phonetic input (``model.content.input: phonetic``) need them.
 """
 
 from __future__ import annotations

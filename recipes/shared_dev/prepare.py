@@ -1,11 +1,16 @@
 """Build manifests and the feature cache for ../shared/data (all eleven corpora).
 
-    python recipes/shared_dev/prepare.py --data ../shared/data --out cache/shared_dev
+    python recipes/shared_dev/prepare.py --data ../shared/data --out cache/shared_dev [--frame-features]
 
 Writes ``train.jsonl`` and ``valid.jsonl`` (validation speakers are never
 trained on: both genders, several corpora) and ``features/`` (log-mels of every
 utterance, computed once). The same person in two corpora (VCTK p225-p228,
 LibriSpeech 1088 and 6415) gets one speaker id.
+
+``--frame-features`` also caches each frame's F0 and the phonetic teacher's
+features beside the mels (the teacher's PCA fitted on the training speakers):
+models with an F0 path (``model.f0.enabled``) or phonetic input
+(``model.content.input: phonetic``) need them.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import os
 import sys
 from pathlib import Path
 
 from vckit.config import MelConfig
 from vckit.data import cache_features, manifest_from_csv, write_manifest
+from vckit.errors import VckitError
+from vckit.frame_features import remove_frame_features
+from vckit.prepare import add_frame_features
 
 # held-out speakers: (speaker id, gender); chosen across corpora and genders,
 # with enough audio to convert and measure on
@@ -69,11 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="cache/shared_dev", help="where manifests and features go")
     ap.add_argument("--limit", type=int, default=0, help="keep only N files (for quick tests)")
     ap.add_argument("--no-features", action="store_true", help="write manifests only")
+    ap.add_argument(
+        "--frame-features",
+        action="store_true",
+        help="also cache per-frame F0 and phonetic-teacher features (needed by models with an F0 path or phonetic input)",
+    )
+    ap.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="threads of the phonetic teacher")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir():
         print(f"error: data folder not found: {data}", file=sys.stderr)
+        return 2
+    if args.frame_features and args.no_features:
+        print("error: the frame features are computed beside the mel features: drop --no-features", file=sys.stderr)
         return 2
     rows = collect(data)
     if not rows:
@@ -91,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         genders = collections.Counter(r["gender"] for r in {r["speaker"]: r for r in part}.values())
         print(f"{name}: {len(part)} files, {len(spk)} speakers ({dict(genders)}), {minutes:.1f} min")
     if not args.no_features:
+        remove_frame_features(out / "features")  # those of an earlier run would not match the new mels
         index = cache_features(rows, MelConfig(), out / "features")
         print(f"features: {index['frames']} frames in {out / 'features'} ({len(index['skipped'])} skipped)")
+    if args.frame_features:
+        try:
+            print(add_frame_features(out / "features", train, threads=args.threads))
+        except VckitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -13,6 +13,10 @@ release, the silence-trimmed 48 kHz FLACs:
 and the older 0.80 layout (``wav48/p225/p225_001.wav``) when there is no
 ``wav48_silence_trimmed``. Eight speakers (4 F / 4 M, four of them the
 VCTK speakers held out in ``recipes/shared_dev``) are kept for validation.
+
+``--frame-features`` also caches each frame's F0 and the phonetic teacher's
+features beside the mels: models with an F0 path (``model.f0.enabled``) or
+phonetic input (``model.content.input: phonetic``) need them.
 """
 
 from __future__ import annotations

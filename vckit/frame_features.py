@@ -1,0 +1,253 @@
+"""Per-frame features beside the mels: F0 and the phonetic teacher's output.
+
+They are computed once into the feature cache, aligned one to one with the
+cached mel frames, so training does no teacher or pitch work per step:
+
+* ``f0.npy``: F0 in Hz per mel frame (0 = unvoiced), float16;
+* ``phonetic.npy``: the teacher's last hidden layer, projected on its first
+  ``dims`` principal components, whitened, clipped to +-4 and stored as
+  uint8 (``phonetic.json`` keeps the projection, which the model carries too);
+* ``posteriors_idx.npy`` / ``posteriors_p.npy``: the ``top_k`` most likely
+  of the teacher's 191 CTC symbols per frame and their probabilities (uint8).
+
+The projection is fitted on the training rows when a recipe prepares a
+corpus; fine-tuning passes the one the source model carries instead, so its
+new frames are projected exactly as the model expects.
+:func:`vckit.prepare.merge_feature_caches` and
+:func:`~vckit.prepare.subset_feature_cache` carry these arrays with the mels.
+
+At 64 dims and k = 3 the cache of ``recipes/shared_dev`` grows by 58 MB
+(795,476 frames), beside 64 MB of mels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from vckit.errors import VckitError
+
+log = logging.getLogger(__name__)
+
+PHONETIC_CLIP = 4.0  # whitened features are stored over [-4, 4]
+FRAME_ARRAYS = ("f0", "phonetic", "posteriors_idx", "posteriors_p")  # <name>.npy beside mels.npy
+PROJECTION_FILE = "phonetic.json"
+
+
+def quantize_phonetic(x: np.ndarray) -> np.ndarray:
+    """Whitened features -> uint8 over [-4, 4] (step 0.031)."""
+    q = (np.clip(x, -PHONETIC_CLIP, PHONETIC_CLIP) + PHONETIC_CLIP) / (2 * PHONETIC_CLIP) * 255.0
+    return np.round(q).astype(np.uint8)
+
+
+def dequantize_phonetic(q: torch.Tensor) -> torch.Tensor:
+    return q.float() * (2 * PHONETIC_CLIP / 255.0) - PHONETIC_CLIP
+
+
+def fit_projection(hidden: np.ndarray, dims: int) -> dict[str, np.ndarray]:
+    """PCA of teacher frames ``(N, 256)``: ``mean (256,)`` and ``proj (dims, 256)``,
+    scaled so that projected frames have unit variance per dim."""
+    x = hidden.astype(np.float64)
+    mean = x.mean(0)
+    cov = np.cov((x - mean).T)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1][:dims]
+    vals, vecs = vals[order], vecs[:, order]
+    proj = (vecs / np.sqrt(np.maximum(vals, 1e-8))).T  # (dims, 256)
+    explained = float(vals.sum() / np.trace(cov))
+    return {"mean": mean.astype(np.float32), "proj": proj.astype(np.float32), "explained": np.float32(explained)}
+
+
+def project(hidden: np.ndarray, projection: dict[str, np.ndarray]) -> np.ndarray:
+    """Teacher frames ``(N, 256)`` -> whitened ``(N, dims)``."""
+    return (hidden - projection["mean"]) @ projection["proj"].T
+
+
+def top_k_posteriors(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 191)`` log-posteriors -> the ``k`` best symbol ids and probabilities, both uint8 ``(N, k)``."""
+    idx = np.argsort(-log_probs, axis=1)[:, :k]
+    p = np.exp(np.take_along_axis(log_probs, idx, axis=1))
+    return idx.astype(np.uint8), np.round(np.clip(p, 0, 1) * 255).astype(np.uint8)
+
+
+def dense_posteriors(idx: torch.Tensor, p: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """uint8 ``(..., k)`` ids and probabilities -> a distribution ``(..., n_classes)``
+    (the top-k renormalised to sum to one)."""
+    prob = p.float() / 255.0
+    prob = prob / prob.sum(-1, keepdim=True).clamp(min=1e-6)
+    out = torch.zeros(*idx.shape[:-1], n_classes, device=idx.device)
+    return out.scatter_add_(-1, idx.long(), prob)
+
+
+def check_projection(projection: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``projection`` as float32 arrays ``mean (256,)`` and ``proj (dims, 256)``;
+    raises :class:`VckitError` if the shapes are not those."""
+    from vckit.models.teacher import HIDDEN_DIM
+
+    try:
+        mean = np.asarray(projection["mean"], dtype=np.float32)
+        proj = np.asarray(projection["proj"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError) as e:
+        raise VckitError(f"a teacher projection needs float arrays 'mean' and 'proj' ({e})") from None
+    if mean.shape != (HIDDEN_DIM,) or proj.ndim != 2 or proj.shape[1] != HIDDEN_DIM or proj.shape[0] < 1:
+        raise VckitError(f"a teacher projection needs mean ({HIDDEN_DIM},) and proj (dims, {HIDDEN_DIM}), got {mean.shape} and {proj.shape}")
+    if not (np.isfinite(mean).all() and np.isfinite(proj).all()):
+        raise VckitError("the teacher projection holds non-finite values")
+    return {"mean": mean, "proj": proj}
+
+
+def same_projection(a: dict[str, np.ndarray], b: dict[str, np.ndarray], rtol: float = 2e-3) -> bool:
+    """Whether two projections are the same up to float16 rounding (a model
+    exported in fp16 carries its cache's projection rounded so)."""
+    for k in ("mean", "proj"):
+        x, y = np.asarray(a[k], np.float32), np.asarray(b[k], np.float32)
+        if x.shape != y.shape:
+            return False
+        scale = float(np.abs(y).max()) if y.size else 0.0
+        if not np.allclose(x, y, rtol=rtol, atol=rtol * scale + 1e-12):
+            return False
+    return True
+
+
+def explained_variance(hidden: np.ndarray, proj: np.ndarray) -> float:
+    """Share of the variance of teacher frames ``(N, 256)`` in the subspace spanned by the rows of ``proj``."""
+    x = hidden.astype(np.float64)
+    x = x - x.mean(0)
+    q, _ = np.linalg.qr(proj.astype(np.float64).T)  # (256, dims) orthonormal basis
+    total = float((x**2).sum())
+    return float(((x @ q) ** 2).sum() / total) if total > 0 else 0.0
+
+
+def cache_frame_features(
+    folder: str | os.PathLike,
+    *,
+    fit_paths: Iterable[str] | None = None,
+    dims: int = 64,
+    top_k: int = 3,
+    threads: int = 1,
+    projection: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Add F0 and teacher features to the mel cache in ``folder``.
+
+    Each utterance is read again exactly as the mels were (same loading,
+    trimming and level), so the frames line up. The PCA projection is fitted
+    on the utterances whose path is in ``fit_paths`` (default: all), unless
+    ``projection`` (``mean (256,)``, ``proj (dims, 256)``, e.g. the buffers
+    of a trained model's content encoder) is given: then the features are
+    projected with it exactly and ``dims`` and ``fit_paths`` are not used,
+    so a fine-tuning cache matches the model it starts from. Returns a
+    summary (frames, seconds, explained variance, voiced share).
+    """
+    import time
+
+    from vckit.audio import load_audio
+    from vckit.config import MelConfig, from_dict
+    from vckit.models.teacher import PhoneticTeacher
+    from vckit.pitch import f0_track
+
+    folder = Path(folder)
+    index_path = folder / "index.json"
+    if not index_path.is_file():
+        raise VckitError(f"no feature cache in {folder} (run the recipe's prepare.py first)")
+    index = json.loads(index_path.read_text())
+    mel_cfg = from_dict(MelConfig, index["mel"])
+    given = check_projection(projection) if projection is not None else None
+    if given is not None:
+        dims = int(given["proj"].shape[0])
+    total = int(index["frames"])
+    teacher = PhoneticTeacher(threads=threads)
+    f0 = np.zeros(total, dtype=np.float16)
+    hidden = np.zeros((total, 256), dtype=np.float16)
+    post_idx = np.zeros((total, top_k), dtype=np.uint8)
+    post_p = np.zeros((total, top_k), dtype=np.uint8)
+    utts = index["utterances"]
+    it: Iterable = utts
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(utts, desc="f0 + teacher", unit="file")
+    t0 = time.time()
+    for u in it:
+        wav = load_audio(u["path"], mel_cfg.sample_rate, min_seconds=0.1)
+        n, off = int(u["frames"]), int(u["offset"])
+        if len(wav) // mel_cfg.hop_length != n:
+            raise VckitError(f"{u['path']}: {len(wav) // mel_cfg.hop_length} frames now, {n} in the cache: prepare the cache again")
+        f0[off : off + n] = f0_track(wav, mel_cfg.sample_rate, hop=mel_cfg.hop_length, n_frames=n)
+        fr = teacher.frames(wav, mel_cfg.sample_rate, n, mel_cfg.hop_length)
+        hidden[off : off + n] = fr.hidden
+        post_idx[off : off + n], post_p[off : off + n] = top_k_posteriors(fr.log_probs, top_k)
+    seconds = time.time() - t0
+    fit = set(fit_paths) if fit_paths is not None and given is None else None
+    rows = [np.arange(u["offset"], u["offset"] + u["frames"]) for u in utts if fit is None or u["path"] in fit]
+    sel = np.concatenate(rows) if rows else np.arange(total)
+    rng = np.random.default_rng(0)
+    sample = hidden[rng.choice(sel, size=min(len(sel), 200_000), replace=False)].astype(np.float32)
+    if given is None:
+        projection = fit_projection(sample, dims)
+    else:
+        projection = {**given, "explained": np.float32(explained_variance(sample, given["proj"]))}
+    phon = np.zeros((total, dims), dtype=np.uint8)
+    for s in range(0, total, 100_000):
+        phon[s : s + 100_000] = quantize_phonetic(project(hidden[s : s + 100_000].astype(np.float32), projection))
+    for name, arr in (("f0", f0), ("phonetic", phon), ("posteriors_idx", post_idx), ("posteriors_p", post_p)):
+        tmp = folder / f"{name}.npy.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, folder / f"{name}.npy")
+    meta = {"dims": dims, "top_k": top_k, "explained_variance": float(projection["explained"]), "teacher": "hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer",
+            "fitted": given is None, "mean": projection["mean"].tolist(), "proj": projection["proj"].tolist()}
+    tmp = folder / f"{PROJECTION_FILE}.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, folder / PROJECTION_FILE)
+    voiced = float((f0 > 0).mean())
+    return {"frames": total, "seconds": seconds, "explained_variance": float(projection["explained"]), "voiced": voiced}
+
+
+def load_projection(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The PCA projection written by :func:`cache_frame_features`: ``mean (256,)``, ``proj (dims, 256)``."""
+    path = Path(folder) / PROJECTION_FILE
+    if not path.is_file():
+        raise VckitError(f"feature cache {folder} has no {PROJECTION_FILE} (compute the frame features: prepare.py --frame-features)")
+    meta = json.loads(path.read_text())
+    return {"mean": np.asarray(meta["mean"], np.float32), "proj": np.asarray(meta["proj"], np.float32)}
+
+
+def frame_arrays(folder: str | os.PathLike) -> list[str]:
+    """The names in :data:`FRAME_ARRAYS` that ``folder`` holds as ``<name>.npy``."""
+    return [name for name in FRAME_ARRAYS if (Path(folder) / f"{name}.npy").is_file()]
+
+
+def remove_frame_features(folder: str | os.PathLike, keep: Iterable[str] = ()) -> list[str]:
+    """Delete the per-frame arrays of ``folder`` not named in ``keep`` (and
+    ``phonetic.json`` unless ``phonetic`` is kept), so that no array of an
+    earlier cache outlives the mels it was aligned with. Returns the names removed."""
+    folder, keep = Path(folder), set(keep)
+    gone = []
+    for name in FRAME_ARRAYS:
+        path = folder / f"{name}.npy"
+        if name not in keep and path.is_file():
+            path.unlink()
+            gone.append(name)
+    if "phonetic" not in keep and (folder / PROJECTION_FILE).is_file():
+        (folder / PROJECTION_FILE).unlink()
+    if gone:
+        log.info("removed %s from %s", ", ".join(f"{n}.npy" for n in gone), folder)
+    return gone
+
+
+def load_frame_features(folder: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The cached per-frame arrays that exist in ``folder`` (``f0``, ``phonetic``, ``posteriors_idx``, ``posteriors_p``)."""
+    folder = Path(folder)
+    out = {}
+    for name in FRAME_ARRAYS:
+        p = folder / f"{name}.npy"
+        if p.is_file():
+            out[name] = torch.from_numpy(np.load(p)).to(device)
+    return out
