@@ -24,7 +24,8 @@ from vckit.errors import ConfigError
 from vckit.losses import masked_l1
 from vckit.models import VoiceConversionModel
 from vckit.models.classifier import SpeakerClassifier, grad_reverse
-from vckit.models.content import ContentEncoder, VectorQuantizer
+from vckit.models.content import ContentEncoder
+from vckit.models.quantizer import VectorQuantizer
 from vckit.models.decoder import AdaIN, Decoder
 from vckit.models.speaker import SpeakerEncoder
 
@@ -109,11 +110,11 @@ def test_speaker_classifier_shape(frames):
 def test_full_model_keeps_the_input_frames(frames, downsample, vq):
     model = VoiceConversionModel(MelConfig(), tiny_model_cfg(downsample, vq=vq))
     mel, ref = log_mel_like(2, N_MELS, frames), log_mel_like(2, N_MELS, frames + 10, seed=1)
-    out = model(mel, ref, torch.tensor([0, 3]), adv_weight=0.5)
-    assert out["pred"].shape == mel.shape
-    assert out["target"].shape == mel.shape
-    assert out["speaker_logits"].shape == (2, 5)
-    assert ("vq" in out) == vq
+    out = model(mel, ref, speaker_ids=torch.tensor([0, 3]), adv_weight=0.5)
+    assert out.pred.shape == mel.shape
+    assert out.target.shape == mel.shape
+    assert out.speaker_logits.shape == (2, 5)
+    assert (out.content.vq_commit is not None) == vq
     model.eval()
     spk = model.embed_speaker(ref)
     assert spk.shape == (2, 16)
@@ -125,8 +126,8 @@ def test_full_model_keeps_the_input_frames(frames, downsample, vq):
 def test_inference_model_has_no_classifier():
     model = VoiceConversionModel(MelConfig(), tiny_model_cfg(n_speakers=0))
     assert model.classifier is None
-    out = model(log_mel_like(1, N_MELS, 40), log_mel_like(1, N_MELS, 40), torch.tensor([0]))
-    assert "speaker_logits" not in out
+    out = model(log_mel_like(1, N_MELS, 40), log_mel_like(1, N_MELS, 40), speaker_ids=torch.tensor([0]))
+    assert out.speaker_logits is None
 
 
 def test_mismatched_strides_are_rejected():
@@ -226,14 +227,14 @@ def test_swapping_the_speaker_changes_the_output_not_the_codes(vq):
 
     captured = []
     model.content_encoder.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
-    out_a = model(mel, ref_a)["pred"]
-    out_b = model(mel, ref_b)["pred"]
+    out_a = model(mel, ref_a).pred
+    out_b = model(mel, ref_b).pred
     assert torch.equal(captured[0], captured[1])  # codes are computed from mel alone
     spk_a, spk_b = model.embed_speaker(ref_a), model.embed_speaker(ref_b)
     assert not torch.allclose(spk_a, spk_b, atol=1e-3)
     assert (out_a - out_b).abs().mean() > 1e-2
 
-    codes, _ = model.encode_content(mel)
+    codes = model.encode_content(mel).codes
     conv_a = model.decode(codes, spk_a, 64)
     conv_b = model.decode(codes, spk_b, 64)
     assert torch.allclose(conv_a, model.convert(mel, spk_a), atol=1e-5)
@@ -247,7 +248,7 @@ def test_codes_receive_no_gradient_from_the_reference():
     ref = log_mel_like(1, N_MELS, 40, seed=1).requires_grad_(True)
     captured = []
     model.content_encoder.register_forward_hook(lambda m, i, o: captured.append(o))
-    out = model(mel, ref)["pred"]
+    out = model(mel, ref).pred
     # inside the training forward pass the codes are not connected to the reference at all
     (g_ref,) = torch.autograd.grad(captured[0].sum(), ref, retain_graph=True, allow_unused=True)
     assert g_ref is None
@@ -263,17 +264,17 @@ def test_content_cycle_reads_a_conversion_back_and_trains_the_decoder():
     randomize_adain(model)
     mel, ref = log_mel_like(3, N_MELS, 40), log_mel_like(3, N_MELS, 40, seed=1)
     out = model(mel, ref, cycle=True)
-    assert out["cycle_codes"].shape == out["cycle_target"].shape == (3, 8, 20)
-    assert not out["cycle_target"].requires_grad  # the source's codes are the fixed target
-    loss = masked_l1(out["cycle_codes"], out["cycle_target"])
+    assert out.cycle_codes.shape == out.cycle_target.shape == (3, 8, 20)
+    assert not out.cycle_target.requires_grad  # the source's codes are the fixed target
+    loss = masked_l1(out.cycle_codes, out.cycle_target)
     dec = torch.autograd.grad(loss, list(model.decoder.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in dec)
     # each item is decoded in the next item's voice: with one voice for all, the
     # conversion is the reconstruction itself
     same = model(mel, ref[:1].expand(3, -1, -1), cycle=True)
     model.eval()
-    torch.testing.assert_close(same["cycle_codes"], model.content_encoder(same["pred"]))
-    assert "cycle_codes" not in model(mel, ref)
+    torch.testing.assert_close(same.cycle_codes, model.content_encoder(same.pred))
+    assert model(mel, ref).cycle_codes is None
 
 
 def test_gradient_reversal():
@@ -290,7 +291,7 @@ def test_vq_straight_through_gradient_reaches_the_content_encoder():
     model = VoiceConversionModel(MelConfig(), tiny_model_cfg((1, 2), vq=True, n_speakers=0))
     mel = log_mel_like(2, N_MELS, 48)
     out = model(mel, log_mel_like(2, N_MELS, 48, seed=1))
-    masked_l1(out["pred"], out["target"]).backward()  # reconstruction only, no commitment term
+    masked_l1(out.pred, out.target).backward()  # reconstruction only, no commitment term
     grads = [p.grad for p in model.content_encoder.parameters()]
     assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
@@ -328,9 +329,10 @@ def test_vq_perplexity_matches_code_usage():
 def test_model_reports_vq_perplexity_and_usage():
     model = VoiceConversionModel(MelConfig(), tiny_model_cfg((1, 2), vq=True))
     out = model(log_mel_like(2, N_MELS, 40), log_mel_like(2, N_MELS, 40, seed=1))
-    assert {"vq", "perplexity", "codebook_usage"} <= set(out)
-    assert 1.0 <= float(out["perplexity"]) <= 32.0
-    assert 0.0 < float(out["codebook_usage"]) <= 1.0
+    c = out.content
+    assert c.vq_commit is not None and c.perplexity is not None and c.codebook_usage is not None
+    assert 1.0 <= float(c.perplexity) <= 32.0
+    assert 0.0 < float(c.codebook_usage) <= 1.0
 
 
 def test_vq_dead_codes_are_restarted_on_encoder_outputs():
@@ -362,11 +364,11 @@ def test_vq_can_be_skipped_outside_training():
     cfg = dataclasses.replace(cfg, vq=dataclasses.replace(cfg.vq, at_inference=False))
     model = VoiceConversionModel(MelConfig(), cfg).eval()
     mel = log_mel_like(2, N_MELS, 40)
-    codes, aux = model.encode_content(mel)
-    assert "vq" not in aux and torch.equal(codes, aux["continuous"])
+    c = model.encode_content(mel)
+    assert c.vq_commit is None and torch.equal(c.codes, c.continuous)
     model.train()
-    codes, aux = model.encode_content(mel)
-    assert "vq" in aux and not torch.equal(codes, aux["continuous"])  # training always quantises
+    c = model.encode_content(mel)
+    assert c.vq_commit is not None and not torch.equal(c.codes, c.continuous)  # training always quantises
 
 
 def test_vq_inference_mix_interpolates_between_continuous_and_nearest_codes():
@@ -374,11 +376,11 @@ def test_vq_inference_mix_interpolates_between_continuous_and_nearest_codes():
     mel = log_mel_like(2, N_MELS, 40)
     torch.manual_seed(0)
     model = VoiceConversionModel(MelConfig(), base).eval()
-    full, aux = model.encode_content(mel)  # at_inference true, mix 1: the nearest codes
-    cont = aux["continuous"]
+    c = model.encode_content(mel)  # at_inference true, mix 1: the nearest codes
+    full, cont = c.codes, c.continuous
     for mix in (0.0, 0.25, 0.5):
         model.cfg = dataclasses.replace(base, vq=dataclasses.replace(base.vq, inference_mix=mix))
-        codes, _ = model.encode_content(mel)
+        codes = model.encode_content(mel).codes
         torch.testing.assert_close(codes, cont + mix * (full - cont))
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="inference_mix"):

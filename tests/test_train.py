@@ -178,3 +178,47 @@ def test_loss_helpers():
     mask = torch.tensor([[True, True, False, False], [True, True, False, False]])
     assert masked_l1(pred, target, mask) == pytest.approx(1.0)  # masked frames do not count
     assert masked_l1(pred, target) == pytest.approx(3.0)
+
+
+# -- the F0 path, phonetic input and distillation, the mel discriminator -----------
+@pytest.fixture(scope="module")
+def featured_cache(tiny_cache, tmp_path_factory):
+    """The tiny cache with F0, phonetic features (16 dims) and teacher posteriors."""
+    import shutil
+
+    from vckit.frame_features import cache_frame_features
+
+    folder = tmp_path_factory.mktemp("featured") / "features"
+    shutil.copytree(tiny_cache["features"], folder)
+    cache_frame_features(folder, dims=16, top_k=3, progress=False)
+    return folder
+
+
+def test_a_model_with_every_new_part_trains_and_resumes(make_config, featured_cache, tmp_path):
+    overrides = [
+        f"data.features={featured_cache}", "data.augment.pitch_bins=0", "train.batch_size=8", "data.segment_frames=48",
+        "model.f0.enabled=true", "model.content.input=phonetic", "model.content.input_dim=16",
+        "model.phonetic_head.enabled=true", "model.phonetic_head.channels=16", "train.phonetic_kl=1.0",
+        "model.discriminator.enabled=true", "model.discriminator.channels=8", "model.discriminator.layers=2",
+        "train.mel_gan=0.1", "train.feature_matching=0.3", "train.gan_start_step=5", "train.valid_every=1000",
+    ]
+    trainer = Trainer(make_config("train.steps=40", "train.ckpt_every=20", *overrides), device="cpu")
+    proj = trainer.model.content_encoder.teacher_proj
+    assert proj.abs().sum() > 0  # the cache's projection went into the model
+    history = record_losses(trainer)
+    trainer.run(progress=False)
+    recon = np.array([h["loss/recon_l1"] for h in history])
+    ce = np.array([h["loss/phonetic_ce"] for h in history])
+    assert recon[-5:].mean() < recon[:5].mean() and ce[-5:].mean() < ce[:5].mean()
+    assert "gan/g" not in history[2] and "gan/g" in history[-1] and math.isfinite(history[-1]["gan/fm"])
+    # the discriminator is saved with the run and restored on resume
+    resumed = Trainer(make_config("train.steps=40", "train.ckpt_every=20", *overrides), device="cpu", resume=True)
+    assert resumed.step == 40
+    for a, b in zip(trainer.disc.state_dict().values(), resumed.disc.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(resumed.model.content_encoder.teacher_proj, proj)
+
+
+def test_a_cache_without_the_features_a_model_needs_is_refused(make_config):
+    with pytest.raises(VckitError, match="f0"):
+        Trainer(make_config("model.f0.enabled=true"), device="cpu")

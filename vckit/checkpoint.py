@@ -191,6 +191,7 @@ def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = Non
     import dataclasses
 
     from vckit.models import VoiceConversionModel
+    from vckit.models.vc import TRAINING_ONLY
 
     model_cfg = config.model if for_training else dataclasses.replace(config.model, n_speakers=0)
     try:
@@ -199,7 +200,7 @@ def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = Non
         raise CheckpointError(f"cannot build the model from this config: {e}") from None
     if state_dict is not None:
         if not for_training:
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY)}
         check_state_dict(model, state_dict)
         model.load_state_dict(state_dict, strict=True)
     return model
@@ -270,7 +271,9 @@ def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: 
     """Copy a training checkpoint without the adversary or training state,
     weights cast to ``dtype``, the weights' sha256 recorded in config.json."""
     config, sd, meta = load_checkpoint(src)
-    sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    from vckit.models.vc import TRAINING_ONLY
+
+    sd = {k: v for k, v in sd.items() if not k.startswith(TRAINING_ONLY)}
     keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
     keep.update(extra or {})
     out = save_checkpoint(dst, config, sd, step=meta.get("step", 0), extra=keep, dtype=dtype)

@@ -78,6 +78,16 @@ class ContentConfig:
     out_norm: bool = True  # instance-normalise the codes themselves
     noise_std: float = 0.0  # training-time Gaussian noise on the codes (AdaIN-VC samples with std 1)
     kl_weight: float = 0.0  # >0: penalise mean(codes**2) / 2, AdaIN-VC's KL term (use with out_norm false)
+    # what the encoder reads: "mel" (the log-mel) or "phonetic" (the phonetic teacher's last hidden
+    # layer, projected to input_dim whitened dims; the projection is part of the model's weights)
+    input: str = "mel"
+    input_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.input not in ("mel", "phonetic"):
+            raise ConfigError(f"model.content.input must be mel or phonetic, got {self.input!r}")
+        if self.input == "phonetic" and self.input_dim <= 0:
+            raise ConfigError("model.content.input phonetic needs model.content.input_dim (the projected teacher dims)")
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,39 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class F0Config:
+    """The F0 path into the decoder: the source's log-F0 contour and voicing.
+
+    In training the decoder reads the segment's own F0; in conversion, the
+    source's contour moved to the target's median (plus any user shift), so
+    the intonation follows the source and the register the target.
+    """
+
+    enabled: bool = False
+    log_mean: float = 5.0  # log-F0 normalisation: (log f0 - log_mean) / log_std  (e^5 = 148 Hz)
+    log_std: float = 0.4
+
+
+@dataclass(frozen=True)
+class PhoneticHeadConfig:
+    """A small head on the content codes that predicts the phonetic teacher's
+    frame posteriors (training only: phonetic distillation)."""
+
+    enabled: bool = False
+    classes: int = 191
+    channels: int = 256
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """A patch discriminator on log-mels against over-smoothing (training only)."""
+
+    enabled: bool = False
+    channels: int = 64
+    layers: int = 4
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     mel_mean: float = -5.5  # input normalisation of log-mels
     mel_std: float = 2.2
@@ -136,6 +179,9 @@ class ModelConfig:
     speaker: SpeakerConfig = field(default_factory=SpeakerConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    f0: F0Config = field(default_factory=F0Config)
+    phonetic_head: PhoneticHeadConfig = field(default_factory=PhoneticHeadConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     n_speakers: int = 0  # training speakers, for the classifier; set by the trainer
 
 
@@ -179,6 +225,10 @@ class TrainConfig:
     # and formant change, as between voices), so the codes keep less of the register (ContentVec's idea)
     content_invariance: float = 0.0
     invariance_bins: float = 3.0  # the shift: uniform 1..this many mel bins, either direction
+    phonetic_kl: float = 0.0  # >0 (with model.phonetic_head): soft cross-entropy to the teacher's frame posteriors
+    mel_gan: float = 0.0  # >0 (with model.discriminator): least-squares adversarial loss on the decoded mel
+    feature_matching: float = 0.0  # L1 between the discriminator's features of decoded and real mels
+    gan_start_step: int = 0  # the discriminator trains from the start; the decoder feels it from this step
     amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
     compile: bool = False
     seed: int = 1234

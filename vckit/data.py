@@ -11,6 +11,7 @@ then a position uniformly among that speaker's frames, then gather.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -170,11 +171,14 @@ def cache_features(rows: list[dict[str, Any]], mel_cfg: MelConfig, out_dir: str 
 
 @dataclass
 class FeatureStore:
-    """Cached features: ``mels (total_frames, n_mels)`` uint8 and the utterance index."""
+    """Cached features: ``mels (total_frames, n_mels)`` uint8, the utterance
+    index, and the per-frame arrays of :mod:`vckit.frame_features` where the
+    cache has them (``extra``: ``f0``, ``phonetic``, ``posteriors_idx``, ``posteriors_p``)."""
 
     mels: torch.Tensor
     utterances: list[dict[str, Any]]
     mel: MelConfig
+    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, mel_cfg: MelConfig | None = None, device: str | torch.device = "cpu") -> "FeatureStore":
@@ -188,10 +192,40 @@ class FeatureStore:
         if mel_cfg is not None and cached != mel_cfg:
             raise VckitError(f"feature cache {folder} was made with another mel config: {'; '.join(cached.mismatch(mel_cfg))}")
         mels = torch.from_numpy(np.load(folder / "mels.npy", mmap_mode=None)).to(device)
-        return cls(mels, index["utterances"], cached)
+        from vckit.frame_features import load_frame_features
+
+        extra = load_frame_features(folder, device)
+        for k, v in extra.items():
+            if v.shape[0] != mels.shape[0]:
+                raise VckitError(f"feature cache {folder}: {k}.npy has {v.shape[0]} frames, mels.npy {mels.shape[0]}: compute the frame features again")
+        return cls(mels, index["utterances"], cached, extra)
 
     def subset(self, keep: list[dict[str, Any]]) -> "FeatureStore":
-        return FeatureStore(self.mels, keep, self.mel)
+        return FeatureStore(self.mels, keep, self.mel, self.extra)
+
+    def gather_extra(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frame indices (B, T) -> ``f0`` (B, T) Hz, ``phonetic`` (B, D, T) and the
+        top-k posteriors ``posteriors_idx``/``posteriors_p`` (B, T, k), as cached."""
+        from vckit.frame_features import dequantize_phonetic
+
+        out: dict[str, torch.Tensor] = {}
+        for k, v in self.extra.items():
+            g = v[idx]
+            if k == "f0":
+                g = g.float()
+            elif k == "phonetic":
+                g = dequantize_phonetic(g).transpose(1, 2)
+            out[k] = g
+        return out
+
+    def frames(self, i: int) -> "Any":
+        """Utterance ``i`` as :class:`vckit.models.vc.Frames` with a batch of one."""
+        from vckit.models.vc import Frames
+
+        u = self.utterances[i]
+        idx = torch.arange(u["offset"], u["offset"] + u["frames"], device=self.mels.device)[None]
+        ex = self.gather_extra(idx)
+        return Frames(self.utterance(i)[None], ex.get("f0"), ex.get("phonetic"))
 
     def utterance(self, i: int) -> torch.Tensor:
         """Log-mel of utterance ``i`` as float ``(n_mels, frames)``."""
@@ -260,7 +294,7 @@ class SegmentSampler:
         spk = torch.multinomial(self.spk_probs, batch, replacement=True, generator=self.gen)
         idx, mask = self._positions(spk, length)
         ref_idx, _ = self._positions(spk, length)
-        return {"mel": self.gather(idx), "ref": self.gather(ref_idx), "mask": mask, "speaker": spk}
+        return {"mel": self.gather(idx), "ref": self.gather(ref_idx), "mask": mask, "speaker": spk, **self.store.gather_extra(idx)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"gen": self.gen.get_state()}
@@ -304,7 +338,18 @@ def augment(batch: dict[str, torch.Tensor], cfg: AugmentConfig, gen: torch.Gener
         return torch.log(torch.exp(x) + noise_amp[:, None, None]).clamp(min=QUANT_LO)
 
     m = warp(mask[:, None, :].float().expand(b, n_mels, src_len), "nearest")[:, 0] > 0.5
-    return {**batch, "mel": level(warp(mel)), "ref": level(warp(ref)), "mask": m}
+    out = {**batch, "mel": level(warp(mel)), "ref": level(warp(ref)), "mask": m}
+    # per-frame features follow the time stretch (nearest frame); a mel-axis shift
+    # does not move them, so models with an F0 path train with pitch_bins 0
+    src = (torch.arange(length, device=dev)[None] * speed[:, None]).round().long().clamp(max=src_len - 1)  # (B, length)
+    for k in ("f0", "posteriors_idx", "posteriors_p"):
+        if k in batch:
+            v = batch[k]
+            out[k] = torch.gather(v, 1, src if v.dim() == 2 else src[..., None].expand(-1, -1, v.shape[-1]))
+    if "phonetic" in batch:
+        v = batch["phonetic"]
+        out["phonetic"] = torch.gather(v, 2, src[:, None, :].expand(-1, v.shape[1], -1))
+    return out
 
 
 def mel_shift(mel: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -349,4 +394,5 @@ def valid_batches(store: FeatureStore, utterances: list[dict[str, Any]], segment
             "mel": dequantize(store.mels[torch.stack(idx)]).transpose(1, 2),
             "ref": dequantize(store.mels[torch.stack(ridx)]).transpose(1, 2),
             "mask": torch.stack(masks),
+            **store.gather_extra(torch.stack(idx)),
         }

@@ -1,6 +1,8 @@
-"""Training losses on normalised log-mels."""
+"""Training losses on normalised log-mels, and the one function that assembles them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,3 +40,48 @@ def classifier_loss(logits: torch.Tensor, speaker: torch.Tensor) -> tuple[torch.
     ce = F.cross_entropy(logits.float(), speaker)
     acc = (logits.argmax(-1) == speaker).float().mean()
     return ce, acc
+
+
+def model_losses(out: Any, batch: dict[str, torch.Tensor], cfg: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum of every loss term a :class:`~vckit.models.vc.TrainOutput` asks for.
+
+    ``cfg`` is the run's :class:`~vckit.config.Config`: the weights are
+    ``train.*`` (spectral convergence, content cycle, invariance, phonetic
+    distillation), ``model.vq`` (commitment) and ``model.content`` (KL).
+    The classifier's cross-entropy is added unweighted: the classifier
+    minimises it, and gradient reversal makes the encoder maximise it.
+    Returns the total and detached statistics for logging.
+    """
+    t, mask = cfg.train, batch["mask"]
+    recon = masked_l1(out.pred, out.target, mask)
+    total = recon
+    stats: dict[str, torch.Tensor] = {"loss/recon_l1": recon.detach()}
+
+    def add(name: str, weight: float, value: torch.Tensor) -> None:
+        nonlocal total
+        total = total + weight * value
+        stats[name] = value.detach()
+
+    if t.spectral_convergence > 0:
+        add("loss/spectral_convergence", t.spectral_convergence, spectral_convergence(out.pred, out.target, cfg.model.mel_mean, cfg.model.mel_std, mask))
+    if out.cycle_codes is not None:
+        add("loss/content_cycle", t.content_cycle, masked_l1(out.cycle_codes, out.cycle_target))
+    if out.invariance_codes is not None:
+        add("loss/content_invariance", t.content_invariance, masked_l1(out.invariance_codes, out.content.continuous))
+    if out.content.kl is not None:
+        add("loss/kl", cfg.model.content.kl_weight, out.content.kl)
+    if out.content.vq_commit is not None:
+        add("loss/vq_commit", cfg.model.vq.weight * cfg.model.vq.commitment, out.content.vq_commit)
+        stats["vq/perplexity"] = out.content.perplexity
+        stats["vq/usage"] = out.content.codebook_usage
+    if out.phonetic_logits is not None and t.phonetic_kl > 0 and "posteriors_idx" in batch:
+        from vckit.frame_features import dense_posteriors
+        from vckit.models.phonetic_head import soft_cross_entropy
+
+        target = dense_posteriors(batch["posteriors_idx"], batch["posteriors_p"], out.phonetic_logits.shape[1])
+        add("loss/phonetic_ce", t.phonetic_kl, soft_cross_entropy(out.phonetic_logits, target, mask))
+    if out.speaker_logits is not None:
+        ce, acc = classifier_loss(out.speaker_logits, batch["speaker"])
+        add("adv/ce", 1.0, ce)
+        stats["adv/acc"] = acc.detach()
+    return total, stats

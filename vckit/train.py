@@ -39,7 +39,8 @@ from vckit.checkpoint import (
 from vckit.config import Config
 from vckit.data import FeatureStore, SegmentSampler, augment, mel_shift, read_manifest, valid_batches
 from vckit.errors import VckitError
-from vckit.losses import adversarial_weight, classifier_loss, masked_l1, spectral_convergence
+from vckit.models.vc import Frames
+from vckit.losses import adversarial_weight, masked_l1, model_losses
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,11 @@ def _select(store: FeatureStore, manifest: str) -> list[dict[str, Any]]:
     if not utts:
         raise VckitError(f"none of the files in {manifest} are in the feature cache (run prepare.py again)")
     return utts
+
+
+def frames_of(batch: dict[str, torch.Tensor]) -> Frames:
+    """The model's per-frame inputs in a batch from :class:`SegmentSampler` or :func:`valid_batches`."""
+    return Frames(batch["mel"], batch.get("f0"), batch.get("phonetic"))
 
 
 # -- the loop --------------------------------------------------------------
@@ -328,8 +334,15 @@ class Trainer(TrainingLoop):
         if cfg.model.n_speakers not in (0, n_spk):
             raise VckitError(f"config says {cfg.model.n_speakers} training speakers but the manifest has {n_spk}")
         self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_speakers=n_spk))
+        self._check_store(cfg)
         self.model = build_model(cfg, for_training=True).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg)
+        self.disc, self.disc_opt = None, None
+        if cfg.model.discriminator.enabled and (t.mel_gan > 0 or t.feature_matching > 0):
+            from vckit.models.discriminator import MelDiscriminator
+
+            self.disc = MelDiscriminator(cfg.model.discriminator).to(self.device)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=t.lr, betas=t.betas)
         self.step = 0
         self.elapsed = 0.0  # training seconds over all resumes
         self.best: dict[str, float] = {}
@@ -341,6 +354,8 @@ class Trainer(TrainingLoop):
             sd = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
             self.model.load_state_dict(sd, strict=False)
             log.info("initialised %d tensors from %s", len(sd), init_from)
+        if not resume and self.model.needs_phonetic:
+            self._set_projection()
         self.net: torch.nn.Module = self.model
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -350,12 +365,41 @@ class Trainer(TrainingLoop):
         self.writer = None
         self._stop = False
 
+    def _check_store(self, cfg: Config) -> None:
+        """The feature cache must hold what this model reads or learns from."""
+        need = []
+        if cfg.model.f0.enabled:
+            need.append("f0")
+        if cfg.model.content.input == "phonetic":
+            need.append("phonetic")
+        if cfg.model.phonetic_head.enabled and cfg.train.phonetic_kl > 0:
+            need += ["posteriors_idx", "posteriors_p"]
+        missing = [k for k in need if k not in self.store.extra]
+        if missing:
+            raise VckitError(f"the feature cache {cfg.data.features} has no {', '.join(missing)}: run the recipe's prepare.py with --frame-features")
+        if "phonetic" in need and self.store.extra["phonetic"].shape[1] != cfg.model.content.input_dim:
+            raise VckitError(f"model.content.input_dim is {cfg.model.content.input_dim} but the cache's phonetic features have {self.store.extra['phonetic'].shape[1]} dims")
+        if cfg.model.f0.enabled and cfg.data.augment.pitch_bins > 0:
+            log.warning("data.augment.pitch_bins > 0 moves the mel but not the F0 the decoder reads: set it to 0 for models with an F0 path")
+
+    def _set_projection(self) -> None:
+        """Copy the cache's teacher projection into the model, which carries it to conversion."""
+        from vckit.frame_features import load_projection
+
+        proj = load_projection(self.cfg.data.features)
+        enc = self.model.content_encoder
+        enc.teacher_mean.copy_(torch.from_numpy(proj["mean"]))
+        enc.teacher_proj.copy_(torch.from_numpy(proj["proj"]))
+
     # checkpoints ------------------------------------------------------------
     def save(self) -> Path | None:
         state = self._loop_state()
         if not self.dist.main:
             return None
         state["optimizer"] = self.optimizer.state_dict()
+        if self.disc is not None:
+            state["discriminator"] = self.disc.state_dict()
+            state["discriminator_optimizer"] = self.disc_opt.state_dict()
         path = save_checkpoint(
             step_folder(self.out_dir, self.step),
             self.cfg,
@@ -379,68 +423,69 @@ class Trainer(TrainingLoop):
         self.model.load_state_dict(sd, strict=True)
         state = load_train_state(ck)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.disc is not None and "discriminator" in state:
+            self.disc.load_state_dict(state["discriminator"])
+            self.disc_opt.load_state_dict(state["discriminator_optimizer"])
         self._restore_loop_state(state)
         log.info("resumed from %s at step %d", ck, self.step)
 
     # one step ---------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """Draw and augment a batch, reconstruct it, add the loss terms, step."""
         cfg, t = self.cfg, self.cfg.train
-        aug = cfg.data.augment
-        seg = cfg.data.segment_frames
-        gather_len = math.ceil(seg * (1 + aug.speed)) if aug.prob > 0 else seg
-        batch = self.sampler.sample(t.batch_size, gather_len)
-        if aug.prob > 0:
-            batch = augment(batch, aug, self.sampler.gen, seg)
+        batch = self._batch()
         lr = lr_at(self.step, cfg, self.elapsed)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        adv_w = adversarial_weight(self.step, cfg.model.classifier.weight, cfg.model.classifier.start_step, cfg.model.classifier.warmup_steps)
-        perturbed = None
-        if t.content_invariance > 0:
-            b = batch["mel"].shape[0]
-            size = 1 + (t.invariance_bins - 1) * torch.rand((b,), generator=self.sampler.gen, device=batch["mel"].device)
-            sign = torch.where(torch.rand((b,), generator=self.sampler.gen, device=size.device) < 0.5, -1.0, 1.0)
-            perturbed = mel_shift(batch["mel"], sign * size)
+        c = cfg.model.classifier
+        adv_w = adversarial_weight(self.step, c.weight, c.start_step, c.warmup_steps)
+        perturbed = self._perturbed(batch["mel"]) if t.content_invariance > 0 else None
         with autocast_for(self.device, t.amp):
-            out = self.net(batch["mel"], batch["ref"], batch["speaker"], adv_w, t.content_cycle > 0, perturbed)
-        mask = batch["mask"]
-        recon = masked_l1(out["pred"], out["target"], mask)
-        loss = recon
-        stats = {"loss/recon_l1": recon.detach(), "lr": torch.tensor(lr)}
-        if t.spectral_convergence > 0:
-            sc = spectral_convergence(out["pred"], out["target"], cfg.model.mel_mean, cfg.model.mel_std, mask)
-            loss = loss + t.spectral_convergence * sc
-            stats["loss/spectral_convergence"] = sc.detach()
-        if "cycle_codes" in out:
-            cyc = masked_l1(out["cycle_codes"], out["cycle_target"])
-            loss = loss + t.content_cycle * cyc
-            stats["loss/content_cycle"] = cyc.detach()
-        if "invariance_codes" in out:
-            inv = masked_l1(out["invariance_codes"], out["continuous"])
-            loss = loss + t.content_invariance * inv
-            stats["loss/content_invariance"] = inv.detach()
-        if "kl" in out:
-            loss = loss + cfg.model.content.kl_weight * out["kl"]
-            stats["loss/kl"] = out["kl"].detach()
-        if "vq" in out:
-            loss = loss + cfg.model.vq.weight * cfg.model.vq.commitment * out["vq"]
-            stats["loss/vq_commit"] = out["vq"].detach()
-            stats["vq/perplexity"] = out["perplexity"]
-            stats["vq/usage"] = out["codebook_usage"]
-        if "speaker_logits" in out:
-            ce, acc = classifier_loss(out["speaker_logits"], batch["speaker"])
-            loss = loss + ce  # the classifier minimises it; gradient reversal makes the encoder maximise adv_w * ce
-            stats["adv/ce"] = ce.detach()
-            stats["adv/acc"] = acc.detach()
-            stats["adv/weight"] = torch.tensor(adv_w)
+            out = self.net(frames_of(batch), batch["ref"], speaker_ids=batch["speaker"], adv_weight=adv_w, cycle=t.content_cycle > 0, perturbed=perturbed)
+        loss, stats = model_losses(out, batch, cfg)
+        if self.disc is not None:
+            loss, gan_stats = self._gan_step(out, batch, loss)
+            stats.update(gan_stats)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
         self.step += 1
-        stats["loss/total"] = loss.detach()
-        stats["grad_norm"] = gn.detach()
+        stats.update({"loss/total": loss.detach(), "grad_norm": gn.detach(), "lr": torch.tensor(lr), "adv/weight": torch.tensor(adv_w)})
         return stats  # tensors: converted to floats only when logged
+
+    def _batch(self) -> dict[str, torch.Tensor]:
+        aug, seg = self.cfg.data.augment, self.cfg.data.segment_frames
+        gather_len = math.ceil(seg * (1 + aug.speed)) if aug.prob > 0 else seg
+        batch = self.sampler.sample(self.cfg.train.batch_size, gather_len)
+        return augment(batch, aug, self.sampler.gen, seg) if aug.prob > 0 else batch
+
+    def _perturbed(self, mel: torch.Tensor) -> torch.Tensor:
+        """``mel`` shifted 1..invariance_bins mel bins up or down (content-invariance loss)."""
+        b, gen = mel.shape[0], self.sampler.gen
+        size = 1 + (self.cfg.train.invariance_bins - 1) * torch.rand((b,), generator=gen, device=mel.device)
+        sign = torch.where(torch.rand((b,), generator=gen, device=mel.device) < 0.5, -1.0, 1.0)
+        return mel_shift(mel, sign * size)
+
+    def _gan_step(self, out: Any, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Update the mel discriminator on real vs decoded mels; return the
+        decoder's loss with the adversarial and feature-matching terms added."""
+        from vckit.models.discriminator import discriminator_loss, feature_matching_loss, generator_loss
+
+        t = self.cfg.train
+        real, fake = out.target * batch["mask"][:, None], out.pred * batch["mask"][:, None]
+        d_real, _ = self.disc(real)
+        d_fake, _ = self.disc(fake.detach())
+        d_loss = discriminator_loss(d_real, d_fake)
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.disc_opt.step()
+        if self.step < t.gan_start_step:
+            return loss, {"gan/d": d_loss.detach()}
+        d_real, f_real = self.disc(real)
+        d_fake, f_fake = self.disc(fake)
+        g, fm = generator_loss(d_fake), feature_matching_loss(f_real, f_fake)
+        return loss + t.mel_gan * g + t.feature_matching * fm, {"gan/d": d_loss.detach(), "gan/g": g.detach(), "gan/fm": fm.detach()}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -454,10 +499,10 @@ class Trainer(TrainingLoop):
         cos = torch.nn.functional.cosine_similarity
         for b in valid_batches(self.store, self.valid_utts, self.cfg.data.segment_frames, 32):
             with autocast_for(self.device, self.cfg.train.amp):
-                out = self.model(b["mel"], b["ref"])
-                l1 = masked_l1(out["pred"], out["target"], b["mask"])
+                out = self.model(frames_of(b), b["ref"])
+                l1 = masked_l1(out.pred, out.target, b["mask"])
                 tgt = b["ref"].roll(1, 0)  # another utterance, mostly of another speaker
-                conv = self.model.convert(b["mel"], self.model.embed_speaker(tgt))
+                conv = self.model.convert(frames_of(b), self.model.embed_speaker(tgt))
                 e_conv = self.model.embed_speaker(conv).float()
                 e_t = self.model.embed_speaker(tgt).float()
                 e_s = self.model.embed_speaker(b["ref"]).float()
@@ -482,9 +527,9 @@ class Trainer(TrainingLoop):
         b = next(valid_batches(self.store, self.valid_utts[:1], self.cfg.data.segment_frames, 1))
         self.model.eval()
         with torch.no_grad():
-            out = self.model(b["mel"], b["ref"])
+            out = self.model(frames_of(b), b["ref"])
         self.model.train()
-        img = torch.cat([out["target"][0], out["pred"][0].float()], dim=0).flip(0)
+        img = torch.cat([out.target[0], out.pred[0].float()], dim=0).flip(0)
         img = ((img - img.min()) / (img.max() - img.min() + 1e-5)).cpu()
         self.writer.add_image("mel/target_top_vs_pred_bottom", img[None], self.step)
 

@@ -1,26 +1,30 @@
-"""Content encoder (instance-normalised conv stack) and the optional VQ bottleneck."""
+"""Content encoder: an instance-normalised conv stack over log-mels or phonetic features."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vckit.config import ContentConfig, VQConfig
+from vckit.config import ContentConfig
 from vckit.models.layers import ConvBlock, pad_to_multiple
 
 
 class ContentEncoder(nn.Module):
-    """Mel -> content codes, with per-utterance statistics removed.
+    """Mel (or phonetic features) -> content codes, with per-utterance statistics removed.
 
     Every block uses ``InstanceNorm1d(affine=False)`` and the codes themselves
     are instance-normalised, so a global speaker trait (a mean or scale per
     channel) cannot pass through.
 
-    mel: (batch, n_mels, frames) -> codes: (batch, dim, ceil(frames / hop))
+    x: (batch, n_mels or input_dim, frames) -> codes: (batch, dim, ceil(frames / hop))
     where ``hop`` is the product of the block strides.
+
+    With ``cfg.input == "phonetic"`` the encoder reads the phonetic teacher's
+    hidden layer, projected on ``input_dim`` whitened principal components;
+    the projection (``teacher_mean``, ``teacher_proj``) is a buffer saved with
+    the weights, so conversion projects exactly as the feature cache did.
     """
 
     def __init__(self, n_mels: int, cfg: ContentConfig):
@@ -29,81 +33,29 @@ class ContentEncoder(nn.Module):
             raise ValueError(f"content.downsample needs {cfg.blocks} strides, got {len(cfg.downsample)}")
         self.cfg = cfg
         self.hop = math.prod(cfg.downsample)
-        self.inp = nn.Conv1d(n_mels, cfg.channels, 1)
+        n_in = cfg.input_dim if cfg.input == "phonetic" else n_mels
+        if cfg.input == "phonetic":
+            from vckit.models.teacher import HIDDEN_DIM
+
+            self.register_buffer("teacher_mean", torch.zeros(HIDDEN_DIM))
+            self.register_buffer("teacher_proj", torch.zeros(cfg.input_dim, HIDDEN_DIM))
+        self.inp = nn.Conv1d(n_in, cfg.channels, 1)
         self.blocks = nn.ModuleList(
             ConvBlock(cfg.channels, cfg.kernel_size, s, "instance", cfg.dropout) for s in cfg.downsample
         )
         self.out = nn.Conv1d(cfg.channels, cfg.dim, 1)
         self.norm = nn.InstanceNorm1d(cfg.dim, affine=False) if cfg.out_norm else nn.Identity()
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        x = pad_to_multiple(mel, self.hop)
+    def project_teacher(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Teacher hidden frames (batch, frames, 256) -> whitened (batch, input_dim, frames), clipped to +-4 as cached."""
+        from vckit.frame_features import PHONETIC_CLIP
+
+        x = (hidden.to(self.teacher_proj.dtype) - self.teacher_mean) @ self.teacher_proj.T
+        return x.clamp(-PHONETIC_CLIP, PHONETIC_CLIP).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_to_multiple(x, self.hop)
         x = self.inp(x)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(self.out(x))
-
-
-class VectorQuantizer(nn.Module):
-    """EMA codebook with straight-through gradients and dead-code restarts.
-
-    z: (batch, dim, frames) -> (quantised z, commitment loss, stats dict)
-    The codebook follows the mean of the vectors assigned to each code
-    (exponential moving average), so it needs no gradient; codes whose usage
-    falls below ``dead_code_threshold`` are moved onto random encoder outputs.
-    """
-
-    def __init__(self, dim: int, cfg: VQConfig):
-        super().__init__()
-        self.cfg = cfg
-        k = cfg.codebook_size
-        embed = torch.randn(k, dim)
-        self.register_buffer("embed", embed)
-        self.register_buffer("ema_count", torch.ones(k))
-        self.register_buffer("ema_sum", embed.clone())
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        b, d, t = z.shape
-        flat = z.permute(0, 2, 1).reshape(-1, d).float()
-        embed = self.embed.float()
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.T + embed.pow(2).sum(1)[None]
-        idx = dist.argmin(1)
-        q = embed[idx]
-        onehot = F.one_hot(idx, self.cfg.codebook_size).type(flat.dtype)
-        if self.training:
-            self._ema_update(flat, onehot)
-        commit = F.mse_loss(flat, q.detach())
-        q_st = flat + (q - flat).detach()
-        probs = onehot.mean(0)
-        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        usage = (probs > 0).float().mean()
-        out = q_st.reshape(b, t, d).permute(0, 2, 1).type_as(z)
-        return out, commit, {"perplexity": perplexity.detach(), "usage": usage.detach(), "indices": idx.reshape(b, t)}
-
-    @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor) -> None:
-        count = onehot.sum(0)
-        total = onehot.T @ flat
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(count)
-            torch.distributed.all_reduce(total)
-        decay = self.cfg.decay
-        self.ema_count.mul_(decay).add_(count, alpha=1 - decay)
-        self.ema_sum.mul_(decay).add_(total, alpha=1 - decay)
-        n = self.ema_count.sum()
-        smoothed = (self.ema_count + 1e-5) / (n + self.cfg.codebook_size * 1e-5) * n
-        self.embed.copy_(self.ema_sum / smoothed[:, None])
-        # dead-code restart: move rarely used codes onto random current vectors
-        dead = self.ema_count < self.cfg.dead_code_threshold * n / self.cfg.codebook_size
-        n_dead = int(dead.sum())
-        if n_dead > 0:
-            pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.broadcast(pick, 0)
-                new = flat[pick].contiguous()
-                torch.distributed.broadcast(new, 0)
-            else:
-                new = flat[pick]
-            self.embed[dead] = new
-            self.ema_sum[dead] = new
-            self.ema_count[dead] = 1.0

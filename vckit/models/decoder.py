@@ -63,10 +63,13 @@ class Decoder(nn.Module):
     """codes: (batch, content_dim, frames'), spk: (batch, spk_dim)
     -> mel: (batch, n_mels, frames' * hop), normalised units.
 
-    ``upsample`` mirrors the content encoder's strides (in reverse).
+    ``upsample`` mirrors the content encoder's strides (in reverse). With
+    ``f0_channels`` > 0, ``f0`` (batch, f0_channels, frames' * hop) enters
+    twice: average-pooled to the codes' rate at the input, and at full rate
+    before the last block, so harmonics follow the contour frame by frame.
     """
 
-    def __init__(self, content_dim: int, spk_dim: int, n_mels: int, cfg: DecoderConfig, upsample: tuple[int, ...]):
+    def __init__(self, content_dim: int, spk_dim: int, n_mels: int, cfg: DecoderConfig, upsample: tuple[int, ...], f0_channels: int = 0):
         super().__init__()
         self.cfg = cfg
         ups = list(reversed(upsample))
@@ -74,12 +77,28 @@ class Decoder(nn.Module):
         if len(ups) > cfg.blocks:  # fold extra strides into the first blocks
             ups = [math.prod(ups[: len(ups) - cfg.blocks + 1])] + ups[len(ups) - cfg.blocks + 1 :]
         self.hop = math.prod(ups)
+        # the first block whose input is at the full frame rate (len(ups): after the last block)
+        self.full_rate_at = next((i for i in range(len(ups)) if math.prod(ups[i:]) == 1), len(ups))
         self.inp = nn.Conv1d(content_dim, cfg.channels, 1)
         self.blocks = nn.ModuleList(DecoderBlock(cfg.channels, cfg.kernel_size, spk_dim, u) for u in ups)
         self.out = nn.Conv1d(cfg.channels, n_mels, 1)
+        if f0_channels:
+            self.f0_in = nn.Conv1d(f0_channels, cfg.channels, 1)
+            self.f0_late = nn.Conv1d(f0_channels, cfg.channels, 1)
+            nn.init.zeros_(self.f0_late.weight)
+            nn.init.zeros_(self.f0_late.bias)
 
-    def forward(self, codes: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, spk: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
         x = self.inp(codes)
-        for blk in self.blocks:
+        full = None
+        if f0 is not None:
+            n = codes.shape[-1] * self.hop
+            full = F.pad(f0, (0, n - f0.shape[-1]), mode="replicate") if f0.shape[-1] < n else f0[..., :n]
+            x = x + self.f0_in(F.avg_pool1d(full, self.hop) if self.hop > 1 else full)
+        for i, blk in enumerate(self.blocks):
+            if full is not None and i == self.full_rate_at:
+                x = x + self.f0_late(full)
             x = blk(x, spk)
+        if full is not None and self.full_rate_at == len(self.blocks):
+            x = x + self.f0_late(full)
         return self.out(x)

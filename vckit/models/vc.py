@@ -1,24 +1,89 @@
-"""The disentangling voice-conversion model: content + speaker -> mel."""
+"""The disentangling voice-conversion model: content + speaker (+ F0) -> mel."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import torch
 from torch import nn
 
 from vckit.config import MelConfig, ModelConfig
 from vckit.models.classifier import SpeakerClassifier, grad_reverse
-from vckit.models.content import ContentEncoder, VectorQuantizer
+from vckit.models.content import ContentEncoder
 from vckit.models.decoder import Decoder
+from vckit.models.phonetic_head import PhoneticHead
+from vckit.models.quantizer import VectorQuantizer
 from vckit.models.speaker import SpeakerEncoder
+
+F0_CHANNELS = 2  # normalised log-F0 (0 where unvoiced) and voicing
+
+
+@dataclasses.dataclass
+class Frames:
+    """What the model reads of an utterance, frame by frame (one row per mel frame).
+
+    mel: (B, n_mels, T) log-mel; f0: (B, T) Hz, 0 = unvoiced (models with an
+    F0 path); phonetic: (B, input_dim, T) projected teacher features (models
+    whose content encoder reads them).
+    """
+
+    mel: torch.Tensor
+    f0: torch.Tensor | None = None
+    phonetic: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.mel.shape[-1]
+
+    def slice(self, lo: int, hi: int) -> "Frames":
+        return Frames(
+            self.mel[..., lo:hi],
+            None if self.f0 is None else self.f0[..., lo:hi],
+            None if self.phonetic is None else self.phonetic[..., lo:hi],
+        )
+
+    def to(self, device: torch.device | str) -> "Frames":
+        return Frames(*(None if x is None else x.to(device) for x in (self.mel, self.f0, self.phonetic)))
+
+
+@dataclasses.dataclass
+class ContentCodes:
+    """The content path's result for ``(B, *, T)`` frames; codes are at ``T / hop``."""
+
+    codes: torch.Tensor  # (B, dim, T') what the decoder reads
+    continuous: torch.Tensor  # (B, dim, T') before the VQ and the training noise
+    vq_commit: torch.Tensor | None = None
+    perplexity: torch.Tensor | None = None
+    codebook_usage: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class TrainOutput:
+    """One training forward pass: the reconstruction and what the losses read.
+
+    ``pred`` and ``target`` are normalised log-mels (B, n_mels, T); the other
+    fields are None when the model or the call does not make them.
+    """
+
+    pred: torch.Tensor
+    target: torch.Tensor
+    content: ContentCodes
+    speaker_logits: torch.Tensor | None = None  # (B, n_speakers), through gradient reversal
+    phonetic_logits: torch.Tensor | None = None  # (B, classes, T)
+    cycle_codes: torch.Tensor | None = None  # codes of a conversion to another voice ...
+    cycle_target: torch.Tensor | None = None  # ... and the source's (detached)
+    invariance_codes: torch.Tensor | None = None  # codes of the mel-shifted segment
 
 
 class VoiceConversionModel(nn.Module):
-    """Content encoder (+ VQ) , speaker encoder, AdaIN decoder, adversary.
+    """Content encoder (+ VQ), speaker encoder, AdaIN decoder (+ F0 path), adversary.
 
     All public methods take and return *log-mels* in the units of the mel
     front-end, ``(batch, n_mels, frames)``; the normalisation is internal.
-    The classifier exists only when ``cfg.classifier.enabled`` and
-    ``cfg.n_speakers > 0`` (it is not needed, nor shipped, for inference).
+    The classifier and the phonetic head exist only for training (they are
+    not shipped); the classifier needs ``cfg.n_speakers > 0``.
     """
 
     def __init__(self, mel: MelConfig, cfg: ModelConfig):
@@ -29,12 +94,18 @@ class VoiceConversionModel(nn.Module):
         self.content_encoder = ContentEncoder(n, cfg.content)
         self.vq = VectorQuantizer(cfg.content.dim, cfg.vq) if cfg.vq.enabled else None
         self.speaker_encoder = SpeakerEncoder(n, cfg.speaker)
-        self.decoder = Decoder(cfg.content.dim, cfg.speaker.dim, n, cfg.decoder, cfg.content.downsample)
+        f0_ch = F0_CHANNELS if cfg.f0.enabled else 0
+        self.decoder = Decoder(cfg.content.dim, cfg.speaker.dim, n, cfg.decoder, cfg.content.downsample, f0_channels=f0_ch)
         if self.decoder.hop != self.content_encoder.hop:
             raise ValueError("decoder upsampling does not mirror the content encoder's downsampling")
         self.classifier = (
             SpeakerClassifier(cfg.content.dim, cfg.n_speakers, cfg.classifier)
             if cfg.classifier.enabled and cfg.n_speakers > 0
+            else None
+        )
+        self.phonetic_head = (
+            PhoneticHead(cfg.content.dim, self.content_encoder.hop, cfg.phonetic_head)
+            if cfg.phonetic_head.enabled and cfg.n_speakers > 0
             else None
         )
 
@@ -45,82 +116,133 @@ class VoiceConversionModel(nn.Module):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.cfg.mel_std + self.cfg.mel_mean
 
+    @property
+    def needs_f0(self) -> bool:
+        return self.cfg.f0.enabled
+
+    @property
+    def needs_phonetic(self) -> bool:
+        return self.cfg.content.input == "phonetic"
+
+    def f0_features(self, f0: torch.Tensor) -> torch.Tensor:
+        """F0 (B, T) in Hz, 0 = unvoiced -> decoder input (B, 2, T): normalised log-F0 (0 where unvoiced) and voicing."""
+        voiced = f0 > 0
+        lf = torch.where(voiced, (torch.log(f0.float().clamp(min=1.0)) - self.cfg.f0.log_mean) / self.cfg.f0.log_std, torch.zeros_like(f0, dtype=torch.float32))
+        return torch.stack([lf, voiced.float()], dim=1)
+
+    def _check(self, x: Frames) -> None:
+        if self.needs_f0 and x.f0 is None:
+            raise ValueError("this model has an F0 path: pass the source's F0 (Frames.f0)")
+        if self.needs_phonetic and x.phonetic is None:
+            raise ValueError("this model reads phonetic features: pass them (Frames.phonetic)")
+
     # -- parts -------------------------------------------------------------
-    def encode_content(self, mel: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """log-mel (B, n_mels, T) -> codes (B, dim, ceil(T / hop)) and aux terms."""
-        codes = self.content_encoder(self.normalize(mel))
-        aux: dict[str, torch.Tensor] = {"continuous": codes}  # before VQ and noise
+    def encode_content(self, x: Frames | torch.Tensor) -> ContentCodes:
+        """Frames (or a log-mel) -> the content codes (B, dim, ceil(T / hop))."""
+        x = x if isinstance(x, Frames) else Frames(x)
+        inp = x.phonetic if self.needs_phonetic else self.normalize(x.mel)
+        if inp is None:
+            raise ValueError("this model reads phonetic features: pass them (Frames.phonetic)")
+        codes = self.content_encoder(inp)
+        out = ContentCodes(codes=codes, continuous=codes)
         if self.cfg.content.kl_weight > 0:
-            aux["kl"] = 0.5 * codes.float().pow(2).mean()
+            out.kl = 0.5 * codes.float().pow(2).mean()
         if self.vq is not None and (self.training or self.cfg.vq.at_inference):
             quantized, commit, stats = self.vq(codes)
             mix = 1.0 if self.training else self.cfg.vq.inference_mix
             codes = quantized if mix >= 1.0 else codes + mix * (quantized - codes)
-            aux["vq"] = commit
-            aux["perplexity"] = stats["perplexity"]
-            aux["codebook_usage"] = stats["usage"]
+            out.vq_commit, out.perplexity, out.codebook_usage = commit, stats["perplexity"], stats["usage"]
         if self.training and self.cfg.content.noise_std > 0:
             codes = codes + self.cfg.content.noise_std * torch.randn_like(codes)
-        return codes, aux
+        out.codes = codes
+        return out
 
     def embed_speaker(self, mel: torch.Tensor) -> torch.Tensor:
         """log-mel (B, n_mels, T) -> speaker embedding (B, spk_dim)."""
         return self.speaker_encoder(self.normalize(mel))
 
-    def decode(self, codes: torch.Tensor, spk: torch.Tensor, frames: int | None = None) -> torch.Tensor:
-        """codes (B, dim, T'), spk (B, spk_dim) -> log-mel (B, n_mels, frames)."""
-        out = self.decoder(codes, spk)
+    def decode(self, codes: torch.Tensor, spk: torch.Tensor, frames: int | None = None, f0: torch.Tensor | None = None) -> torch.Tensor:
+        """codes (B, dim, T'), spk (B, spk_dim), f0 (B, T) Hz -> log-mel (B, n_mels, frames)."""
+        out = self.decoder(codes, spk, self.f0_features(f0) if (f0 is not None and self.needs_f0) else None)
         if frames is not None:
             out = out[..., :frames]
         return self.denormalize(out)
 
-    def convert(self, mel: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
-        """Source log-mel (B, n_mels, T) spoken by speaker ``spk`` -> (B, n_mels, T)."""
-        codes, _ = self.encode_content(mel)
-        return self.decode(codes, spk, mel.shape[-1])
+    def convert(self, x: Frames | torch.Tensor, spk: torch.Tensor, *, f0_shift: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """Source frames (B, *, T) spoken by speaker ``spk`` (B, spk_dim) -> log-mel (B, n_mels, T).
+
+        ``f0_shift`` (semitones, a number or (B,)) moves the source's F0
+        before it enters the decoder: the caller sets it from the source's
+        and the target's median F0 (see :func:`register_shift`).
+        """
+        x = x if isinstance(x, Frames) else Frames(x)
+        self._check(x)
+        f0 = None
+        if self.needs_f0:
+            shift = torch.as_tensor(f0_shift, dtype=torch.float32, device=x.f0.device).reshape(-1, 1)
+            f0 = x.f0.float() * torch.pow(2.0, shift / 12.0)
+        return self.decode(self.encode_content(x).codes, spk, x.frames, f0)
 
     # -- training ----------------------------------------------------------
     def forward(
         self,
-        mel: torch.Tensor,
+        x: Frames | torch.Tensor,
         ref: torch.Tensor,
+        *,
         speaker_ids: torch.Tensor | None = None,
         adv_weight: float = 0.0,
         cycle: bool = False,
         perturbed: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Self-reconstruction of ``mel`` with the speaker taken from ``ref``.
+    ) -> TrainOutput:
+        """Self-reconstruction of ``x`` with the speaker taken from ``ref``.
 
-        mel, ref: (B, n_mels, T), ``ref`` another segment of the same speaker.
-        Returns the prediction and target in normalised units (for the loss)
-        and the auxiliary terms; with a classifier and ``speaker_ids``, its
-        logits (the codes reach it through a gradient-reversal layer).
+        x: the segment's frames (or its log-mel); ref: (B, n_mels, T) another segment of the
+        same speaker. With a classifier and ``speaker_ids``, its logits (the
+        codes reach it through a gradient-reversal layer of ``adv_weight``).
 
         With ``cycle``, each item is also decoded in the voice of the next
-        item's reference, and the content encoder reads that conversion back:
-        ``cycle_codes`` should match ``cycle_target`` (the source's codes
-        before VQ, detached), which asks the decoder to keep the words when
-        the voice changes, the case plain reconstruction never trains.
-
-        With ``perturbed`` (``mel`` with its pitch and formants moved, same
-        shape), its codes before VQ come back as ``invariance_codes``, to be
-        pulled toward ``aux["continuous"]``: codes that do not move with the
-        register carry less of the speaker.
+        item's reference and its codes are read back (``cycle_codes``, to
+        match the source's ``cycle_target``). With ``perturbed`` (the mel
+        moved along the mel axis), its codes come back as ``invariance_codes``.
         """
-        frames = mel.shape[-1]
-        codes, aux = self.encode_content(mel)
+        x = x if isinstance(x, Frames) else Frames(x)
+        self._check(x)
+        frames = x.frames
+        content = self.encode_content(x)
         spk = self.embed_speaker(ref)
-        pred = self.decoder(codes, spk)[..., :frames]
-        out = {"pred": pred, "target": self.normalize(mel), **aux}
+        f0 = self.f0_features(x.f0) if self.needs_f0 else None
+        pred = self.decoder(content.codes, spk, f0)[..., :frames]
+        out = TrainOutput(pred=pred, target=self.normalize(x.mel), content=content)
         if cycle:
-            conv = self.decoder(codes, spk.roll(1, 0))[..., :frames]
-            out["cycle_codes"] = self.content_encoder(conv)
-            out["cycle_target"] = aux["continuous"].detach()
+            if self.needs_phonetic:
+                raise ValueError("the content cycle needs a mel-reading content encoder")
+            conv = self.decoder(content.codes, spk.roll(1, 0), f0)[..., :frames]
+            out.cycle_codes = self.content_encoder(conv)
+            out.cycle_target = content.continuous.detach()
         if perturbed is not None:
-            out["invariance_codes"] = self.content_encoder(self.normalize(perturbed))
+            if self.needs_phonetic:
+                raise ValueError("the content-invariance loss needs a mel-reading content encoder")
+            out.invariance_codes = self.content_encoder(self.normalize(perturbed))
         if self.classifier is not None and speaker_ids is not None:
-            out["speaker_logits"] = self.classifier(grad_reverse(codes, adv_weight))
+            out.speaker_logits = self.classifier(grad_reverse(content.codes, adv_weight))
+        if self.phonetic_head is not None:
+            out.phonetic_logits = self.phonetic_head(content.codes)[..., :frames]
         return out
+
+
+def register_shift(source_f0: torch.Tensor | None, target_median: float | None, semitones: float = 0.0) -> float:
+    """Semitones that move the source's median F0 onto ``target_median`` (Hz), plus ``semitones``.
+
+    source_f0: (T,) Hz, 0 = unvoiced. With too few voiced frames or no target
+    median, only ``semitones`` is returned.
+    """
+    if source_f0 is None or target_median is None:
+        return float(semitones)
+    voiced = source_f0[source_f0 > 0]
+    if voiced.numel() < 10:
+        return float(semitones)
+    src = float(voiced.float().log().median())
+    return float(semitones) + 12.0 * (math.log(target_median) - src) / math.log(2.0)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -130,9 +252,12 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+TRAINING_ONLY = ("classifier.", "phonetic_head.")
+
+
 def inference_state_dict(model: VoiceConversionModel) -> dict[str, torch.Tensor]:
-    """The weights needed to convert (the adversary is left out)."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    """The weights needed to convert (the adversary and the phonetic head are left out)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)}
 
 
-__all__ = ["VoiceConversionModel", "count_parameters", "inference_state_dict"]
+__all__ = ["VoiceConversionModel", "Frames", "ContentCodes", "TrainOutput", "register_shift", "count_parameters", "inference_state_dict", "TRAINING_ONLY"]
