@@ -7,8 +7,10 @@ of the other gender and to another of the same gender (reference: up to three
 other utterances of that speaker, never the source sentence), and
 reconstructed (reference: another utterance of the source speaker).
 
-Conversions run on cached log-mels (``convert_set``), so the GPU training
-machine can make them and send back only mels; scoring (``score``) vocodes
+Conversions run through the public API (``convert_set``), or on the feature
+cache (``convert_set_cached``: cached mels, F0 and phonetic features), so the
+GPU training machine, which has no audio reader, can make them and send back
+only mels; scoring (``score``) vocodes
 them with the shipped HiFi-GAN, transcribes them with Moonshine base
 (``moonshine_asr.py``) and embeds them with the independent judge:
 
@@ -88,16 +90,39 @@ def _store_mel(store: Any, index: dict[str, int], path: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def convert_set(model: Any, store: Any, items: list[dict[str, Any]], device: Any = "cpu") -> dict[str, np.ndarray]:
-    """``{"<i>_<cond>": converted log-mel (n_mels, T) float16}`` for every item."""
+def convert_set(vc: Any, items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``{"<i>_<cond>": converted log-mel (n_mels, T) float16}`` for every item,
+    through the public API (``vc.voice`` of the references, ``vc.convert_mel``
+    of the source file), so models with an F0 path or a phonetic teacher run
+    exactly as ``vckit convert`` runs them."""
+    out = {}
+    for i, it in enumerate(items):
+        for cond in CONDITIONS:
+            conv = vc.convert_mel(it["src"], vc.voice(it[cond]["refs"]))
+            out[f"{i}_{cond}"] = conv.float().cpu().numpy().astype(np.float16)
+    return out
+
+
+@torch.no_grad()
+def convert_set_cached(model: Any, store: Any, items: list[dict[str, Any]], device: Any = "cpu") -> dict[str, np.ndarray]:
+    """:func:`convert_set` on the feature cache: the source's cached frames, the
+    references' cached mels (embedding) and F0 (the target's register)."""
+    from vckit.models.vc import register_shift
+
     model.eval()
     index = {u["path"]: i for i, u in enumerate(store.utterances)}
     out = {}
     for i, it in enumerate(items):
-        src = _store_mel(store, index, it["src"]).to(device)[None]
+        src = store.frames(index[it["src"]]).to(device)
         for cond in CONDITIONS:
-            refs = torch.cat([_store_mel(store, index, p) for p in it[cond]["refs"]], dim=1).to(device)[None]
-            conv = model.convert(src, model.embed_speaker(refs))
+            refs = [store.frames(index[p]) for p in it[cond]["refs"]]
+            spk = model.embed_speaker(torch.cat([r.mel for r in refs], dim=-1).to(device))
+            shift = 0.0
+            if model.needs_f0:
+                f0 = torch.cat([r.f0[0] for r in refs])
+                voiced = f0[f0 > 0]
+                shift = register_shift(src.f0[0], float(voiced.median()) if len(voiced) >= 10 else None)
+            conv = model.convert(src, spk, f0_shift=shift)
             out[f"{i}_{cond}"] = conv[0].float().cpu().numpy().astype(np.float16)
     return out
 
@@ -162,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from moonshine_asr import MoonshineASR
 
-    from vckit.checkpoint import build_model, load_checkpoint
+    import vckit
     from vckit.config import MelConfig
     from vckit.data import FeatureStore, read_manifest
     from vckit.models.vocoder import load_vocoder
@@ -179,14 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[tuple[str, dict[str, np.ndarray]]] = []
     for spec in args.checkpoint:
         name, _, path = spec.rpartition("=")
-        cfg, sd, _ = load_checkpoint(path)
-        model = build_model(cfg, sd)
+        vc = vckit.load(path, device="cpu", vocoder="griffinlim")  # the vocoder is not used: scoring vocodes with HiFi-GAN
         name = name or Path(path).name
         if not args.only_bypass:
-            runs.append((name, convert_set(model, store, items)))
-        if args.bypass_vq and model.vq is not None:
-            model.vq = None  # the decoder reads the continuous codes it was trained to stay near
-            runs.append((f"{name} (VQ skipped)", convert_set(model, store, items)))
+            runs.append((name, convert_set(vc, items)))
+        if args.bypass_vq and vc.model.vq is not None:
+            vc.model.vq = None  # the decoder reads the continuous codes it was trained to stay near
+            runs.append((f"{name} (VQ skipped)", convert_set(vc, items)))
     for spec in args.mels:
         name, _, path = spec.partition("=")
         with np.load(path) as z:

@@ -256,14 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     convs: list[dict[str, np.ndarray]] = []
     for p in pairs:
         src, held = p["source"]["file"], p["heldout"]["file"]
-        spk = vc.embed_speaker([r["file"] for r in p["refs"]])
-        f0 = vc.reference_f0([r["file"] for r in p["refs"]]) if args.match_pitch else None
+        voice = vc.voice([r["file"] for r in p["refs"]])  # embedding and F0 median, each reference decoded once
         waves = {}
         for name, conv in (("hifigan", vc), ("griffinlim", vgl)):
             if conv is None:
                 continue
             t = time.perf_counter()
-            waves[name] = conv.convert(src, target=spk, match_pitch=args.match_pitch, target_f0=f0)
+            waves[name] = conv.convert(src, target=voice, match_pitch=args.match_pitch)
             secs[name] += time.perf_counter() - t
         out_audio += len(waves["hifigan"]) / sr
         convs.append(waves)

@@ -92,7 +92,7 @@ def test_long_input_is_chunked_and_keeps_its_length(vc, files, monkeypatch):
     long = np.tile(x, 4)  # ~20 s at 16 kHz -> ~1700 frames -> 9 chunks
     calls = []
     real = vc.model.convert
-    monkeypatch.setattr(vc.model, "convert", lambda m, s: calls.append(m.shape[-1]) or real(m, s))
+    monkeypatch.setattr(vc.model, "convert", lambda m, s, **kw: calls.append(m.frames) or real(m, s, **kw))
     spk = vc.embed_speaker(files["ref1"])
     wav = vc.convert(long, target=spk, sr=sr)
     assert len(calls) > 1 and max(calls) <= 200 + 32
@@ -107,9 +107,11 @@ def test_chunk_boundaries_are_cross_faded(vc, monkeypatch):
 
     monkeypatch.setattr(api, "CHUNK_FRAMES", 100)
     monkeypatch.setattr(api, "CHUNK_OVERLAP", 16)
-    monkeypatch.setattr(vc.model, "convert", lambda m, s: m.clone())
+    monkeypatch.setattr(vc.model, "convert", lambda m, s, **kw: m.mel.clone())
+    from vckit.models.vc import Frames
+
     mel = torch.randn(80, 537)
-    out = vc._convert_chunked(mel, torch.zeros(vc.config.model.speaker.dim))
+    out = vc._convert_chunked(Frames(mel[None]), torch.zeros(vc.config.model.speaker.dim), 0.0)
     assert torch.allclose(out, mel, atol=1e-5)
 
 

@@ -15,11 +15,17 @@ from vckit.errors import VckitError
 from vckit.eval import (
     MCEP_SR,
     codebook_stats,
+    conversion_scores,
+    convert_like,
     f0_scores,
     mcd_dtw,
     mel_cepstrum,
     parallel_scores,
     probe_scores,
+    reconstruction_l1,
+    robust_f0_corr,
+    source_scores,
+    voicing_agreement,
 )
 
 from conftest import TINY_MODEL
@@ -95,6 +101,158 @@ def test_f0_scores_normalise_register_but_not_shape():
     # nothing voiced: NaN, not an error
     none = f0_scores(np.zeros(50), contour[:50], np.stack([np.arange(50)] * 2, 1))
     assert math.isnan(none["f0_corr"]) and none["vuv_error"] == 1.0
+
+
+def test_robust_f0_corr_ignores_octave_errors():
+    t = np.linspace(0, 1, 300)
+    contour = 140 * 2 ** (0.3 * np.sin(2 * np.pi * 1.5 * t))  # +-0.3 octave of intonation
+    halved = contour.copy()
+    halved[::7] /= 2  # a tracker's octave errors on one frame in seven
+    diag = np.stack([np.arange(300)] * 2, 1)
+    s = f0_scores(halved, contour, diag)
+    assert s["f0_corr"] < 0.8  # the plain correlation is dragged down ...
+    assert s["f0_corr_robust"] == pytest.approx(1.0, abs=1e-9)  # ... the trimmed one is not
+    assert s["f0_gross_error_share"] == pytest.approx(43 / 300)
+    r = robust_f0_corr(halved, contour)
+    assert r["f0_corr_robust"] == pytest.approx(1.0, abs=1e-9) and r["voiced_both"] == 300
+    # a register change is no error, and a deviation under half an octave is kept (and counts)
+    assert robust_f0_corr(1.7 * contour, contour)["f0_gross_error_share"] == 0
+    bent = contour.copy()
+    bent[100:130] *= 2**0.4
+    b = robust_f0_corr(bent, contour)
+    assert b["f0_gross_error_share"] == 0 and b["f0_corr_robust"] < 0.95
+    # unvoiced frames in either are left out; too few voiced frames: NaN
+    gaps = contour.copy()
+    gaps[50:80] = 0
+    assert robust_f0_corr(gaps, contour)["voiced_both"] == 270
+    assert math.isnan(robust_f0_corr(contour[:9], contour[:9])["f0_corr_robust"])
+
+
+def test_voicing_agreement_counts_loud_frames_only():
+    src = np.zeros(100)
+    src[:60] = 120.0  # voiced 0-59
+    conv = np.zeros(100)
+    conv[:50] = 200.0
+    conv[60:70] = 200.0  # misses 50-59, adds 60-69
+    loud = np.arange(100) < 90  # 90-99: silence, not counted
+    v = voicing_agreement(conv, src, loud)
+    assert v["vuv_agreement"] == pytest.approx(70 / 90) and v["voiced_recall"] == pytest.approx(50 / 60) and v["loud_frames"] == 90
+    assert voicing_agreement(src, src, loud)["vuv_agreement"] == 1.0
+    assert math.isnan(voicing_agreement(conv, src, np.zeros(100, bool))["vuv_agreement"])
+
+
+def test_source_scores_track_a_conversion_on_the_source_time_axis():
+    t = np.linspace(0, 1, 300)
+    voiced = harmonic(150 * 2 ** (0.3 * np.sin(2 * np.pi * t)))  # 1.5 s at 16 kHz
+    pause = np.zeros(MCEP_SR // 4, dtype=np.float32)
+    source = np.concatenate([pause, voiced, pause])
+    same = source_scores(source, source)
+    assert same["f0_corr_robust"] == pytest.approx(1.0) and same["vuv_agreement"] == 1.0 and same["f0_gross_error_share"] == 0
+    # an octave lower (a male voice for a female source): same intonation, same voicing
+    low = np.concatenate([pause, harmonic(75 * 2 ** (0.3 * np.sin(2 * np.pi * t))), pause])
+    lo = source_scores(low, source)
+    assert lo["f0_corr_robust"] > 0.95 and lo["vuv_agreement"] > 0.95
+    # the conversion loses voicing in the middle third of the speech
+    broken = source.copy()
+    mid = len(pause) + len(voiced) // 3
+    broken[mid : mid + len(voiced) // 3] = 0.05 * np.random.default_rng(0).standard_normal(len(voiced) // 3)
+    b = source_scores(broken, source)
+    assert 0.55 < b["vuv_agreement"] < 0.8 and 0.55 < b["voiced_recall"] < 0.8
+    assert abs(b["loud_frames"] - 150) <= 10  # the 1.5 s of sound (10 ms frames), not the pauses
+
+
+# -- conversion scores on cached frames -----------------------------------------
+def _tiny_model(**changes):
+    import dataclasses
+
+    from vckit.config import Config, MelConfig
+    from vckit.models.vc import VoiceConversionModel
+
+    base = Config.from_dict({"model": {k: v for k, v in TINY_MODEL.items() if k != "classifier"}}).model
+    torch.manual_seed(0)
+    return VoiceConversionModel(MelConfig(), dataclasses.replace(base, **changes)).eval()
+
+
+def _store(extras: bool = True, dims: int = 6):
+    """4 speakers x 2 utterances of 40-70 frames of random mels, with F0 (voiced
+    runs at a per-speaker register) and phonetic features."""
+    from vckit.config import MelConfig
+    from vckit.data import FeatureStore
+
+    g = torch.Generator().manual_seed(0)
+    utts, off, f0 = [], 0, []
+    for k, spk in enumerate(("a", "b", "c", "d")):
+        for j in range(2):
+            n = 40 + 10 * (k + j)
+            utts.append({"path": f"{spk}/{j}.wav", "speaker": spk, "gender": "fm"[k % 2], "offset": off, "frames": n})
+            off += n
+            contour = (100 + 60 * k) * (1 + 0.1 * torch.sin(torch.arange(n) / 5.0))
+            f0.append(torch.where(torch.arange(n) % 20 < 15, contour, torch.zeros(n)))
+    mels = torch.randint(60, 200, (off, MelConfig().n_mels), dtype=torch.uint8, generator=g)
+    extra = {"f0": torch.cat(f0).half(), "phonetic": torch.randint(0, 256, (off, dims), dtype=torch.uint8, generator=g)} if extras else {}
+    return FeatureStore(mels, utts, MelConfig(), extra), utts
+
+
+class _MeanJudge(torch.nn.Module):
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (B, n_mels, T) -> (B, n_mels)
+        return mel.mean(-1)
+
+
+PAIRS = [(0, 2, 3), (2, 5, 4), (7, 0, 1)]
+
+
+@pytest.mark.parametrize("variant", ["f0", "phonetic", "both"])
+def test_conversion_scores_run_on_models_with_f0_or_phonetic_input(variant):
+    import dataclasses
+
+    from vckit.config import ContentConfig, F0Config
+
+    changes = {}
+    if variant in ("f0", "both"):
+        changes["f0"] = F0Config(enabled=True)
+    if variant in ("phonetic", "both"):
+        changes["content"] = dataclasses.replace(ContentConfig(**TINY_MODEL["content"]), input="phonetic", input_dim=6)
+    model = _tiny_model(**changes)
+    store, utts = _store()
+    for max_frames in (1000, 32):  # 32: mel, F0 and phonetic cut alike
+        r = conversion_scores(model, _MeanJudge(), store, utts, PAIRS, max_frames=max_frames)
+        assert r["pairs"] == 3 and all(math.isfinite(r[k]) for k in ("sim_to_target", "sim_to_source", "closer_to_target", "recon_mel_l1"))
+    rec = reconstruction_l1(model, {"a": [store.frames(0), store.frames(1)], "b": [store.frames(2)]}, max_frames=32)
+    assert rec["utterances"] == 3 and math.isfinite(rec["other_reference"]) and math.isfinite(rec["same_utterance"])
+    with pytest.raises(VckitError, match="feature cache has no"):
+        conversion_scores(model, _MeanJudge(), _store(extras=False)[0], utts, PAIRS)
+
+
+def test_conversion_moves_the_source_f0_to_the_reference_register():
+    from vckit.config import F0Config
+
+    model = _tiny_model(f0=F0Config(enabled=True))
+    store, _ = _store()
+    src, ref = store.frames(0), store.frames(4)
+    src.f0 = torch.where(src.f0 > 0, 110.0, 0.0)  # flat contours: the source at 110 Hz, the reference at 220 Hz
+    ref.f0 = torch.where(ref.f0 > 0, 220.0, 0.0)
+    with torch.no_grad():
+        out = convert_like(model, src, ref)
+        spk = model.embed_speaker(ref.mel)
+        up = model.convert(src, spk, f0_shift=12.0)  # an octave up: twice the source's median
+        same = model.convert(src, spk, f0_shift=0.0)
+    torch.testing.assert_close(out, up, atol=1e-3, rtol=1e-3)
+    assert (out - same).abs().mean() > 1e-3
+
+
+def test_mel_only_models_ignore_cached_extras():
+    model = _tiny_model()
+    with_extras, utts = _store()
+    bare, _ = _store(extras=False)
+    a = conversion_scores(model, _MeanJudge(), with_extras, utts, PAIRS)
+    b = conversion_scores(model, _MeanJudge(), bare, utts, PAIRS)
+    assert a == b
+    # and they score what the model makes of the cached mels
+    with torch.no_grad():
+        m = bare.utterance(0)[None]
+        rec = model.convert(m, model.embed_speaker(bare.utterance(1)[None]))
+    own = reconstruction_l1(model, {"a": [bare.utterance(0), bare.utterance(1)]}, per_speaker=1)
+    assert own["other_reference"] == pytest.approx(float((rec - m).abs().mean()))
 
 
 # -- probe and codebook ---------------------------------------------------------
@@ -224,6 +382,17 @@ def test_eval_end_to_end(tiny_eval, capsys):
     # the vocoder alone (Griffin-Lim here) keeps the source far better than a random model does
     voc = a["vocoder_only_vs_source"]
     assert voc["pairs"] == 8 and voc["mcd_db"] < a["converted_vs_source"]["mcd_db"] and voc["f0_corr"] > 0.5 and voc["cos_source"] > 0.5
+    # what the conversion keeps of its source, on the source's time axis: per pair, overall and per direction
+    for p in pairs:
+        k = p["scores"]["kept_from_source"]
+        assert set(k) == {"f0_corr_robust", "f0_gross_error_share", "voiced_both", "vuv_agreement", "voiced_recall", "loud_frames"}
+        assert 0 <= k["vuv_agreement"] <= 1 and k["loud_frames"] > 50
+    for group in ("all", "cross-gender", "f->m", "m->f"):
+        assert math.isfinite(r["conversion"][group]["kept_from_source"]["vuv_agreement"])
+    assert r["conversion"]["f->m"]["pairs"] == 1 + sum(p["kind"] == "f->m" for p in pairs if p["parallel"])
+    kv = a["vocoder_only_kept_from_source"]  # the vocoder alone keeps the source's voicing and intonation
+    assert kv["pairs"] == 8 and kv["vuv_agreement"] > 0.8 and kv["f0_corr_robust"] > 0.8
+    assert a["converted"]["f0_gross_error_share"] >= 0 and "kept of its own source, f->m" in md
     # the judge: a target's own references are closer to the held-out utterance than the source is
     assert a["refs_cos_target"] > a["source_cos_target"]
     assert 0 <= r["judge"]["eer_on_data"] < 0.5

@@ -19,6 +19,7 @@ from conftest import TINY_MODEL
 from vckit.checkpoint import WEIGHTS_FILE, export_for_inference, load_checkpoint, read_meta, save_checkpoint, sha256_file
 from vckit.cli import main as vckit_main
 from vckit.config import Config, from_dict
+from vckit.data import read_manifest
 from vckit.errors import ConfigError, VckitError
 from vckit.finetune import FinetuneConfig, finetune
 from vckit.models import VoiceConversionModel
@@ -27,18 +28,25 @@ from vckit.speakers import load_profile
 FAST = FinetuneConfig(steps=30, batch_size=8, segment_frames=32, lr=2e-3, warmup_steps=3, replay="")
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    """A tiny VQ model shipped like checkpoints/default: fp16, no adversary, sha256 recorded.
-    Its training data is not on this machine (so replay "auto" finds none)."""
-    root = tmp_path_factory.mktemp("source")
-    model_cfg = {**TINY_MODEL, "vq": {"enabled": True, "codebook_size": 32}}
+def make_source(root: Path, model_cfg: dict, projection: dict | None = None) -> Path:
+    """A tiny model shipped like checkpoints/default: fp16, no adversary, sha256 recorded.
+    Its training data is not on this machine (so replay "auto" finds none). A
+    phonetic-input model carries ``projection`` (float32 ``mean``, ``proj``)."""
     gone = str(root / "gone")
     cfg = from_dict(Config, {"model": model_cfg, "data": {"train_manifest": f"{gone}/train.jsonl", "features": f"{gone}/features"}})
     torch.manual_seed(0)
     model = VoiceConversionModel(cfg.mel, cfg.model)
+    if projection is not None:
+        model.content_encoder.teacher_mean.copy_(torch.from_numpy(projection["mean"]))
+        model.content_encoder.teacher_proj.copy_(torch.from_numpy(projection["proj"]))
     save_checkpoint(root / "train", cfg, model.state_dict(), step=100)
     return export_for_inference(root / "train", root / "model", extra={"name": "tiny"})
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A tiny VQ model."""
+    return make_source(tmp_path_factory.mktemp("source"), {**TINY_MODEL, "vq": {"enabled": True, "codebook_size": 32}})
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +134,7 @@ def test_replay_mixes_the_source_data_into_each_batch(source, voices, tiny_cache
 
 def test_inference_codes_train_the_decoder_on_continuous_codes(source, voices, tmp_path, monkeypatch):
     """A model that skips its VQ at inference: with inference_codes the decoder never sees quantised codes."""
-    from vckit.models.content import VectorQuantizer
+    from vckit.models.quantizer import VectorQuantizer
 
     cont = tmp_path / "continuous"
     shutil.copytree(source, cont)
@@ -191,3 +199,125 @@ def test_bad_input_is_one_clear_error(source, voices, tmp_path, data_dir, capsys
     assert vckit_main(["finetune", "--data", str(tmp_path / "empty"), "--speaker", "x", "--out", str(tmp_path / "o"), "--from", str(source)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no readable audio") and "\n" not in err
+
+
+# -- models that read per-frame features ------------------------------------------
+TEACHER_PROJECTION = {  # what a phonetic model's training cache fitted (float32; the shipped model holds it in fp16)
+    "mean": np.random.default_rng(0).normal(0, 0.5, 256).astype(np.float32),
+    "proj": np.random.default_rng(1).normal(0, 0.1, (8, 256)).astype(np.float32),
+}
+
+
+def prepared_with_frame_features(tiny_cache: dict, dst: Path, projection: dict | None = None) -> Path:
+    """A copy of the tiny prepared cache (train.jsonl + features/) with F0 and teacher features:
+    the PCA fitted on its training rows, or ``projection``."""
+    from vckit.frame_features import cache_frame_features
+
+    shutil.copytree(tiny_cache["root"], dst, ignore=shutil.ignore_patterns("unused_run", "*.yaml"))
+    train = [r["path"] for r in read_manifest(dst / "train.jsonl")]
+    cache_frame_features(dst / "features", fit_paths=train, projection=projection, progress=False)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def f0_source(tmp_path_factory) -> Path:
+    """A tiny model with an F0 path into the decoder."""
+    return make_source(tmp_path_factory.mktemp("f0_source"), {**TINY_MODEL, "f0": {"enabled": True}})
+
+
+@pytest.fixture(scope="module")
+def phonetic_source(tmp_path_factory) -> Path:
+    """A tiny model that reads 8 projected teacher dims and has an F0 path."""
+    model = {**TINY_MODEL, "content": {**TINY_MODEL["content"], "input": "phonetic", "input_dim": 8}, "f0": {"enabled": True}}
+    return make_source(tmp_path_factory.mktemp("phonetic_source"), model, TEACHER_PROJECTION)
+
+
+@pytest.fixture(scope="module")
+def featured_replay(tiny_cache, tmp_path_factory) -> Path:
+    """The tiny prepared cache with frame features (its own PCA of the teacher)."""
+    return prepared_with_frame_features(tiny_cache, tmp_path_factory.mktemp("featured") / "cache")
+
+
+@pytest.fixture
+def spy_frame_features(monkeypatch) -> list[dict]:
+    """Records each cache_frame_features call: the projection given, the one written, the summary."""
+    import vckit.frame_features as ff
+    from vckit.frame_features import load_projection
+
+    calls: list[dict] = []
+    real = ff.cache_frame_features
+
+    def spy(folder, **kw):
+        summary = real(folder, **kw)
+        calls.append({"given": kw.get("projection"), "written": load_projection(folder), "summary": summary})
+        return summary
+
+    monkeypatch.setattr(ff, "cache_frame_features", spy)
+    return calls
+
+
+def test_finetune_an_f0_model_end_to_end(f0_source, voices, featured_replay, tiny_cache, tmp_path, spy_frame_features, caplog):
+    out, bank = tmp_path / "me", tmp_path / "bank"
+    cfg = dataclasses.replace(FAST, replay=str(featured_replay))
+    res = finetune(f0_source, voices / "sm1", out, speaker="me", config=cfg, bank=bank, device="cpu", progress=False)
+    assert res.steps == 30 and res.replay_speakers == 5 and res.new_share == pytest.approx(0.5)  # the replay cache has F0 too
+    assert res.recon_after < res.recon_before
+    [call] = spy_frame_features
+    assert call["given"] is None and call["summary"]["voiced"] > 0.3  # the new speaker's F0, computed for training
+
+    vc = vckit.load(out, device="cpu", vocoder="griffinlim")
+    assert vc.model.needs_f0 and not vc.model.needs_phonetic
+    prof = load_profile(bank, "me")
+    voice = vc.voice(prof.meta["references"])
+    torch.testing.assert_close(prof.embedding, voice.embedding)  # enrolled with one voice() call
+    assert prof.f0_median == pytest.approx(voice.f0_median) and 70 < prof.f0_median < 200  # SM1 is a male voice
+    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=prof.embedding, target_f0=prof.f0_median)
+    assert np.isfinite(wav).all() and len(wav) > 0
+
+    # a replay cache without F0 cannot train this model: replay is skipped, with the reason
+    caplog.clear()
+    plain = dataclasses.replace(FAST, steps=2, replay=str(tiny_cache["root"]))
+    res = finetune(f0_source, voices / "sm1", tmp_path / "b", speaker="me", config=plain, enroll=False, device="cpu", progress=False)
+    assert res.replay == "" and res.replay_speakers == 0 and res.steps == 2
+    assert "replay skipped" in caplog.text and "no f0.npy" in caplog.text
+
+
+def test_finetune_a_phonetic_model_keeps_its_projection(phonetic_source, voices, featured_replay, tiny_cache, tmp_path, spy_frame_features, caplog, monkeypatch):
+    from vckit.train import Trainer
+
+    set_by_trainer = []
+    real_set = Trainer._set_projection
+
+    def spy_set(self):
+        real_set(self)
+        enc = self.model.content_encoder
+        set_by_trainer.append({"mean": enc.teacher_mean.cpu().numpy().copy(), "proj": enc.teacher_proj.cpu().numpy().copy()})
+
+    monkeypatch.setattr(Trainer, "_set_projection", spy_set)
+    _, sd0, _ = load_checkpoint(phonetic_source)
+    carried = {"mean": sd0["content_encoder.teacher_mean"].float().numpy(), "proj": sd0["content_encoder.teacher_proj"].float().numpy()}
+    assert not np.array_equal(carried["proj"], TEACHER_PROJECTION["proj"])  # fp16-rounded in the shipped model
+    # the model's own training cache (float32 projection) is replayed
+    replay = prepared_with_frame_features(tiny_cache, tmp_path / "own_cache", TEACHER_PROJECTION)
+    spy_frame_features.clear()
+    out = tmp_path / "me"
+    cfg = dataclasses.replace(FAST, steps=10, replay=str(replay))
+    res = finetune(phonetic_source, voices / "sm1", out, speaker="me", config=cfg, bank=tmp_path / "bank", device="cpu", progress=False)
+    assert res.replay_speakers == 5 and res.steps == 10
+    [call] = spy_frame_features
+    for k in ("mean", "proj"):  # the new speakers' features are projected exactly as the source model projects
+        np.testing.assert_array_equal(call["given"][k], carried[k])
+        np.testing.assert_array_equal(call["written"][k], carried[k])
+        np.testing.assert_array_equal(set_by_trainer[0][k], carried[k])  # what Trainer._set_projection read from the merged cache
+    _, sd1, _ = load_checkpoint(out)
+    for k in ("content_encoder.teacher_mean", "content_encoder.teacher_proj"):
+        assert torch.equal(sd1[k], sd0[k])  # the trainer did not swap in another projection
+    vc = vckit.load(out, device="cpu", vocoder="griffinlim")
+    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=load_profile(tmp_path / "bank", "me").embedding)
+    assert np.isfinite(wav).all() and len(wav) > 0
+
+    # a cache whose teacher features were projected otherwise cannot be replayed
+    caplog.clear()
+    other = dataclasses.replace(FAST, steps=1, replay=str(featured_replay))
+    res = finetune(phonetic_source, voices / "sm1", tmp_path / "b", speaker="me", config=other, enroll=False, device="cpu", progress=False)
+    assert res.replay == "" and "replay skipped" in caplog.text and "projects the phonetic teacher differently" in caplog.text

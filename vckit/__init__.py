@@ -2,7 +2,8 @@
 
     >>> import vckit
     >>> vc = vckit.load()                       # the shipped model
-    >>> wav = vc.convert("source.wav", target="reference.wav")
+    >>> voice = vc.voice(["reference.wav"])     # embedding + F0 statistics
+    >>> wav = vc.convert("source.wav", target=voice)
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from vckit.errors import VckitError
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vckit.api import Converter, load
+    from vckit.api import Converter, Voice, load
 
-__all__ = ["Converter", "VckitError", "__version__", "load"]
+__all__ = ["Converter", "Voice", "VckitError", "__version__", "load"]
 
 
 def __getattr__(name: str) -> Any:  # keep `import vckit` light: torch loads on first use
-    if name in ("load", "Converter"):
+    if name in ("load", "Converter", "Voice"):
         from vckit import api
 
         return getattr(api, name)

@@ -1,9 +1,9 @@
-"""The public API: load a model, embed a speaker, convert.
+"""The public API: load a model, make a voice, convert.
 
     >>> import vckit
     >>> vc = vckit.load()                                 # the shipped model, offline
-    >>> spk = vc.embed_speaker(["ref1.wav", "ref2.wav"])  # one embedding from several clips
-    >>> wav = vc.convert("source.wav", target=spk)        # float32 at vc.sample_rate
+    >>> voice = vc.voice(["ref1.wav", "ref2.wav"])        # embedding + F0 statistics, from several clips
+    >>> wav = vc.convert("source.wav", target=voice)      # float32 at vc.sample_rate
     >>> vc.save("out.wav", wav)
 
 Paths or arrays go in (arrays with ``sr=``), float32 arrays come out at
@@ -12,10 +12,11 @@ Paths or arrays go in (arrays with ``sr=``), float32 arrays come out at
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from vckit.audio import AudioInput, load_audio, log_mel, write_wav
 from vckit.checkpoint import build_model, load_checkpoint
 from vckit.config import Config
 from vckit.errors import CheckpointError, VckitError
+
+if TYPE_CHECKING:
+    from vckit.models.vc import Frames
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,26 @@ VOCODER_CHUNK = 256  # mel frames per vocoder call: as fast as 512 on CPU, half 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "default"
 
-Target = Union[AudioInput, Sequence[AudioInput], torch.Tensor]
+
+
+@dataclasses.dataclass
+class Voice:
+    """A target voice, as :meth:`Converter.voice` makes it from reference audio.
+
+    ``embedding`` (dim,) is the speaker encoder's output; ``f0_median`` (Hz)
+    the median F0 of the references, which sets the register of models with
+    an F0 path (None when the references are unvoiced); ``model_id`` the
+    sha256 of the weights that made the embedding; ``seconds`` the speech
+    used, after trimming silence.
+    """
+
+    embedding: torch.Tensor
+    f0_median: float | None = None
+    model_id: str = ""
+    seconds: float = 0.0
+
+
+Target = Union[Voice, AudioInput, Sequence[AudioInput], torch.Tensor]
 
 
 def default_checkpoint() -> Path:
@@ -70,6 +93,7 @@ class Converter:
         self.vocoder = vocoder
         self.device = device
         self.model_id = model_id  # sha256 of the weights: enrolled embeddings belong to one model
+        self._teacher = None  # the phonetic teacher, loaded on first use by models that read it
 
     @property
     def sample_rate(self) -> int:
@@ -81,48 +105,83 @@ class Converter:
         wav = load_audio(src, self.config.mel.sample_rate, sr, trim=trim, min_seconds=min_seconds, what=what)
         return log_mel(wav, self.config.mel, self.device)[None]  # (1, n_mels, frames)
 
+    def _frames(self, wav: np.ndarray) -> "Frames":
+        """What the model reads of a waveform at the mel rate: the log-mel and,
+        where the model needs them, the F0 and the phonetic teacher's features."""
+        from vckit.models.vc import Frames
+
+        cfg = self.config.mel
+        mel = log_mel(wav, cfg, self.device)[None]
+        n = mel.shape[-1]
+        f0 = phonetic = None
+        if self.model.needs_f0:
+            from vckit.pitch import f0_track
+
+            f0 = torch.from_numpy(f0_track(wav, cfg.sample_rate, hop=cfg.hop_length, n_frames=n)).to(self.device)[None]
+        if self.model.needs_phonetic:
+            if self._teacher is None:
+                from vckit.models.teacher import PhoneticTeacher
+
+                self._teacher = PhoneticTeacher(threads=max(1, torch.get_num_threads()))
+            hidden = self._teacher.frames(wav, cfg.sample_rate, n, cfg.hop_length).hidden
+            phonetic = self.model.content_encoder.project_teacher(torch.from_numpy(hidden).to(self.device)[None])
+        return Frames(mel, f0, phonetic)
+
     # -- the three calls -------------------------------------------------------
     @torch.inference_mode()
-    def embed_speaker(self, refs: AudioInput | Sequence[AudioInput], sr: int | None = None) -> torch.Tensor:
-        """One speaker embedding ``(dim,)`` from one or several reference clips.
+    def voice(self, refs: AudioInput | Sequence[AudioInput], sr: int | None = None) -> Voice:
+        """A :class:`Voice` from one or several reference clips, each decoded once.
 
         Each clip needs at least 1 s of speech after trimming silence; the
-        embeddings of several clips are averaged.
+        embeddings of several clips are averaged, and the F0 median is taken
+        over the voiced frames of all of them.
         """
+        from vckit.pitch import f0_track
+
         if isinstance(refs, (str, os.PathLike, np.ndarray, torch.Tensor)):
             refs = [refs]
         if len(refs) == 0:
             raise VckitError("no reference audio given")
-        embs = []
+        rate = self.config.mel.sample_rate
+        embs, f0s, seconds = [], [], 0.0
         for r in refs:
             name = Path(r).name if isinstance(r, (str, os.PathLike)) else "reference"
-            mel = self._mel(r, sr, trim=True, min_seconds=MIN_REFERENCE_S, what=f"reference {name}" if name != "reference" else "reference")
-            embs.append(self.model.embed_speaker(mel)[0])
-        return torch.stack(embs).mean(0)
+            wav = load_audio(r, rate, sr, trim=True, min_seconds=MIN_REFERENCE_S, what=f"reference {name}" if name != "reference" else "reference")
+            seconds += len(wav) / rate
+            embs.append(self.model.embed_speaker(log_mel(wav, self.config.mel, self.device)[None])[0])
+            f0 = f0_track(wav, rate)
+            f0s.append(f0[f0 > 0])
+        voiced = np.concatenate(f0s)
+        f0_median = float(np.median(voiced)) if len(voiced) >= 10 else None
+        return Voice(torch.stack(embs).mean(0), f0_median, self.model_id, seconds)
+
+    def embed_speaker(self, refs: AudioInput | Sequence[AudioInput], sr: int | None = None) -> torch.Tensor:
+        """The speaker embedding ``(dim,)`` of :meth:`voice`."""
+        return self.voice(refs, sr).embedding
 
     @torch.inference_mode()
-    def convert_mel(self, source: AudioInput, target: Target, sr: int | None = None) -> torch.Tensor:
+    def convert_mel(self, source: AudioInput, target: Target, sr: int | None = None, pitch_shift: float = 0.0) -> torch.Tensor:
         """Converted log-mel ``(n_mels, frames)`` of ``source`` in ``target``'s voice."""
         wav = load_audio(source, self.config.mel.sample_rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
-        return self._convert_wav(wav, target, sr)
+        return self._convert_wav(wav, self._voice_of(target, sr), pitch_shift)
 
-    def _convert_chunked(self, mel: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
-        """(n_mels, T) -> (n_mels, T), in overlapping chunks with a linear cross-fade,
-        so memory stays bounded for inputs of any length."""
-        n = mel.shape[-1]
+    def _convert_chunked(self, x: "Frames", spk: torch.Tensor, f0_shift: float) -> torch.Tensor:
+        """Frames (1, *, T) -> log-mel (n_mels, T), in overlapping chunks with a
+        linear cross-fade, so memory stays bounded for inputs of any length."""
+        n = x.frames
         spk = spk[None].to(self.device)
         if n <= CHUNK_FRAMES + CHUNK_OVERLAP:
-            return self.model.convert(mel[None], spk)[0]
+            return self.model.convert(x, spk, f0_shift=f0_shift)[0]
         # equal chunks, so no short tail gets instance statistics of its own
         k = -(-n // CHUNK_FRAMES)
         size = -(-n // k)
-        out = torch.zeros_like(mel)
-        weight = torch.zeros(n, device=mel.device)
-        ramp = torch.linspace(0, 1, CHUNK_OVERLAP + 2, device=mel.device)[1:-1]
+        out = torch.zeros_like(x.mel[0])
+        weight = torch.zeros(n, device=x.mel.device)
+        ramp = torch.linspace(0, 1, CHUNK_OVERLAP + 2, device=x.mel.device)[1:-1]
         for start in range(0, n, size):
             lo, hi = max(0, start - CHUNK_OVERLAP), min(n, start + size)
-            piece = self.model.convert(mel[None, :, lo:hi], spk)[0]
-            w = torch.ones(hi - lo, device=mel.device)
+            piece = self.model.convert(x.slice(lo, hi), spk, f0_shift=f0_shift)[0]
+            w = torch.ones(hi - lo, device=x.mel.device)
             if lo > 0:
                 w[:CHUNK_OVERLAP] = ramp
             out[:, lo:hi] += piece * w
@@ -142,13 +201,14 @@ class Converter:
 
         Args:
             source: path or array (then ``sr`` is needed).
-            target: a speaker embedding from :meth:`embed_speaker`, or
-                reference audio (path, array or a list of them).
+            target: a :class:`Voice` from :meth:`voice`, or reference audio
+                (path, array or a list of them), or an embedding from
+                :meth:`embed_speaker` (then give ``target_f0``).
             sr: sample rate of array inputs.
-            pitch_shift: semitones to shift the source before conversion.
-            match_pitch: shift the source so its median F0 matches the
-                target's (added to ``pitch_shift``). Needs reference audio
-                as ``target`` or ``target_f0``.
+            pitch_shift: semitones to move the converted voice's register.
+            match_pitch: for models without an F0 path, shift the source so
+                its median F0 matches the target's before conversion (models
+                with an F0 path always take the target's register).
             target_f0: the target's median F0 in Hz, when ``target`` is an
                 embedding (enrolled profiles store it).
 
@@ -158,21 +218,31 @@ class Converter:
         """
         rate = self.config.mel.sample_rate
         wav = load_audio(source, rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
+        voice = self._voice_of(target, sr, target_f0)
         shift = float(pitch_shift or 0.0)
-        if match_pitch:
-            shift += self.pitch_offset(wav, target, sr, target_f0)
-        if shift:
-            from vckit.pitch import shift_pitch
+        if not self.model.needs_f0:
+            # no F0 path: move the source itself (a phase vocoder, which costs words)
+            if match_pitch:
+                shift += self.pitch_offset(wav, voice, target_f0=voice.f0_median)
+            if shift:
+                from vckit.pitch import shift_pitch
 
-            wav = shift_pitch(wav, rate, shift)
-        mel = self._convert_wav(wav, target, sr)
+                wav = shift_pitch(wav, rate, shift)
+            shift = 0.0
+        mel = self._convert_wav(wav, voice, shift)
         return self._vocode(mel)
 
     @torch.inference_mode()
-    def _convert_wav(self, wav: np.ndarray, target: Target, sr: int | None) -> torch.Tensor:
-        spk = self._target(target, sr)
-        mel = log_mel(wav, self.config.mel, self.device)
-        return self._convert_chunked(mel, spk)
+    def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0) -> torch.Tensor:
+        from vckit.models.vc import register_shift
+
+        x = self._frames(wav)
+        f0_shift = 0.0
+        if self.model.needs_f0:
+            if voice.f0_median is None:
+                log.warning("the target voice has no F0 median: the conversion keeps the source's register")
+            f0_shift = register_shift(x.f0[0], voice.f0_median, pitch_shift)
+        return self._convert_chunked(x, voice.embedding, f0_shift)
 
     def pitch_offset(self, source_wav: np.ndarray, target: Target, sr: int | None = None, target_f0: float | None = None) -> float:
         """Semitones from the source's median F0 to the target's (0 when unknown)."""
@@ -188,16 +258,12 @@ class Converter:
         return semitones_between(src_f0, target_f0)
 
     def reference_f0(self, target: Target, sr: int | None = None) -> float | None:
-        """Median F0 (Hz) of reference audio; None for an embedding or unvoiced audio."""
-        from vckit.pitch import median_f0
-
+        """Median F0 (Hz) of reference audio or a :class:`Voice`; None for an embedding or unvoiced audio."""
+        if isinstance(target, Voice):
+            return target.f0_median
         if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == self.config.model.speaker.dim:
             return None
-        refs = [target] if isinstance(target, (str, os.PathLike, np.ndarray, torch.Tensor)) else list(target)
-        rate = self.config.mel.sample_rate
-        f0s = [median_f0(load_audio(r, rate, sr, trim=True), rate) for r in refs]
-        f0s = [f for f in f0s if f]
-        return float(np.median(f0s)) if f0s else None
+        return self.voice(target, sr).f0_median
 
     def reconstruct(self, source: AudioInput, sr: int | None = None) -> np.ndarray:
         """Copy-synthesis through the model: ``source`` in its own voice."""
@@ -216,10 +282,16 @@ class Converter:
         return write_wav(path, wav, rate, overwrite=overwrite)
 
     # -- helpers -------------------------------------------------------------
-    def _target(self, target: Target, sr: int | None) -> torch.Tensor:
+    def _voice_of(self, target: Target, sr: int | None, target_f0: float | None = None) -> Voice:
+        """``target`` as a :class:`Voice`; an embedding tensor keeps ``target_f0``."""
+        if isinstance(target, Voice):
+            if target.model_id and self.model_id and target.model_id != self.model_id:
+                raise VckitError(f"this voice was made by another model ({target.model_id[:12]}), not this one ({self.model_id[:12]}): make it again with vc.voice(refs)")
+            return Voice(target.embedding.to(self.device), target_f0 or target.f0_median, target.model_id, target.seconds)
         if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == self.config.model.speaker.dim and target.is_floating_point():
-            return target.to(self.device)
-        return self.embed_speaker(target, sr)
+            return Voice(target.to(self.device), target_f0, self.model_id)
+        voice = self.voice(target, sr)
+        return dataclasses.replace(voice, f0_median=target_f0 or voice.f0_median)
 
     @torch.inference_mode()
     def _vocode(self, mel: torch.Tensor) -> np.ndarray:

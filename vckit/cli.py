@@ -85,18 +85,18 @@ def _sources(src: str) -> list[Path] | None:
     return None
 
 
-def _target_args(args: argparse.Namespace, vc) -> tuple[object, float | None]:
-    """The embedding (or references) and the target's F0 from --ref or --speaker."""
+def _target_args(args: argparse.Namespace, vc):
+    """The target :class:`~vckit.api.Voice` from --ref or --speaker."""
+    from vckit.api import Voice
+
     if args.speaker:
         from vckit.speakers import default_bank, load_profile
 
         prof = load_profile(args.bank or default_bank(), args.speaker)
         if prof.model_id and vc.model_id and prof.model_id != vc.model_id:
             raise VckitError(f"speaker {args.speaker!r} was enrolled with another model: enroll it again with this one")
-        return prof.embedding, prof.f0_median
-    spk = vc.embed_speaker(args.ref)
-    f0 = vc.reference_f0(args.ref) if args.match_pitch else None
-    return spk, f0
+        return Voice(prof.embedding, prof.f0_median, prof.model_id)
+    return vc.voice(args.ref)
 
 
 def _vq_choice(value: str) -> bool | float | None:
@@ -130,8 +130,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     elif out.exists() and not out.is_dir():
         raise VckitError(f"{out} exists and is not a folder: batch conversion writes into a folder")
     vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq)
-    target, f0 = _target_args(args, vc)
-    opts = dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch, target_f0=f0)
+    target = _target_args(args, vc)
+    opts = dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
     if batch is None:
         wav = vc.convert(args.source, target=target, **opts)
         vc.save(out, wav, overwrite=args.overwrite, sample_rate=args.sample_rate)
@@ -161,7 +161,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
     from vckit.api import load
-    from vckit.audio import load_audio
     from vckit.speakers import check_name, default_bank, new_profile, save_profile
 
     check_name(args.name)
@@ -169,12 +168,11 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     if (bank / f"{args.name}.safetensors").exists() and not args.overwrite:
         raise VckitError(f"speaker {args.name!r} is already enrolled in {bank} (use --overwrite to replace it)")
     vc = load(args.checkpoint, device=args.device, vocoder="griffinlim")
-    emb = vc.embed_speaker(args.refs)
-    seconds = sum(len(load_audio(r, 16000)) / 16000 for r in args.refs)
-    prof = new_profile(args.name, emb, vc.model_id, [str(Path(r).resolve()) for r in args.refs], seconds, vc.reference_f0(args.refs))
+    voice = vc.voice(args.refs)
+    prof = new_profile(args.name, voice.embedding, vc.model_id, [str(Path(r).resolve()) for r in args.refs], voice.seconds, voice.f0_median)
     path = save_profile(bank, prof, overwrite=args.overwrite)
     f0 = f", median F0 {prof.f0_median:.0f} Hz" if prof.f0_median else ""
-    print(f"enrolled {args.name} from {len(args.refs)} file(s), {seconds:.1f} s{f0}: {path}")
+    print(f"enrolled {args.name} from {len(args.refs)} file(s), {voice.seconds:.1f} s of speech{f0}: {path}")
     return 0
 
 

@@ -225,7 +225,8 @@ class DemoService:
         else:
             raise DemoError(f"unknown target voice {choice!r}")
         audio = self._load(reference, "reference", rate, trim=True)
-        return _Target(vc.embed_speaker(audio, sr=rate), name, audio, None, refs=audio)
+        voice = vc.voice(audio, sr=rate)  # the embedding and the F0 median, from one decode
+        return _Target(voice.embedding, name, audio, voice.f0_median, refs=audio)
 
     def _load(self, path: str | os.PathLike, what: str, rate: int, *, trim: bool) -> np.ndarray:
         """Check the length without decoding, then read: clear errors for long, unreadable or silent audio."""
@@ -277,11 +278,13 @@ class DemoService:
             shift = float(semitones or 0.0)
             if not -MAX_SEMITONES <= shift <= MAX_SEMITONES:
                 raise DemoError(f"pitch shift must be between -{MAX_SEMITONES:g} and {MAX_SEMITONES:g} semitones, got {shift:g}")
-        elif pitch_mode == "match F0":
+        elif pitch_mode == "match F0" and not vc.model.needs_f0:
             step(0.25, desc="matching the pitch range")
             shift = vc.pitch_offset(src, tgt.refs if tgt.refs is not None else tgt.embedding, sr=rate, target_f0=tgt.f0)
         step(0.35, desc="converting")
-        wav = vc.convert(src, tgt.embedding, sr=rate, pitch_shift=shift)
+        wav = vc.convert(src, tgt.embedding, sr=rate, pitch_shift=shift, target_f0=tgt.f0)
+        if vc.model.needs_f0:  # the F0 path always moves the source's contour to the target's register: show by how much
+            shift += vc.pitch_offset(src, tgt.embedding, sr=rate, target_f0=tgt.f0)
         self._prune()
         out_dir = Path(tempfile.mkdtemp(prefix="req-", dir=self.workdir))
         audio = vc.save(out_dir / f"vckit_{_safe(_stem(source))}_to_{_safe(tgt.name)}.wav", wav)

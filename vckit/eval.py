@@ -5,7 +5,9 @@
   speaker judge is the independent verifier of :mod:`vckit.speaker_verification`.
 * signal metrics on waveforms: :func:`mel_cepstrum`, :func:`mcd_dtw`,
   :func:`f0_scores` and :func:`parallel_scores` (MCD with DTW and F0 against a
-  same-content target utterance);
+  same-content target utterance), :func:`robust_f0_corr` (log-F0 correlation
+  with gross pitch errors trimmed) and :func:`source_scores` (F0 and voicing
+  a conversion keeps of its own source, frame by frame);
 * the disentanglement probe (:func:`probe_scores`), :func:`codebook_stats`
   and :func:`reconstruction_l1`.
 
@@ -26,10 +28,47 @@ from torch import nn
 
 from vckit.data import FeatureStore, dequantize
 from vckit.errors import VckitError
+from vckit.models.vc import Frames, register_shift
 
 
-def _mel(store: FeatureStore, u: dict[str, Any]) -> torch.Tensor:
-    return dequantize(store.mels[u["offset"] : u["offset"] + u["frames"]]).T
+def _frames(store: FeatureStore, u: dict[str, Any], max_frames: int, device: Any) -> Frames:
+    """The first ``max_frames`` frames of utterance ``u`` with a batch of one:
+    mel (1, n_mels, T) and, where the cache has them, f0 (1, T) and phonetic (1, D, T)."""
+    lo = u["offset"]
+    hi = lo + min(u["frames"], max_frames)
+    ex = store.gather_extra(torch.arange(lo, hi, device=store.mels.device)[None]) if store.extra else {}
+    return Frames(dequantize(store.mels[lo:hi]).T[None], ex.get("f0"), ex.get("phonetic")).to(device)
+
+
+def _as_frames(x: Frames | torch.Tensor, max_frames: int) -> Frames:
+    """A log-mel ``(n_mels, T)`` or Frames with a batch of one -> Frames cut to ``max_frames``."""
+    return (x if isinstance(x, Frames) else Frames(x[None])).slice(0, max_frames)
+
+
+def voiced_median(f0: torch.Tensor | None) -> float | None:
+    """Median (Hz) of the voiced frames of ``f0`` (any shape, 0 = unvoiced); None under 10 voiced."""
+    if f0 is None:
+        return None
+    v = f0[f0 > 0].float().cpu().numpy()
+    return float(np.median(v)) if len(v) >= 10 else None
+
+
+def convert_like(model: Any, src: Frames, ref: Frames) -> torch.Tensor:
+    """``src`` (batch of one) in the voice of ``ref``, as the public API converts:
+    the speaker embedding of ``ref``'s mel and, for models with an F0 path, the
+    source's F0 moved to the median of ``ref``'s voiced F0. -> log-mel (1, n_mels, T)."""
+    shift = 0.0
+    if model.needs_f0:
+        if src.f0 is None:
+            raise VckitError("this model has an F0 path, but the source has no F0 (a feature cache without f0.npy?)")
+        shift = register_shift(src.f0[0], voiced_median(ref.f0), 0.0)
+    return model.convert(src, model.embed_speaker(ref.mel), f0_shift=shift)
+
+
+def _check_store(model: Any, store: FeatureStore) -> None:
+    for need, key in ((model.needs_f0, "f0"), (model.needs_phonetic, "phonetic")):
+        if need and key not in store.extra:
+            raise VckitError(f"the model reads {key} features, but the feature cache has no {key}.npy: add them with vckit.frame_features.cache_frame_features")
 
 
 def make_pairs(utts: list[dict[str, Any]], n: int = 80, cross_gender_only: bool = False, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -68,15 +107,21 @@ def conversion_scores(model: Any, judge: Any, store: FeatureStore, utts: list[di
     pairs closer to the target than to the source, and the mel L1 of
     self-reconstruction (reference = another utterance of the same speaker
     where there is one).
+
+    Each utterance is its first ``max_frames`` cached frames (mel, and F0 and
+    phonetic features where the model reads them); models with an F0 path
+    get the source's F0 moved to the reference's median (:func:`convert_like`).
+    Raises :class:`VckitError` when the model needs features the cache lacks.
     """
     model.eval()
     judge.eval()
+    _check_store(model, store)
     cos_t, cos_s, wins, l1 = [], [], 0, []
     for src, ref, other in pairs:
-        m_src = _mel(store, utts[src])[:, :max_frames].to(device)[None]
-        m_ref = _mel(store, utts[ref])[:, :max_frames].to(device)[None]
-        m_oth = _mel(store, utts[other])[:, :max_frames].to(device)[None]
-        conv = model.convert(m_src, model.embed_speaker(m_ref))
+        x_src = _frames(store, utts[src], max_frames, device)
+        x_ref = _frames(store, utts[ref], max_frames, device)
+        m_src, m_oth = x_src.mel, _frames(store, utts[other], max_frames, device).mel
+        conv = convert_like(model, x_src, x_ref)
         e_c, e_t, e_s = judge(conv.float()), judge(m_oth.float()), judge(m_src.float())
         ct, cs = float(F.cosine_similarity(e_c, e_t).mean()), float(F.cosine_similarity(e_c, e_s).mean())
         cos_t.append(ct)
@@ -88,9 +133,9 @@ def conversion_scores(model: Any, judge: Any, store: FeatureStore, utts: list[di
     for spk, idx in sorted(by_spk.items()):
         for j, i in enumerate(idx[:4]):
             r = idx[(j + 1) % len(idx)]
-            m = _mel(store, utts[i])[:, :max_frames].to(device)[None]
-            rec = model.convert(m, model.embed_speaker(_mel(store, utts[r])[:, :max_frames].to(device)[None]))
-            l1.append(float((rec - m).abs().mean()))
+            x = _frames(store, utts[i], max_frames, device)
+            rec = convert_like(model, x, _frames(store, utts[r], max_frames, device))
+            l1.append(float((rec - x.mel).abs().mean()))
     n = max(1, len(pairs))
     return {
         "sim_to_target": sum(cos_t) / n,
@@ -171,19 +216,58 @@ def mcd_dtw(mc_x: np.ndarray, mc_y: np.ndarray) -> tuple[float, np.ndarray]:
     return float(MCD_CONST * np.sqrt((diff**2).sum(1)).mean()), path
 
 
+GROSS_ERROR_OCTAVES = 0.5  # frames whose median-normalised log-F0s differ by more are gross (octave) errors
+LOUD_DB = 30.0  # source frames within this many dB of its loudest frame count for voicing agreement
+F0_HOP_S = 0.01  # frame hop of the source-axis F0 scores
+F0_FRAME_S = 0.04  # analysis window of the tracker (pitch.f0_track's default)
+
+
+def robust_f0_corr(f0_x: np.ndarray, f0_y: np.ndarray, tol_octaves: float = GROSS_ERROR_OCTAVES) -> dict[str, float]:
+    """Log-F0 correlation of two aligned contours with gross pitch errors trimmed.
+
+    f0_x, f0_y: (frames,) Hz, 0 = unvoiced, frame ``k`` of one aligned with
+    frame ``k`` of the other. The rule: over the frames voiced in both, take
+    ``log2(F0)`` minus its median over those frames (so each contour is in
+    octaves about its own median and a register difference cancels); a frame
+    whose two values differ by more than ``tol_octaves`` (0.5 octave = 6
+    semitones) is a gross error (octave jumps of a tracker or of the
+    conversion) and left out; the Pearson correlation is taken over the
+    remaining frames. Returns ``f0_corr_robust`` (NaN with fewer than 10
+    frames left or a flat contour), ``f0_gross_error_share`` (trimmed frames
+    over frames voiced in both; NaN when none are) and ``voiced_both``.
+    """
+    x, y = np.asarray(f0_x, dtype=np.float64), np.asarray(f0_y, dtype=np.float64)
+    both = (x > 0) & (y > 0)
+    out = {"f0_corr_robust": math.nan, "f0_gross_error_share": math.nan, "voiced_both": int(both.sum())}
+    if not both.any():
+        return out
+    lx, ly = np.log2(x[both]), np.log2(y[both])
+    lx, ly = lx - np.median(lx), ly - np.median(ly)
+    keep = np.abs(lx - ly) <= tol_octaves
+    out["f0_gross_error_share"] = float(1.0 - keep.mean())
+    if keep.sum() >= 10 and lx[keep].std() > 1e-9 and ly[keep].std() > 1e-9:
+        out["f0_corr_robust"] = float(np.corrcoef(lx[keep], ly[keep])[0, 1])
+    return out
+
+
 def f0_scores(f0_x: np.ndarray, f0_y: np.ndarray, path: np.ndarray) -> dict[str, float]:
     """F0 of ``x`` (a conversion) against ``y`` (the target) along an alignment.
 
-    f0_x, f0_y: Hz per frame (0 = unvoiced) at the path's frame rate.
+    f0_x, f0_y: Hz per frame (0 = unvoiced) at the path's frame rate;
+    path: (steps, 2) frame indices of ``x`` and ``y``.
     Returns RMSE in Hz over frames voiced in both; the RMSE (in standard
-    deviations) and Pearson correlation of log-F0 after each utterance's
-    voiced log-F0 is normalised to mean 0, variance 1; the difference of the
-    mean log-F0s in semitones (``x`` minus ``y``); and the share of aligned
-    frames whose voicing disagrees. NaN where fewer than 10 frames are voiced in both.
+    deviations) and Pearson correlation (``f0_corr``) of log-F0 after each
+    utterance's voiced log-F0 is normalised to mean 0, variance 1; the
+    correlation with gross errors trimmed (``f0_corr_robust`` and
+    ``f0_gross_error_share``, :func:`robust_f0_corr` on the aligned frames);
+    the difference of the mean log-F0s in semitones (``x`` minus ``y``); and
+    the share of aligned frames whose voicing disagrees. NaN where fewer than
+    10 frames are voiced in both.
     """
     i = np.minimum(path[:, 0], len(f0_x) - 1)
     j = np.minimum(path[:, 1], len(f0_y) - 1)
-    out = {"f0_rmse_hz": math.nan, "f0_rmse_norm": math.nan, "f0_corr": math.nan, "logf0_mean_diff_st": math.nan, "vuv_error": math.nan}
+    out = {"f0_rmse_hz": math.nan, "f0_rmse_norm": math.nan, "f0_corr": math.nan, "f0_corr_robust": math.nan,
+           "f0_gross_error_share": math.nan, "logf0_mean_diff_st": math.nan, "vuv_error": math.nan}
     if len(f0_x) == 0 or len(f0_y) == 0:
         return out
     vx, vy = f0_x > 0, f0_y > 0
@@ -196,6 +280,8 @@ def f0_scores(f0_x: np.ndarray, f0_y: np.ndarray, path: np.ndarray) -> dict[str,
         return out
     a, b = f0_x[i][both], f0_y[j][both]
     out["f0_rmse_hz"] = float(np.sqrt(np.mean((a - b) ** 2)))
+    rob = robust_f0_corr(a, b)
+    out["f0_corr_robust"], out["f0_gross_error_share"] = rob["f0_corr_robust"], rob["f0_gross_error_share"]
 
     def z(f0: np.ndarray, v: np.ndarray, idx: np.ndarray) -> np.ndarray:
         lf = np.log(f0[v])
@@ -217,6 +303,59 @@ def parallel_scores(conv: np.ndarray, target: np.ndarray) -> dict[str, float]:
     # YIN frames start at i * hop like the cepstral frames, so the path indexes both
     f0c, f0t = (f0_track(w, MCEP_SR, hop_s=hop_s) for w in (conv, target))
     return {"mcd_db": mcd, **f0_scores(f0c, f0t, path)}
+
+
+def voicing_agreement(f0_conv: np.ndarray, f0_src: np.ndarray, loud: np.ndarray) -> dict[str, float]:
+    """Voicing of a conversion against its source on the same frames.
+
+    f0_conv, f0_src: (frames,) Hz, 0 = unvoiced; loud: (frames,) bool, the
+    source's frames that carry sound (the rest is silence, where voicing is
+    meaningless). Returns ``vuv_agreement``, the share of loud frames where
+    both are voiced or both unvoiced; ``voiced_recall``, the share of the
+    source's voiced loud frames that are voiced in the conversion; and
+    ``loud_frames``. NaN where there is no loud (or no voiced) frame.
+    """
+    n = min(len(f0_conv), len(f0_src), len(loud))
+    vc, vs, ld = np.asarray(f0_conv[:n]) > 0, np.asarray(f0_src[:n]) > 0, np.asarray(loud[:n], dtype=bool)
+    out = {"vuv_agreement": math.nan, "voiced_recall": math.nan, "loud_frames": int(ld.sum())}
+    if ld.any():
+        out["vuv_agreement"] = float(np.mean(vc[ld] == vs[ld]))
+    if (ld & vs).any():
+        out["voiced_recall"] = float(np.mean(vc[ld & vs]))
+    return out
+
+
+def frame_loudness_db(wav: np.ndarray, sr: int, n_frames: int, hop_s: float = F0_HOP_S, frame_s: float = F0_FRAME_S) -> np.ndarray:
+    """RMS level (dB) of the frames :func:`vckit.pitch.f0_track` analyses without
+    ``n_frames``: frame ``i`` is samples ``[i * hop, i * hop + window)``. -> (n_frames,)."""
+    hop, win = int(round(hop_s * sr)), int(frame_s * sr)
+    x = np.asarray(wav, dtype=np.float64).reshape(-1)
+    need = max(0, n_frames - 1) * hop + win
+    if len(x) < need:
+        x = np.pad(x, (0, need - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x[:need], win)[::hop][:n_frames]
+    return 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+
+
+def source_scores(conv: np.ndarray, source: np.ndarray, sr: int = MCEP_SR) -> dict[str, float]:
+    """F0 and voicing a conversion keeps of its own source, frame by frame.
+
+    conv, source: (samples,) at ``sr`` on one time axis (the conversion of the
+    untrimmed source: conversion keeps the timing, so no alignment is needed).
+    Both are tracked by :func:`vckit.pitch.f0_track` at 10 ms; returns
+    :func:`robust_f0_corr` (``f0_corr_robust``, ``f0_gross_error_share``,
+    ``voiced_both``) and :func:`voicing_agreement` over the source's frames
+    within ``LOUD_DB`` (30 dB) of its loudest (``vuv_agreement``,
+    ``voiced_recall``, ``loud_frames``).
+    """
+    from vckit.pitch import f0_track
+
+    f0c, f0s = (f0_track(w, sr, hop_s=F0_HOP_S, frame_s=F0_FRAME_S) for w in (conv, source))
+    n = min(len(f0c), len(f0s))
+    f0c, f0s = f0c[:n], f0s[:n]
+    db = frame_loudness_db(source, sr, n)
+    loud = db > (db.max() - LOUD_DB) if n else np.zeros(0, dtype=bool)
+    return {**robust_f0_corr(f0c, f0s), **voicing_agreement(f0c, f0s, loud)}
 
 
 # -- disentanglement probe ------------------------------------------------------
@@ -321,22 +460,23 @@ def codebook_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, float
 
 
 @torch.no_grad()
-def reconstruction_l1(model: Any, mels: dict[str, list[torch.Tensor]], per_speaker: int = 4, max_frames: int = 1000) -> dict[str, float]:
+def reconstruction_l1(model: Any, mels: dict[str, list[torch.Tensor | Frames]], per_speaker: int = 4, max_frames: int = 1000) -> dict[str, float]:
     """Mel L1 (natural-log units) of self-reconstruction, by the model alone.
 
-    mels: speaker -> log-mels ``(n_mels, frames)``. For up to ``per_speaker``
-    utterances of each speaker, the model rebuilds the mel with the speaker
-    embedding of another utterance of the same speaker (``other_reference``,
-    speakers with two or more) and of the utterance itself (``same_utterance``).
+    mels: speaker -> log-mels ``(n_mels, frames)``, or :class:`Frames` with a
+    batch of one (with the F0 and phonetic features that the model reads).
+    For up to ``per_speaker`` utterances of each speaker, the model rebuilds
+    the mel with the speaker embedding (and, with an F0 path, the median F0)
+    of another utterance of the same speaker (``other_reference``, speakers
+    with two or more) and of the utterance itself (``same_utterance``).
     """
     other, same = [], []
     for spk in sorted(mels):
-        ms = [m[:, :max_frames] for m in mels[spk]]
-        for j, m in enumerate(ms[:per_speaker]):
-            x = m[None]
-            same.append(float((model.convert(x, model.embed_speaker(x)) - x).abs().mean()))
-            if len(ms) > 1:
-                r = ms[(j + 1) % len(ms)][None]
-                other.append(float((model.convert(x, model.embed_speaker(r)) - x).abs().mean()))
+        xs = [_as_frames(m, max_frames) for m in mels[spk]]
+        for j, x in enumerate(xs[:per_speaker]):
+            same.append(float((convert_like(model, x, x) - x.mel).abs().mean()))
+            if len(xs) > 1:
+                r = xs[(j + 1) % len(xs)]
+                other.append(float((convert_like(model, x, r) - x.mel).abs().mean()))
     mean = lambda v: float(np.mean(v)) if v else math.nan  # noqa: E731
     return {"other_reference": mean(other), "same_utterance": mean(same), "utterances": len(same)}

@@ -13,7 +13,13 @@ trained on):
   that held-out utterance has the source's content, and MCD with DTW, F0 RMSE
   and correlation (after mean/variance normalisation of log-F0) and the
   log-F0 mean distance to the target are measured (:mod:`vckit.eval`), with
-  the unconverted source as the reference point.
+  the unconverted source as the reference point. F0 correlations are given
+  plain and robust (frames whose median-normalised log-F0s differ by more
+  than half an octave, octave errors, trimmed; the trimmed share reported).
+* **what the conversion keeps of its source** (every pair, on the source's
+  own time axis, no alignment): the robust log-F0 correlation with the
+  source and the voiced/unvoiced agreement over the source's loud frames
+  (``kept_from_source``), overall, across genders and per direction.
 * **speaker similarity** by the independent speaker-verification judge
   (:mod:`vckit.speaker_verification`): its EER on the data, the cosine of each
   conversion to the held-out target utterance and to the source, and the share
@@ -115,7 +121,7 @@ def evaluate(
     import vckit
     from vckit.api import REPO_ROOT, default_checkpoint, load
     from vckit.audio import load_audio, log_mel
-    from vckit.eval import MCEP_SR, codebook_stats, parallel_scores, reconstruction_l1
+    from vckit.eval import MCEP_SR, codebook_stats, parallel_scores, reconstruction_l1, source_scores
     from vckit.speaker_verification import equal_error_rate, load_sv
 
     say = progress or (lambda msg: log.info(msg))
@@ -177,7 +183,7 @@ def evaluate(
     probe = _probe(split, feats, cfg)
     vq = codebook_stats(torch.cat([f["indices"] for f in feats.values()]), model.cfg.vq.codebook_size) if model.vq is not None else None
     with torch.inference_mode():
-        recon = reconstruction_l1(model, {s: [feats[i]["mel"] for i in ix] for s, ix in recon_idx.items()}, cfg.recon_per_speaker)
+        recon = reconstruction_l1(model, {s: [feats[i]["frames"] for i in ix] for s, ix in recon_idx.items()}, cfg.recon_per_speaker)
     timer.lap("probe_vq_recon")
 
     # conversions
@@ -195,7 +201,7 @@ def evaluate(
         ref = np.concatenate([wavs[i] for i in p.refs])
         t = time.perf_counter()
         with torch.inference_mode():
-            target = vc.embed_speaker(ref, sr=sr)
+            target = vc.voice(ref, sr=sr)  # the embedding and, for models with an F0 path, the register
         out = vc.convert(utts[p.source]["file"], target=target)
         conv_seconds += time.perf_counter() - t
         out_seconds += len(out) / vc.sample_rate
@@ -207,6 +213,9 @@ def evaluate(
                     "source_cos_target": c0, "source_accepted": c0 >= thr, "refs_cos_target": float(e_r @ e_t)}
         conv16 = load_audio(out, MCEP_SR, vc.sample_rate)
         p.scores["converted_vs_source"] = parallel_scores(conv16, at16(p.source))  # what of the source is kept
+        # the same, frame by frame: the conversion of the untrimmed source keeps its time axis
+        src16_axis = load_audio(utts[p.source]["file"], MCEP_SR, trim=False)
+        p.scores["kept_from_source"] = source_scores(load_audio(out, MCEP_SR, vc.sample_rate, trim=False), src16_axis)
         if p.parallel:
             p.scores["converted"] = parallel_scores(conv16, at16(p.heldout))
             p.scores["source"] = parallel_scores(at16(p.source), at16(p.heldout))
@@ -215,6 +224,7 @@ def evaluate(
                 x = load_audio(utts[p.source]["file"], sr, trim=False)
                 copy = vc.vocoder.vocode(log_mel(x, vc.config.mel, vc.device)).float().cpu().numpy()
             p.scores["vocoder_only_vs_source"] = parallel_scores(load_audio(copy, MCEP_SR, vc.sample_rate), at16(p.source))
+            p.scores["vocoder_only_kept_from_source"] = source_scores(load_audio(copy, MCEP_SR, vc.sample_rate, trim=False), src16_axis)
             judge_copy = _judge_embed(sv, load_audio(copy, sv.cfg.mel.sample_rate, vc.sample_rate))
             p.scores["vocoder_only_vs_source"]["cos_source"] = float(judge_copy @ e_s)
         if n % 10 == 0:
@@ -253,20 +263,21 @@ def _judge_embed(sv: Any, wav: np.ndarray) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _model_features(vc: Any, wavs: dict[int, np.ndarray]) -> dict[int, dict[str, torch.Tensor]]:
-    """Per utterance: log-mel ``(n_mels, T)``, content codes before and after VQ
+def _model_features(vc: Any, wavs: dict[int, np.ndarray]) -> dict[int, dict[str, Any]]:
+    """Per utterance: what the model reads (``frames``: :class:`vckit.models.vc.Frames`
+    with a batch of one, F0 and phonetic features included where the model reads
+    them), its log-mel ``(n_mels, T)``, content codes before and after VQ
     ``(T', dim)``, VQ indices ``(T',)`` and the speaker embedding ``(dim,)``."""
-    from vckit.audio import log_mel
-
     model, out = vc.model, {}
     for i, w in wavs.items():
-        mel = log_mel(w, vc.config.mel, vc.device)
-        z = model.content_encoder(model.normalize(mel[None]))
+        x = vc._frames(w)  # the features conversion computes from audio
+        mel = x.mel[0]
+        z = model.encode_content(x).continuous  # in eval mode: the encoder's output, before any VQ
         codes, f = z, {}
         if model.vq is not None:
             codes, _, stats = model.vq(z)
             f["indices"] = stats["indices"][0].cpu()
-        f.update(mel=mel, content=z[0].T.float().cpu(), codes=codes[0].T.float().cpu(), speaker=model.embed_speaker(mel[None])[0].float().cpu())
+        f.update(frames=x, mel=mel, content=z[0].T.float().cpu(), codes=codes[0].T.float().cpu(), speaker=model.embed_speaker(mel[None])[0].float().cpu())
         out[i] = f
     return out
 
@@ -315,7 +326,10 @@ def _probe(split: tuple[list[str], list[tuple[int, int]], list[tuple[int, int]]]
 
 
 def _summarise(pairs: list[Pair]) -> dict[str, Any]:
+    """Means over pairs: cross-gender, each cross-gender direction, same-gender and all (groups without pairs left out)."""
     groups = {"cross-gender": [p for p in pairs if "?" not in p.kind and p.kind[0] != p.kind[-1]],
+              "f->m": [p for p in pairs if p.kind == "f->m"],
+              "m->f": [p for p in pairs if p.kind == "m->f"],
               "same-gender": [p for p in pairs if "?" not in p.kind and p.kind[0] == p.kind[-1]],
               "all": pairs}
     out: dict[str, Any] = {}
@@ -325,10 +339,12 @@ def _summarise(pairs: list[Pair]) -> dict[str, Any]:
         d: dict[str, Any] = {"pairs": len(ps)}
         for k in ("cos_target", "cos_source", "closer_to_target", "accepted", "source_cos_target", "source_accepted", "refs_cos_target"):
             d[k] = _nanmean([p.scores[k] for p in ps])
-        d["converted_vs_source"] = {k: _nanmean([p.scores["converted_vs_source"][k] for p in ps]) for k in ps[0].scores["converted_vs_source"]}
-        voc = [p.scores["vocoder_only_vs_source"] for p in ps if "vocoder_only_vs_source" in p.scores]
-        if voc:
-            d["vocoder_only_vs_source"] = {k: _nanmean([v[k] for v in voc]) for k in voc[0]} | {"pairs": len(voc)}
+        for key in ("converted_vs_source", "kept_from_source"):
+            d[key] = {k: _nanmean([p.scores[key][k] for p in ps]) for k in ps[0].scores[key]}
+        for key in ("vocoder_only_vs_source", "vocoder_only_kept_from_source"):
+            voc = [p.scores[key] for p in ps if key in p.scores]
+            if voc:
+                d[key] = {k: _nanmean([v[k] for v in voc]) for k in voc[0]} | {"pairs": len(voc)}
         par = [p for p in ps if p.parallel]
         d["parallel_pairs"] = len(par)
         for who in ("converted", "source"):

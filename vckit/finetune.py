@@ -15,6 +15,13 @@ clearly (``recipes/custom/README.md`` has the measured effect). The result
 is a normal checkpoint folder (fp16, with the weights' sha256) that
 ``vckit.load`` and ``vckit convert --checkpoint`` read, and each new speaker
 is enrolled with it in the speaker bank.
+
+A model with an F0 path or phonetic input reads per-frame features besides
+the mels: they are computed for the new speakers' cache, the teacher's
+features projected exactly as the source model projects them (the buffers
+its content encoder carries), and the replay cache is used only when it
+holds the same features with the same projection (else a warning says why
+replay is skipped).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from vckit.data import cache_features, read_manifest, valid_batches, write_manif
 from vckit.errors import ConfigError, VckitError
 from vckit.losses import masked_l1
 from vckit.prepare import merge_feature_caches, rows_from_csv, rows_from_folder, spread_rows, subset_feature_cache
-from vckit.train import Trainer, make_optimizer
+from vckit.train import Trainer, frames_of, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +179,9 @@ class FineTuner(Trainer):
         self.model.eval()
         total, n = 0.0, 0
         for b in valid_batches(self.store, self.new_utts, self.cfg.data.segment_frames, 16, max_items):
-            out = self.model(b["mel"], b["ref"])
+            out = self.model(frames_of(b), b["ref"])
             k = b["mel"].shape[0]
-            total += float(masked_l1(out["pred"], out["target"], b["mask"])) * k
+            total += float(masked_l1(out.pred, out.target, b["mask"])) * k
             n += k
         self.set_train_mode()
         return total / max(1, n)
@@ -227,13 +234,52 @@ def find_replay(replay: str, source_cfg: Config) -> tuple[Path, Path] | None:
     return folder / "train.jsonl", folder / "features"
 
 
+def frame_features_needed(cfg: Config) -> tuple[str, ...]:
+    """The per-frame arrays the model of ``cfg`` reads besides the mels (``f0``, ``phonetic``)."""
+    return tuple(n for n, on in (("f0", cfg.model.f0.enabled), ("phonetic", cfg.model.content.input == "phonetic")) if on)
+
+
+def source_projection(source: str | os.PathLike, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The teacher projection a phonetic-input model carries (``mean (256,)``,
+    ``proj (dims, 256)``, float32); raises :class:`VckitError` if it has none."""
+    try:
+        mean, proj = sd["content_encoder.teacher_mean"], sd["content_encoder.teacher_proj"]
+    except KeyError as e:
+        raise VckitError(f"{source} reads phonetic features but its weights have no {e.args[0]}") from None
+    if not bool(proj.float().abs().sum() > 0):
+        raise VckitError(f"{source} reads phonetic features but carries no teacher projection (content_encoder.teacher_proj is all zeros)")
+    return {"mean": mean.float().cpu().numpy(), "proj": proj.float().cpu().numpy()}
+
+
+def replay_problem(features: Path, needed: tuple[str, ...], projection: dict[str, Any] | None) -> str | None:
+    """Why the replay cache in ``features`` cannot train a model that reads
+    ``needed`` (with teacher ``projection``), or None if it can."""
+    from vckit.frame_features import PROJECTION_FILE, frame_arrays, load_projection, same_projection
+
+    have = frame_arrays(features)
+    missing = [n for n in needed if n not in have]
+    if missing:
+        return f"its cache {features} has no {', '.join(n + '.npy' for n in missing)} (prepare it with --frame-features)"
+    if projection is not None:
+        if not (features / PROJECTION_FILE).is_file():
+            return f"its cache {features} has no {PROJECTION_FILE}"
+        if not same_projection(load_projection(features), projection):
+            return f"its cache {features} projects the phonetic teacher differently from the source model"
+    return None
+
+
 def _config(source_cfg: Config, work: Path, features: Path, ft: FinetuneConfig) -> Config:
     model = dataclasses.replace(
         source_cfg.model,
         n_speakers=0,
         classifier=dataclasses.replace(source_cfg.model.classifier, enabled=False),
+        # training-only parts that an inference checkpoint does not carry
+        phonetic_head=dataclasses.replace(source_cfg.model.phonetic_head, enabled=False),
+        discriminator=dataclasses.replace(source_cfg.model.discriminator, enabled=False),
     )
     augment = source_cfg.data.augment if ft.augment else dataclasses.replace(source_cfg.data.augment, prob=0.0)
+    if source_cfg.model.f0.enabled:  # a mel-axis shift would not move the F0 the decoder reads
+        augment = dataclasses.replace(augment, pitch_bins=0.0)
     data = DataConfig(
         train_manifest=str(work / "train.jsonl"),
         valid_manifest="",
@@ -289,6 +335,7 @@ def finetune(
         VckitError: missing or unusable data, too little audio for a
         speaker, a bad name, an existing output, or an interrupted run.
     """
+    from vckit.frame_features import cache_frame_features
     from vckit.speakers import check_name, default_bank
 
     t_start = time.time()
@@ -310,8 +357,16 @@ def finetune(
         taken = [n for n in names if (bank / f"{n}.safetensors").exists()]
         if taken:
             raise VckitError(f"speaker {taken[0]!r} is already enrolled in {bank} (use --overwrite to replace it, or another name)")
-    source_cfg, _, _ = load_checkpoint(source)
+    source_cfg, source_sd, _ = load_checkpoint(source)
+    needed = frame_features_needed(source_cfg)
+    projection = source_projection(source, source_sd) if "phonetic" in needed else None
+    del source_sd
     replay = find_replay(ft.replay, source_cfg)
+    if replay is not None:
+        problem = replay_problem(replay[1], needed, projection)
+        if problem:
+            log.warning("replay skipped: the source model reads %s, but %s", " and ".join(needed), problem)
+            replay = None
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.finetune-", dir=out.parent))
@@ -327,12 +382,16 @@ def finetune(
                 raise VckitError(f"speaker {name!r} has {s:.1f} s of usable audio: fine-tuning needs at least {ft.min_seconds:g} s (a few minutes is best)")
             if s < 60:
                 log.warning("speaker %r has only %.0f s of audio: a few minutes gives a closer voice", name, s)
+        if needed:
+            # the source model's projection is written to new/phonetic.json, which the Trainer copies into the model
+            cache_frame_features(work / "new", projection=projection, progress=progress)
         features, manifest = work / "new", rows
         if replay is not None:
             old = spread_rows(read_manifest(replay[0]), ft.replay_minutes * 60)
-            subset_feature_cache(replay[1], {r["path"] for r in old}, work / "replay")
+            subset_feature_cache(replay[1], {r["path"] for r in old}, work / "replay", frame_features=needed)
             features, manifest = work / "features", rows + old
-            merge_feature_caches([work / "new", work / "replay"], features)
+            # new first: the merged phonetic.json is the source model's projection
+            merge_feature_caches([work / "new", work / "replay"], features, frame_features=needed)
         write_manifest(manifest, work / "train.jsonl")
         cfg = _config(source_cfg, work, features, ft)
         trainer = FineTuner(cfg, source, ft.train, names, ft.replay_fraction, inference_codes=ft.inference_codes, device=device)
@@ -370,21 +429,19 @@ def finetune(
     )
 
 
-def _enroll(checkpoint: Path, index: dict[str, Any], names: list[str], bank: Path, device: str, overwrite: bool, max_f0_files: int = 30) -> dict[str, Path]:
-    """Enroll each speaker with the new model, as ``vckit enroll`` would with its usable files."""
+def _enroll(checkpoint: Path, index: dict[str, Any], names: list[str], bank: Path, device: str, overwrite: bool) -> dict[str, Path]:
+    """Enroll each speaker with the new model, as ``vckit enroll`` would with its usable files
+    (one :meth:`~vckit.api.Converter.voice` call: each file decoded once for the embedding and the F0)."""
     from vckit.api import load
     from vckit.speakers import new_profile, save_profile
 
     vc = load(checkpoint, device=device, vocoder="griffinlim")
-    rate = vc.config.mel.frame_rate
     paths: dict[str, Path] = {}
     for name in names:
         utts = [u for u in index["utterances"] if u["speaker"] == name]
         refs = [u["path"] for u in utts if u["frames"] >= MIN_REFERENCE_FRAMES] or [max(utts, key=lambda u: u["frames"])["path"]]
-        emb = vc.embed_speaker(refs)
-        seconds = sum(u["frames"] for u in utts if u["path"] in set(refs)) / rate
-        f0 = vc.reference_f0(refs[:max_f0_files])
-        prof = new_profile(name, emb, vc.model_id, [str(Path(r).resolve()) for r in refs], seconds, f0)
+        voice = vc.voice(refs)
+        prof = new_profile(name, voice.embedding, vc.model_id, [str(Path(r).resolve()) for r in refs], voice.seconds, voice.f0_median)
         prof.meta["finetuned"] = True
         paths[name] = save_profile(bank, prof, overwrite=overwrite)
     return paths

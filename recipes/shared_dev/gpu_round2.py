@@ -50,7 +50,7 @@ def score_and_convert(names: list[str], out: Path) -> None:
     import numpy as np
     import torch
 
-    from intelligibility import build_set, convert_set
+    from intelligibility import build_set, convert_set_cached
     from vckit.data import FeatureStore, read_manifest
     from vckit.eval import make_pairs
     from vckit.speaker_verification import load_sv
@@ -64,7 +64,7 @@ def score_and_convert(names: list[str], out: Path) -> None:
     pairs = make_pairs(utts, n=120, seed=1)
     items = build_set(rows, 30, 0)
     def save_mels(name: str, model) -> None:
-        np.savez_compressed(out / f"mels_{name}.npz", **convert_set(model, store, items, dev))
+        np.savez_compressed(out / f"mels_{name}.npz", **convert_set_cached(model, store, items, dev))
 
     table = score_runs(RUNS, names, judge, store, utts, pairs, dev, each=save_mels)
     (out / "sweep2.json").write_text(json.dumps(table, indent=2))
