@@ -51,8 +51,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import vckit  # noqa: E402
 from vckit.audio import load_audio, log_mel  # noqa: E402
-from vckit.finetune import FinetuneConfig, finetune  # noqa: E402
-from vckit.speaker_verification import load_sv  # noqa: E402
+from vckit.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from vckit.models.verifier import load_verifier  # noqa: E402
 from vckit.speakers import load_profile  # noqa: E402
 from quality import read_rows  # noqa: E402  (benchmarks/quality.py: manifest rows with absolute paths)
 
@@ -79,7 +79,7 @@ class Scorer:
     """Judge embeddings of log-mels and the figures of one model."""
 
     def __init__(self, heldout: list[dict[str, Any]], others: dict[str, list[dict[str, Any]]], mel_cfg: Any, asr_threads: int = 0):
-        self.judge, meta = load_sv(REPO / "checkpoints" / "speaker_verification")
+        self.judge, meta = load_verifier(REPO / "checkpoints" / "speaker_verification")
         self.threshold = float(meta["threshold"])
         self.mel_cfg = mel_cfg
         self.heldout_mels = [self.mel(r["file"]) for r in heldout]

@@ -83,10 +83,10 @@ def build_set(rows: list[dict[str, Any]], n: int = 30, seed: int = 0) -> list[di
 
 
 def _store_mel(store: Any, index: dict[str, int], path: str) -> torch.Tensor:
-    from vckit.data import dequantize
+    from vckit.data.features import from_uint8
 
     u = store.utterances[index[path]]
-    return dequantize(store.mels[u["offset"] : u["offset"] + u["frames"]]).T.float()
+    return from_uint8(store.mels[u["offset"] : u["offset"] + u["frames"]]).T.float()
 
 
 @torch.no_grad()
@@ -189,16 +189,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import vckit
     from vckit.config import MelConfig
-    from vckit.data import FeatureStore, read_manifest
+    from vckit.data.features import FeatureStore
+    from vckit.data.manifest import read_manifest
     from vckit.models.vocoder import load_vocoder
-    from vckit.speaker_verification import load_sv
+    from vckit.models.verifier import load_verifier
 
     rows = read_manifest(args.manifest)
     items = build_set(rows, args.n, args.seed)
     store = FeatureStore.load(args.features)
     mel_cfg = MelConfig()
     vocoder = load_vocoder("hifigan", mel_cfg)
-    judge, jmeta = load_sv(args.judge, "cpu")
+    judge, jmeta = load_verifier(args.judge, "cpu")
     judge.eval()
     asr = MoonshineASR(threads=args.threads)
     runs: list[tuple[str, dict[str, np.ndarray]]] = []

@@ -33,7 +33,7 @@ only; its native library is not loaded), ``onnxruntime``; ``--no-dnsmos`` and
 
 ``--report`` reproduces the summary table of a ``vckit eval`` report (MCD,
 F0, judge similarity, disentanglement probe, VQ, reconstruction): it re-runs
-:func:`vckit.evaluate.evaluate` with the settings recorded in the report,
+:func:`vckit.evaluation.run.evaluate` with the settings recorded in the report,
 prints the new table and says whether it matches the committed one (exit 1
 if not). The new report goes to a temporary folder (or ``--report-out``).
 """
@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 import vckit
 from vckit.audio import load_audio, log_mel
-from vckit.speaker_verification import load_sv
+from vckit.models.verifier import load_verifier
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = (("M", "F"), ("F", "M"), ("F", "F"), ("M", "M"))
@@ -130,7 +130,7 @@ class Judge:
     """The speaker-verification judge on waveforms at the model's rate."""
 
     def __init__(self, folder: Path):
-        self.model, meta = load_sv(folder)
+        self.model, meta = load_verifier(folder)
         self.cfg = self.model.cfg.mel
         self.threshold, self.eer = float(meta["threshold"]), float(meta["eer"])
 
@@ -179,8 +179,8 @@ def reproduce_report(path: Path, out_dir: Path | None = None) -> int:
     import tempfile
     from dataclasses import fields
 
-    from vckit.eval_report import summary_table
-    from vckit.evaluate import EvalConfig, evaluate
+    from vckit.evaluation.report import summary_table
+    from vckit.evaluation.run import EvalConfig, evaluate
 
     old = json.loads(path.read_text())
     s = old["settings"]

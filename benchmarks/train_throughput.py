@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vckit.config import load_config  # noqa: E402
-from vckit.data import write_manifest  # noqa: E402
+from vckit.data.manifest import write_manifest  # noqa: E402
 from vckit.models import count_parameters  # noqa: E402
-from vckit.train import Trainer  # noqa: E402
+from vckit.training.vc import Trainer  # noqa: E402
 
 CONFS = {"smoke": "recipes/shared_dev/conf/smoke.yaml", "base": "recipes/shared_dev/conf/base.yaml"}
 

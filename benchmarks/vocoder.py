@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast_arch_rtf:
         gen_cfg = VocosConfig()
         if args.fast_config:
-            from vckit.vocoder_train import load_vocoder_config
+            from vckit.training.vocoder import load_vocoder_config
 
             gen_cfg = load_vocoder_config(args.fast_config).generator
         torch.manual_seed(0)

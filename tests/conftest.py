@@ -66,7 +66,7 @@ def speech(data_dir: Path) -> Path:
 
 
 def _pick(data_dir: Path, picks: list[tuple[str, str, int]]) -> list[dict]:
-    from vckit.data import manifest_from_csv
+    from vckit.data.manifest import manifest_from_csv
 
     rows = []
     for corpus, spk, n in picks:
@@ -85,7 +85,8 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict
     config pointing at them, for ``load_config`` and the CLI).
     """
     from vckit.config import MelConfig
-    from vckit.data import cache_features, write_manifest
+    from vckit.data.features import cache_features
+    from vckit.data.manifest import write_manifest
 
     root = tmp_path_factory.mktemp("tiny_cache")
     train, valid = _pick(data_dir, TRAIN_PICK), _pick(data_dir, VALID_PICK)

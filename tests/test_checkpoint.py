@@ -14,8 +14,6 @@ from vckit.checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
-    build_model,
-    export_for_inference,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -26,6 +24,7 @@ from vckit.checkpoint import (
     sha256_file,
     step_folder,
 )
+from vckit.models.vc import build_model, export_for_inference
 from vckit.config import ClassifierConfig, Config, ContentConfig, DecoderConfig, ModelConfig, SpeakerConfig, VQConfig
 from vckit.errors import CheckpointError, ConfigError
 from vckit.models import count_parameters, inference_state_dict

@@ -16,7 +16,8 @@ import soundfile as sf
 import torch
 
 from vckit import __version__
-from vckit.checkpoint import build_model, latest_checkpoint, list_checkpoints, load_checkpoint, load_train_state, read_meta
+from vckit.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_train_state, read_meta
+from vckit.models.vc import build_model
 from vckit.models import count_parameters
 
 from conftest import REPO_ROOT, vckit_command

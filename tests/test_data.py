@@ -16,22 +16,9 @@ import torch
 
 from vckit.audio import load_audio, log_mel
 from vckit.config import AugmentConfig, MelConfig
-from vckit.data import (
-    QUANT_HI,
-    QUANT_LO,
-    FeatureStore,
-    SegmentSampler,
-    augment,
-    cache_features,
-    dequantize,
-    manifest_from_csv,
-    manifest_from_folder,
-    mel_shift,
-    quantize,
-    read_manifest,
-    valid_batches,
-    write_manifest,
-)
+from vckit.data.features import FeatureStore, QUANT_HI, QUANT_LO, cache_features, from_uint8, to_uint8
+from vckit.data.manifest import manifest_from_csv, manifest_from_folder, read_manifest, write_manifest
+from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batches
 from vckit.errors import VckitError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,9 +111,9 @@ def test_manifest_round_trip_and_errors(tmp_path):
 # -- feature cache -------------------------------------------------------------------
 def test_quantisation_error_is_small():
     x = np.linspace(QUANT_LO, QUANT_HI, 10001, dtype=np.float32)
-    back = dequantize(torch.from_numpy(quantize(x))).numpy()
+    back = from_uint8(torch.from_numpy(to_uint8(x))).numpy()
     assert np.abs(back - x).max() < 0.03
-    assert quantize(np.array([-100.0, 100.0])).tolist() == [0, 255]  # clipped, not wrapped
+    assert to_uint8(np.array([-100.0, 100.0])).tolist() == [0, 255]  # clipped, not wrapped
 
 
 def test_tiny_cache_holds_every_file(tiny_cache):
@@ -187,7 +174,7 @@ def synthetic_store() -> tuple[FeatureStore, list[dict]]:
 
 def decode(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(B, 2, T) dequantised -> utterance numbers (B, T), positions (B, T)."""
-    q = quantize(x.numpy()).astype(int)
+    q = to_uint8(x.numpy()).astype(int)
     return q[:, 0] // 10 - 1, q[:, 1]
 
 
@@ -376,7 +363,7 @@ def test_prepare_options_and_errors(tmp_path, capsys):
 
 def test_prepare_with_frame_features(tmp_path, capsys, monkeypatch):
     """--frame-features: each utterance's cached F0 is its own tone's; the teacher's PCA is fitted on the training rows."""
-    import vckit.frame_features as ff
+    import vckit.data.frame_features as ff
 
     fitted_on = []
     real = ff.cache_frame_features

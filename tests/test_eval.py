@@ -12,21 +12,9 @@ import torch
 
 from vckit.audio import load_audio
 from vckit.errors import VckitError
-from vckit.eval import (
-    MCEP_SR,
-    codebook_stats,
-    conversion_scores,
-    convert_like,
-    f0_scores,
-    mcd_dtw,
-    mel_cepstrum,
-    parallel_scores,
-    probe_scores,
-    reconstruction_l1,
-    robust_f0_corr,
-    source_scores,
-    voicing_agreement,
-)
+from vckit.evaluation.metrics import MCEP_SR, f0_scores, mcd_dtw, mel_cepstrum, parallel_scores, robust_f0_corr, source_scores, voicing_agreement
+from vckit.evaluation.probe import codebook_stats, probe_scores
+from vckit.evaluation.scores import conversion_scores, convert_like, reconstruction_l1
 
 from conftest import TINY_MODEL
 
@@ -177,7 +165,7 @@ def _store(extras: bool = True, dims: int = 6):
     """4 speakers x 2 utterances of 40-70 frames of random mels, with F0 (voiced
     runs at a per-speaker register) and phonetic features."""
     from vckit.config import MelConfig
-    from vckit.data import FeatureStore
+    from vckit.data.features import FeatureStore
 
     g = torch.Generator().manual_seed(0)
     utts, off, f0 = [], 0, []
@@ -312,10 +300,10 @@ def test_one_speakers_embeddings_are_near_one(data_dir):
     """The same recording through different loudness and sample-rate paths embeds
     almost identically; the judge separates speakers."""
     from vckit.api import REPO_ROOT
-    from vckit.evaluate import _judge_embed
-    from vckit.speaker_verification import load_sv
+    from vckit.evaluation.run import _judge_embed
+    from vckit.models.verifier import load_verifier
 
-    sv, meta = load_sv(REPO_ROOT / "checkpoints" / "speaker_verification")
+    sv, meta = load_verifier(REPO_ROOT / "checkpoints" / "speaker_verification")
     sr = sv.cfg.mel.sample_rate
     path = data_dir / "vcc2016" / "TM1" / "100001.wav"
     a = _judge_embed(sv, load_audio(path, sr))
@@ -330,9 +318,10 @@ def test_one_speakers_embeddings_are_near_one(data_dir):
 @pytest.fixture(scope="module")
 def tiny_eval(tmp_path_factory, data_dir):
     """A tiny random VQ model checkpoint and a manifest of 4 parallel speakers x 5 + 6 FSDD digits."""
-    from vckit.checkpoint import build_model, save_checkpoint
+    from vckit.checkpoint import save_checkpoint
+    from vckit.models.vc import build_model
     from vckit.config import Config
-    from vckit.data import manifest_from_csv, write_manifest
+    from vckit.data.manifest import manifest_from_csv, write_manifest
 
     root = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
@@ -408,7 +397,7 @@ def test_eval_end_to_end(tiny_eval, capsys):
 
 
 def test_pairs_are_deterministic_for_a_seed(tiny_eval):
-    from vckit.eval_pairs import load_data, make_pairs
+    from vckit.evaluation.pairs import load_data, make_pairs
 
     utts = load_data(tiny_eval / "data.jsonl")
     dur = np.array([float(u["duration"]) for u in utts])
@@ -468,7 +457,7 @@ def test_data_layouts(data_dir, tmp_path):
     """Corpus folders with metadata.csv, folders of corpora, speaker folders, manifests with relative paths."""
     import shutil
 
-    from vckit.eval_pairs import load_data
+    from vckit.evaluation.pairs import load_data
 
     fsdd = load_data(data_dir / "fsdd")
     assert len(fsdd) == 300 and {u["gender"] for u in fsdd} == {"m"}

@@ -174,7 +174,7 @@ def test_the_phonetic_head_is_trained_only():
 
 
 def test_soft_cross_entropy_prefers_the_teacher():
-    from vckit.frame_features import dense_posteriors
+    from vckit.data.frame_features import dense_posteriors
     from vckit.models.phonetic_head import soft_cross_entropy
 
     idx = torch.tensor([[[2, 0, 1]] * 5])

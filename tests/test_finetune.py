@@ -16,12 +16,13 @@ import torch
 
 import vckit
 from conftest import TINY_MODEL
-from vckit.checkpoint import WEIGHTS_FILE, export_for_inference, load_checkpoint, read_meta, save_checkpoint, sha256_file
+from vckit.checkpoint import WEIGHTS_FILE, load_checkpoint, read_meta, save_checkpoint, sha256_file
+from vckit.models.vc import export_for_inference
 from vckit.cli import main as vckit_main
 from vckit.config import Config, from_dict
-from vckit.data import read_manifest
+from vckit.data.manifest import read_manifest
 from vckit.errors import ConfigError, VckitError
-from vckit.finetune import FinetuneConfig, finetune
+from vckit.training.finetune import FinetuneConfig, finetune
 from vckit.models import VoiceConversionModel
 from vckit.speakers import load_profile
 
@@ -211,7 +212,7 @@ TEACHER_PROJECTION = {  # what a phonetic model's training cache fitted (float32
 def prepared_with_frame_features(tiny_cache: dict, dst: Path, projection: dict | None = None) -> Path:
     """A copy of the tiny prepared cache (train.jsonl + features/) with F0 and teacher features:
     the PCA fitted on its training rows, or ``projection``."""
-    from vckit.frame_features import cache_frame_features
+    from vckit.data.frame_features import cache_frame_features
 
     shutil.copytree(tiny_cache["root"], dst, ignore=shutil.ignore_patterns("unused_run", "*.yaml"))
     train = [r["path"] for r in read_manifest(dst / "train.jsonl")]
@@ -241,8 +242,8 @@ def featured_replay(tiny_cache, tmp_path_factory) -> Path:
 @pytest.fixture
 def spy_frame_features(monkeypatch) -> list[dict]:
     """Records each cache_frame_features call: the projection given, the one written, the summary."""
-    import vckit.frame_features as ff
-    from vckit.frame_features import load_projection
+    import vckit.data.frame_features as ff
+    from vckit.data.frame_features import load_projection
 
     calls: list[dict] = []
     real = ff.cache_frame_features
@@ -283,7 +284,7 @@ def test_finetune_an_f0_model_end_to_end(f0_source, voices, featured_replay, tin
 
 
 def test_finetune_a_phonetic_model_keeps_its_projection(phonetic_source, voices, featured_replay, tiny_cache, tmp_path, spy_frame_features, caplog, monkeypatch):
-    from vckit.train import Trainer
+    from vckit.training.vc import Trainer
 
     set_by_trainer = []
     real_set = Trainer._set_projection

@@ -12,9 +12,9 @@ import torch
 
 from vckit.audio import load_audio
 from vckit.config import MelConfig, to_dict
-from vckit.data import FeatureStore, cache_features
+from vckit.data.features import FeatureStore, cache_features
 from vckit.errors import VckitError
-from vckit.frame_features import (
+from vckit.data.frame_features import (
     FRAME_ARRAYS,
     cache_frame_features,
     check_projection,
@@ -24,7 +24,7 @@ from vckit.frame_features import (
     same_projection,
 )
 from vckit.models.teacher import HIDDEN_DIM, PhoneticTeacher
-from vckit.prepare import merge_feature_caches, subset_feature_cache
+from vckit.data.features import merge_feature_caches, subset_feature_cache
 
 N_MELS = MelConfig().n_mels
 

@@ -21,7 +21,7 @@ from vckit.config import (
     VQConfig,
 )
 from vckit.errors import ConfigError
-from vckit.losses import masked_l1
+from vckit.training.losses import masked_l1
 from vckit.models import VoiceConversionModel
 from vckit.models.classifier import SpeakerClassifier, grad_reverse
 from vckit.models.content import ContentEncoder

@@ -17,9 +17,10 @@ from conftest import REPO_ROOT
 from vckit.audio import load_audio
 from vckit.cli import main as vckit_main
 from vckit.config import MelConfig
-from vckit.data import FeatureStore, read_manifest
-from vckit.frame_features import load_projection
-from vckit.prepare import split_speakers
+from vckit.data.features import FeatureStore
+from vckit.data.manifest import read_manifest
+from vckit.data.frame_features import load_projection
+from vckit.data.prepare import split_speakers
 
 SECONDS = 1.6  # each fake utterance: real speech, cut short so features are quick
 
@@ -197,7 +198,7 @@ def test_custom_prepare_folder_csv_parallel_and_smoke(fake_custom, tmp_path, mon
 
 def test_custom_prepare_with_frame_features(fake_custom, tmp_path, monkeypatch, capsys):
     """--frame-features: F0 and the phonetic teacher beside the mels, the PCA fitted on the training speakers only."""
-    import vckit.frame_features as ff
+    import vckit.data.frame_features as ff
 
     fitted_on = []
     real = ff.cache_frame_features

@@ -29,7 +29,6 @@ from vckit.checkpoint import (
     STATE_FILE,
     STEP_DIR,
     WEIGHTS_FILE,
-    build_model,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -38,6 +37,7 @@ from vckit.checkpoint import (
     save_checkpoint,
     step_folder,
 )
+from vckit.models.vc import build_model
 from vckit.errors import CheckpointError, VckitError
 
 from conftest import REPO_ROOT, vckit_command
@@ -144,7 +144,7 @@ def test_kill_9_at_random_moments_then_resume_matches_the_uninterrupted_run(tiny
 def test_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
     """A kill during pruning used to leave an old step folder with some files gone
     (rmtree deletes file by file); now it is renamed out of the way first."""
-    from vckit.checkpoint import build_model as build
+    from vckit.models.vc import build_model as build
     from vckit.config import Config
 
     cfg = Config()
@@ -238,7 +238,7 @@ def test_truncated_training_state_at_any_length_is_a_clear_error(tmp_path):
 
 
 def test_resume_from_a_damaged_latest_checkpoint_names_the_file(make_config, tmp_path):
-    from vckit.train import Trainer
+    from vckit.training.vc import Trainer
 
     Trainer(make_config("train.steps=2", out_dir=tmp_path / "r"), device="cpu").run(progress=False)
     ck = latest_checkpoint(tmp_path / "r")

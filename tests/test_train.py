@@ -11,8 +11,8 @@ import torch
 
 from vckit.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, step_folder
 from vckit.errors import VckitError
-from vckit.losses import adversarial_weight, masked_l1
-from vckit.train import Trainer, lr_at
+from vckit.training.losses import adversarial_weight, masked_l1
+from vckit.training.vc import Trainer, lr_at
 
 
 def record_losses(trainer: Trainer) -> list[dict[str, float]]:
@@ -186,7 +186,7 @@ def featured_cache(tiny_cache, tmp_path_factory):
     """The tiny cache with F0, phonetic features (16 dims) and teacher posteriors."""
     import shutil
 
-    from vckit.frame_features import cache_frame_features
+    from vckit.data.frame_features import cache_frame_features
 
     folder = tmp_path_factory.mktemp("featured") / "features"
     shutil.copytree(tiny_cache["features"], folder)

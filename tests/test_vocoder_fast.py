@@ -23,8 +23,9 @@ from vckit.models.vocoder.discriminators import (
     generator_adversarial_loss,
 )
 from vckit.models.vocoder.vocos import export_vocos, hann_window_padded, istft
-from vckit.vocoder_data import WaveSampler, WaveStore, write_wave_cache
-from vckit.vocoder_train import VocoderConfig, VocoderTrainer, load_vocoder_config, main, train
+from vckit.data.waves import WaveSampler, WaveStore, write_wave_cache
+from vckit.cli import main as vckit_main
+from vckit.training.vocoder import VocoderConfig, VocoderTrainer, load_vocoder_config, train
 
 MEL = MelConfig()
 TINY_GEN = VocosConfig(dim=32, intermediate_dim=64, layers=2)
@@ -160,7 +161,7 @@ def test_wave_cache_flac_equals_npy_and_segments_come_from_one_utterance(tmp_pat
 def test_smoke_training_through_main_writes_loadable_checkpoints(tmp_path, wave_cache):
     cfg_path = tmp_path / "run.yaml"
     tiny_config(wave_cache, tmp_path / "run")  # writes run.yaml beside the run folder
-    assert main(["--config", str(cfg_path), "--device", "cpu", "--no-progress", "--set", "train.valid_every=6"]) == 0
+    assert vckit_main(["train-vocoder", "--config", str(cfg_path), "--device", "cpu", "--no-progress", "--set", "train.valid_every=6"]) == 0
     steps = sorted(p.name for p in (tmp_path / "run").glob("step-*"))
     assert steps == ["step-000000003", "step-000000006"]
     ck = tmp_path / "run" / "step-000000006"
@@ -209,7 +210,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, wave_cache):
     from vckit.checkpoint import load_train_state
 
     tiny_config(wave_cache, tmp_path / "ddp", steps=4, ckpt_every=1000)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vckit.vocoder_train"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vckit.cli", "train-vocoder"]
     cmd += ["--config", str(tmp_path / "ddp.yaml"), "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1], env=env)

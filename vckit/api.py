@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from vckit.audio import AudioInput, load_audio, log_mel, write_wav
-from vckit.checkpoint import build_model, load_checkpoint
+from vckit.checkpoint import load_checkpoint
+from vckit.models.vc import build_model
 from vckit.config import Config
 from vckit.errors import CheckpointError, VckitError
 
@@ -68,20 +69,6 @@ def default_checkpoint() -> Path:
     if not path.exists():
         raise CheckpointError(f"the shipped model is not at {path}: install vckit from its source tree (pip install -e .) or pass a checkpoint path")
     return path
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VckitError("--device cuda was asked for, but no CUDA GPU is available")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise VckitError("--device mps was asked for, but MPS is not available")
-    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise VckitError(f"unknown device {device!r} (auto, cpu, cuda or mps)")
-    return torch.device(device)
 
 
 class Converter:
@@ -316,6 +303,8 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     import dataclasses
 
     from vckit.models.vocoder import load_vocoder
+
+    from vckit.training.loop import pick_device
 
     dev = pick_device(device)
     path = Path(checkpoint) if checkpoint else default_checkpoint()

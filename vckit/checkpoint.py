@@ -1,14 +1,25 @@
-"""Checkpoints: a folder with ``config.json`` + ``model.safetensors``
-(+ ``train_state.pt`` for resuming, loaded with ``weights_only=True``).
+"""The one checkpoint format of every model: the VC model, the fast vocoders and the judge.
 
-Folders are written atomically: into ``NAME.tmp-*``, every file fsynced, then
-renamed, so a crash never leaves a half-written checkpoint under its name.
+A checkpoint is a folder::
+
+    config.json          {"format": <kind's format>, "format_version", "step", ..., "sha256": {file: hex}}
+    model.safetensors    the weights (more *.safetensors files for training checkpoints)
+    train_state.pt       optimisers, RNG states (training checkpoints only; weights_only=True)
+
+:func:`write_folder` is the one writer: atomic (into ``NAME.tmp-*``, every
+file fsynced, then renamed, so a crash never leaves a half-written
+checkpoint under its name), versioned, sha256 recorded for shipped weights.
+:func:`read_folder` and :func:`read_weights` are the one reader: the format
+and version are checked, a recorded sha256 must match, and
+:func:`check_state_dict` names the first wrong key or shape. Folders written
+before the format was shared (the judge's had no version) still load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,13 +36,18 @@ from vckit.errors import CheckpointError, ConfigError, reason
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vckit-checkpoint"
 FORMAT_VERSION = 1
+# kind -> (the "format" in config.json, what an error calls such a folder)
+KINDS = {
+    "vc": ("vckit-checkpoint", "vckit checkpoint"),
+    "vocoder": ("vckit-fast-vocoder", "fast vocoder"),
+    "verifier": ("vckit-speaker-verification", "speaker-verification model"),
+}
+FORMAT = KINDS["vc"][0]
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 STEP_DIR = re.compile(r"^step-(\d{9})$")
-
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -95,6 +111,94 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def write_folder(
+    folder: str | os.PathLike,
+    kind: str,
+    meta: dict[str, Any],
+    weights: dict[str, dict[str, torch.Tensor]],
+    *,
+    step: int = 0,
+    train_state: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    record_sha256: bool = False,
+) -> Path:
+    """Write a checkpoint folder of ``kind`` (``vc``, ``vocoder``, ``verifier``) atomically; return its path.
+
+    ``meta`` goes into ``config.json`` after the format keys; ``weights`` maps
+    file names (``model.safetensors`` first) to state dicts. ``dtype`` (e.g.
+    ``torch.float16``) casts the floating tensors of ``model.safetensors`` for
+    shipping; ``record_sha256`` records its hash, which the reader then checks.
+    Raises :class:`CheckpointError` if the folder cannot be written (a full
+    disk says so: the files are serialised in memory and written by Python,
+    whose ``OSError`` carries the reason, not by the serialisers' own writers).
+    """
+    from safetensors.torch import save
+
+    fmt = KINDS[kind][0]
+    with atomic_folder(folder) as tmp:
+        for fname, sd in weights.items():
+            cast = dtype if fname == WEIGHTS_FILE else None
+            tensors = {}
+            for k, v in sd.items():
+                v = v.detach().cpu()
+                tensors[k] = (v.to(cast) if cast is not None and v.is_floating_point() else v).contiguous()
+            (tmp / fname).write_bytes(save(tensors, metadata={"format": fmt, "step": str(step)}))
+        head = {"format": fmt, "format_version": FORMAT_VERSION, "step": step}
+        full = {**head, **{k: v for k, v in meta.items() if k not in head and k != "sha256"}}
+        if record_sha256:
+            full["sha256"] = {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)}
+        (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2))
+        if train_state is not None:
+            buf = io.BytesIO()
+            torch.save(train_state, buf)
+            (tmp / STATE_FILE).write_bytes(buf.getbuffer())
+    return Path(folder)
+
+
+def read_folder(folder: str | os.PathLike, kind: str = "vc") -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint folder of ``kind``, its format and version checked."""
+    fmt, what = KINDS[kind]
+    folder = Path(folder)
+    if folder.is_file() and folder.name in (CONFIG_FILE, WEIGHTS_FILE):
+        folder = folder.parent
+    if not folder.exists():
+        raise CheckpointError(f"checkpoint not found: {folder}")
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder} is not a {what} (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{cfg_path} is corrupt (not valid JSON)") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CheckpointError(f"{folder} is not a {what} (config.json has no format '{fmt}')")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{folder} was written by a newer vckit (format {meta['format_version']})")
+    return meta
+
+
+def read_weights(folder: str | os.PathLike, meta: dict[str, Any], name: str = WEIGHTS_FILE, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint folder as a float32 state dict; the sha256 recorded in ``meta`` must match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {name}")
+    expected = (meta.get("sha256") or {}).get(name)
+    if expected and sha256_file(path) != expected:
+        raise CheckpointError(f"{path} does not match its recorded sha256 (corrupt or modified)")
+    try:
+        sd = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated: {reason(e)}") from None
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+# -- the VC model's folders -------------------------------------------------
 def save_checkpoint(
     folder: str | os.PathLike,
     config: Config,
@@ -104,106 +208,29 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    record_sha256: bool = False,
 ) -> Path:
-    """Write a checkpoint folder atomically and return its path.
-
-    ``dtype`` (e.g. ``torch.float16``) casts floating weights for shipping.
-    Raises :class:`CheckpointError` if the folder cannot be written (a full
-    disk says so: the files are serialised in memory and written by Python,
-    whose ``OSError`` carries the reason, not by the serialisers' own writers).
-    """
-    import io
-
-    from safetensors.torch import save
-
-    with atomic_folder(folder) as tmp:
-        tensors = {}
-        for k, v in state_dict.items():
-            v = v.detach().cpu()
-            if dtype is not None and v.is_floating_point():
-                v = v.to(dtype)
-            tensors[k] = v.contiguous()
-        (tmp / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": FORMAT, "step": str(step)}))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "config": to_dict(config), **(extra or {})}
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        if train_state is not None:
-            buf = io.BytesIO()
-            torch.save(train_state, buf)
-            (tmp / STATE_FILE).write_bytes(buf.getbuffer())
-    return Path(folder)
+    """Write a VC checkpoint folder (:func:`write_folder`) and return its path."""
+    meta = {"config": to_dict(config), **(extra or {})}
+    return write_folder(folder, "vc", meta, {WEIGHTS_FILE: state_dict}, step=step, train_state=train_state, dtype=dtype, record_sha256=record_sha256)
 
 
 def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of a checkpoint folder."""
-    folder = Path(folder)
-    if folder.is_file() and folder.name in (CONFIG_FILE, WEIGHTS_FILE):
-        folder = folder.parent
-    if not folder.exists():
-        raise CheckpointError(f"checkpoint not found: {folder}")
-    cfg_path = folder / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder} is not a vckit checkpoint (no {CONFIG_FILE})")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{cfg_path} is corrupt (not valid JSON)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder} is not a vckit checkpoint (config.json has no format '{FORMAT}')")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{folder} was written by a newer vckit (format {meta['format_version']})")
-    return meta
+    """The parsed ``config.json`` of a VC checkpoint folder."""
+    return read_folder(folder, "vc")
 
 
 def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint folder: (config, float32 state dict, metadata)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """Read a VC checkpoint folder: (config, float32 state dict, metadata)."""
+    meta = read_folder(folder, "vc")
     folder = Path(folder)
-    meta = read_meta(folder)
     if folder.is_file():
         folder = folder.parent
     try:
         config = Config.from_dict(meta["config"])
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{folder}/{CONFIG_FILE} holds an invalid config: {e}") from None
-    wpath = folder / WEIGHTS_FILE
-    if not wpath.is_file():
-        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")
-    expected = meta.get("sha256", {}).get(WEIGHTS_FILE)
-    if expected and sha256_file(wpath) != expected:
-        raise CheckpointError(f"{wpath} does not match its recorded sha256 (corrupt or modified)")
-    try:
-        sd = load_file(str(wpath), device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{wpath} is corrupt or truncated: {reason(e)}") from None
-    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
-    return config, sd, meta
-
-
-def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = None, *, for_training: bool = False):
-    """The model for ``config``, with ``state_dict`` loaded strictly.
-
-    Inference models leave out the adversarial classifier. A missing,
-    unexpected or wrongly shaped tensor gives a :class:`CheckpointError`
-    that names it.
-    """
-    import dataclasses
-
-    from vckit.models import VoiceConversionModel
-    from vckit.models.vc import TRAINING_ONLY
-
-    model_cfg = config.model if for_training else dataclasses.replace(config.model, n_speakers=0)
-    try:
-        model = VoiceConversionModel(config.mel, model_cfg)
-    except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot build the model from this config: {e}") from None
-    if state_dict is not None:
-        if not for_training:
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY)}
-        check_state_dict(model, state_dict)
-        model.load_state_dict(state_dict, strict=True)
-    return model
+    return config, read_weights(folder, meta, device=device), meta
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
@@ -265,21 +292,3 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
         except OSError:
             continue
         shutil.rmtree(doomed, ignore_errors=True)
-
-
-def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
-    """Copy a training checkpoint without the adversary or training state,
-    weights cast to ``dtype``, the weights' sha256 recorded in config.json."""
-    config, sd, meta = load_checkpoint(src)
-    from vckit.models.vc import TRAINING_ONLY
-
-    sd = {k: v for k, v in sd.items() if not k.startswith(TRAINING_ONLY)}
-    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
-    keep.update(extra or {})
-    out = save_checkpoint(dst, config, sd, step=meta.get("step", 0), extra=keep, dtype=dtype)
-    meta2 = read_meta(out)
-    meta2["sha256"] = {WEIGHTS_FILE: sha256_file(out / WEIGHTS_FILE)}
-    tmp = out / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta2, indent=2))
-    os.replace(tmp, out / CONFIG_FILE)
-    return out

@@ -16,7 +16,7 @@ from vckit.errors import VckitError
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from vckit.config import load_config
-    from vckit.train import train
+    from vckit.training.vc import train
 
     cfg = load_config(args.config, args.set)
     last = train(cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, init_from=args.init_from, progress=not args.quiet)
@@ -26,19 +26,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sv(args: argparse.Namespace) -> int:
-    from vckit.config import load_config
-    from vckit.speaker_verification import SVConfig, train_sv
+    from vckit.config import SVConfig, load_config
+    from vckit.training.verifier import train_sv
 
     res = train_sv(load_config(args.config, args.set, cls=SVConfig), device=args.device, progress=not args.quiet)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.items())))
     return 0
 
 
+def _cmd_train_vocoder(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from vckit.training.vocoder import export, load_vocoder_config, train
+
+    if args.export:
+        out = export(args.export[0], args.export[1], torch.float32 if args.fp32 else torch.float16)
+        print(f"exported {args.export[0]} -> {out}")
+        return 0
+    if not args.config:
+        raise VckitError("train-vocoder needs --config (or --export CHECKPOINT DEST)")
+    cfg = load_vocoder_config(args.config, args.set)
+    last = train(cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0 and last:
+        print(" ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from vckit.checkpoint import build_model, load_checkpoint
-    from vckit.models import count_parameters
+    from vckit.checkpoint import load_checkpoint
+    from vckit.models.vc import build_model, count_parameters
 
     cfg, sd, meta = load_checkpoint(args.checkpoint)
     model = build_model(cfg, sd, for_training=any(k.startswith("classifier.") for k in sd))
@@ -55,34 +75,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("config:")
     print(json.dumps(cfg.to_dict(), indent=2))
     return 0
-
-
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
-
-
-def _sources(src: str) -> list[Path] | None:
-    """The files of a folder or manifest (.jsonl with "path", .txt/.csv one path a line); None for one file."""
-    p = Path(src)
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTS)
-        if not files:
-            raise VckitError(f"no audio files in {p}")
-        return files
-    if p.suffix.lower() in (".jsonl", ".txt", ".csv", ".list") and p.is_file():
-        import json
-
-        out = []
-        for line in p.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or line.lower().startswith("path"):
-                continue
-            path = json.loads(line)["path"] if p.suffix.lower() == ".jsonl" else line.split(",")[0]
-            f = Path(path)
-            out.append(f if f.is_absolute() else (p.parent / f if not f.exists() else f))
-        if not out:
-            raise VckitError(f"manifest {p} lists no files")
-        return out
-    return None
 
 
 def _target_args(args: argparse.Namespace, vc):
@@ -115,10 +107,11 @@ def _vq_choice(value: str) -> bool | float | None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from vckit.api import load
+    from vckit.data.manifest import source_files
 
     if bool(args.ref) == bool(args.speaker):
         raise VckitError("give the target voice with either --ref FILE [FILE ...] or --speaker NAME")
-    batch = _sources(args.source)
+    batch = source_files(args.source)
     out = Path(args.output)
     if batch is None:
         if not Path(args.source).exists():
@@ -191,7 +184,7 @@ def _cmd_speakers(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from vckit.finetune import FinetuneConfig, finetune
+    from vckit.training.finetune import FinetuneConfig, finetune
 
     from vckit.api import default_checkpoint
 
@@ -216,8 +209,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import shlex
 
-    from vckit.api import pick_device
-    from vckit.evaluate import EvalConfig, evaluate
+    from vckit.training.loop import pick_device
+    from vckit.evaluation.run import EvalConfig, evaluate
 
     if args.threads:
         import torch
@@ -233,7 +226,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     report = evaluate(args.checkpoint, args.data, args.output, pairs=args.pairs, judge=args.judge, vocoder=args.vocoder,
                       device=str(pick_device(args.device)), cfg=cfg, command=command, progress=say)
-    from vckit.eval_report import summary_table
+    from vckit.evaluation.report import summary_table
 
     print(summary_table(report))
     t = report["timing"]
@@ -265,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_train_sv)
+
+    v = sub.add_parser("train-vocoder", help="train the fast vocoder (Vocos), or export a checkpoint of it for shipping")
+    v.add_argument("--config", help="recipes/vocoder/conf/<name>.yaml")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.batch_size=8")
+    v.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in train.out_dir")
+    v.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop (and save) after S seconds of wall time")
+    v.add_argument("--max-steps", type=int, default=None, help="stop at this step (before train.steps)")
+    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    v.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
+    v.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DEST"), help="export a step folder (or a run's latest) for shipping")
+    v.add_argument("--fp32", action="store_true", help="with --export: keep float32 weights (default float16)")
+    v.set_defaults(func=_cmd_train_vocoder)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter counts and steps")
     i.add_argument("checkpoint")
@@ -340,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "train":
+    if args.command in ("train", "train-sv", "train-vocoder"):
         logging.getLogger("vckit").setLevel(logging.INFO)
     try:
         return args.func(args)

@@ -258,6 +258,28 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
+@dataclass(frozen=True)
+class SVConfig:
+    """The speaker-verification judge: its encoder and how it is trained (``vckit train-sv``)."""
+
+    mel: MelConfig = field(default_factory=MelConfig)
+    encoder: SpeakerConfig = field(default_factory=lambda: SpeakerConfig(channels=256, blocks=6, kernel_size=5, dim=192))
+    train_manifest: str = "cache/shared_dev/train.jsonl"
+    valid_manifest: str = "cache/shared_dev/valid.jsonl"
+    features: str = "cache/shared_dev/features"
+    out_dir: str = "runs/speaker_verification"
+    segment_frames: int = 200
+    batch_size: int = 128
+    steps: int = 20000
+    time_budget: float = 0.0
+    lr: float = 2e-3
+    margin: float = 0.2
+    scale: float = 30.0
+    seed: int = 7
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(speed=0.0, pitch_bins=0.0))
+
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A JSON-friendly dict of a config dataclass (tuples become lists)."""
     out: dict[str, Any] = {}

@@ -172,9 +172,9 @@ class DemoService:
         """The speaker-verification model and its metadata (threshold, EER)."""
         with self._lock:
             if self._judge is None:
-                from vckit.speaker_verification import load_sv
+                from vckit.models.verifier import load_verifier
 
-                self._judge = load_sv(self.judge_dir)
+                self._judge = load_verifier(self.judge_dir)
             return self._judge
 
     def warm_up(self) -> None:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from vckit.errors import VckitError
-from vckit.prepare import recipe_parser, rows_from_csv, rows_from_folder, run_recipe
+from vckit.data.manifest import rows_from_csv, rows_from_folder
+from vckit.data.prepare import recipe_parser, run_recipe
 
 
 def collect(data: Path) -> list[dict[str, Any]]:

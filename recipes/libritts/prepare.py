@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from vckit.errors import VckitError
-from vckit.prepare import audio_row, recipe_parser, run_recipe
+from vckit.data.manifest import audio_row
+from vckit.data.prepare import recipe_parser, run_recipe
 
 SUBSETS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other", "test-clean", "test-other")
 

@@ -51,17 +51,18 @@ def score_and_convert(names: list[str], out: Path) -> None:
     import torch
 
     from intelligibility import build_set, convert_set_cached
-    from vckit.data import FeatureStore, read_manifest
-    from vckit.eval import make_pairs
-    from vckit.speaker_verification import load_sv
+    from vckit.data.features import FeatureStore
+    from vckit.data.manifest import read_manifest
+    from judge_pairs import judge_pairs
+    from vckit.models.verifier import load_verifier
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    judge, _ = load_sv("checkpoints/speaker_verification", dev)
+    judge, _ = load_verifier("checkpoints/speaker_verification", dev)
     store = FeatureStore.load(CACHE / "features", device=dev)
     rows = read_manifest(CACHE / "valid.jsonl")
     valid = {r["path"] for r in rows}
     utts = [u for u in store.utterances if u["path"] in valid]
-    pairs = make_pairs(utts, n=120, seed=1)
+    pairs = judge_pairs(utts, n=120, seed=1)
     items = build_set(rows, 30, 0)
     def save_mels(name: str, model) -> None:
         np.savez_compressed(out / f"mels_{name}.npz", **convert_set_cached(model, store, items, dev))

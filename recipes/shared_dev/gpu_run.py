@@ -88,8 +88,9 @@ def sweep(seconds: float) -> None:
 
 def score_runs(runs: Path, names: list[str], judge, store, utts, pairs, dev, each=None) -> dict:
     """Judge scores of the latest checkpoint of each run in ``runs``; ``each(name, model)`` sees every model."""
-    from vckit.checkpoint import build_model, latest_checkpoint, load_checkpoint
-    from vckit.eval import conversion_scores
+    from vckit.checkpoint import latest_checkpoint, load_checkpoint
+    from vckit.models.vc import build_model
+    from vckit.evaluation.scores import conversion_scores
 
     table = {}
     for name in names:
@@ -112,16 +113,17 @@ def select() -> str:
     import torch
 
     sys.path.insert(0, ".")
-    from vckit.data import FeatureStore, read_manifest
-    from vckit.eval import make_pairs
-    from vckit.speaker_verification import load_sv
+    from vckit.data.features import FeatureStore
+    from vckit.data.manifest import read_manifest
+    from judge_pairs import judge_pairs
+    from vckit.models.verifier import load_verifier
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    judge, jmeta = load_sv(RUNS / "judge", dev)
+    judge, jmeta = load_verifier(RUNS / "judge", dev)
     store = FeatureStore.load(CACHE / "features", device=dev)
     valid = {r["path"] for r in read_manifest(CACHE / "valid.jsonl")}
     utts = [u for u in store.utterances if u["path"] in valid]
-    pairs = make_pairs(utts, n=120, seed=1)
+    pairs = judge_pairs(utts, n=120, seed=1)
     table = {"judge": {k: jmeta.get(k) for k in ("eer", "threshold", "trials", "step")}}
     table.update(score_runs(RUNS, list(VARIANTS), judge, store, utts, pairs, dev))
     scored = {k: v for k, v in table.items() if k != "judge"}

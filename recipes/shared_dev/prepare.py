@@ -23,10 +23,11 @@ import sys
 from pathlib import Path
 
 from vckit.config import MelConfig
-from vckit.data import cache_features, manifest_from_csv, write_manifest
+from vckit.data.features import cache_features
+from vckit.data.manifest import manifest_from_csv, write_manifest
 from vckit.errors import VckitError
-from vckit.frame_features import remove_frame_features
-from vckit.prepare import add_frame_features
+from vckit.data.frame_features import remove_frame_features
+from vckit.data.prepare import add_frame_features
 
 # held-out speakers: (speaker id, gender); chosen across corpora and genders,
 # with enough audio to convert and measure on

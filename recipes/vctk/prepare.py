@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from vckit.errors import VckitError
-from vckit.prepare import audio_row, recipe_parser, run_recipe
+from vckit.data.manifest import audio_row
+from vckit.data.prepare import recipe_parser, run_recipe
 
 VALID_SPEAKERS = ["p226", "p228", "p232", "p249", "p256", "p262", "p272", "p294"]
 UTT = re.compile(r"^(?P<spk>[ps]\d+)_(?P<num>\d+)(?:_(?P<mic>mic[12]))?$")

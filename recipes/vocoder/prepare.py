@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 from vckit.config import MelConfig
-from vckit.data import AUDIO_EXTS, read_manifest
+from vckit.data.manifest import AUDIO_EXTS, read_manifest
 from vckit.errors import VckitError
-from vckit.vocoder_data import write_wave_cache
+from vckit.data.waves import write_wave_cache
 
 
 def folder_rows(root: Path, valid_every: int) -> dict[str, list[dict]]:

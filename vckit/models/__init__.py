@@ -1,5 +1,5 @@
 """Model modules. The whole model is :class:`VoiceConversionModel`."""
 
-from vckit.models.vc import VoiceConversionModel, count_parameters, inference_state_dict
+from vckit.models.vc import VoiceConversionModel, build_model, count_parameters, export_for_inference, inference_state_dict
 
-__all__ = ["VoiceConversionModel", "count_parameters", "inference_state_dict"]
+__all__ = ["VoiceConversionModel", "build_model", "count_parameters", "export_for_inference", "inference_state_dict"]

@@ -48,7 +48,7 @@ class ContentEncoder(nn.Module):
 
     def project_teacher(self, hidden: torch.Tensor) -> torch.Tensor:
         """Teacher hidden frames (batch, frames, 256) -> whitened (batch, input_dim, frames), clipped to +-4 as cached."""
-        from vckit.frame_features import PHONETIC_CLIP
+        from vckit.data.frame_features import PHONETIC_CLIP
 
         x = (hidden.to(self.teacher_proj.dtype) - self.teacher_mean) @ self.teacher_proj.T
         return x.clamp(-PHONETIC_CLIP, PHONETIC_CLIP).transpose(1, 2)

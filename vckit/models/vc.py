@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from vckit.config import MelConfig, ModelConfig
+from vckit.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from vckit.config import Config, MelConfig, ModelConfig
+from vckit.errors import CheckpointError
 from vckit.models.classifier import SpeakerClassifier, grad_reverse
 from vckit.models.content import ContentEncoder
 from vckit.models.decoder import Decoder
@@ -260,4 +265,35 @@ def inference_state_dict(model: VoiceConversionModel) -> dict[str, torch.Tensor]
     return {k: v for k, v in model.state_dict().items() if not k.startswith(TRAINING_ONLY)}
 
 
-__all__ = ["VoiceConversionModel", "Frames", "ContentCodes", "TrainOutput", "register_shift", "count_parameters", "inference_state_dict", "TRAINING_ONLY"]
+# -- building and exporting ----------------------------------------------------
+def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = None, *, for_training: bool = False):
+    """The model for ``config``, with ``state_dict`` loaded strictly.
+
+    Inference models leave out the adversarial classifier. A missing,
+    unexpected or wrongly shaped tensor gives a :class:`CheckpointError`
+    that names it.
+    """
+    model_cfg = config.model if for_training else dataclasses.replace(config.model, n_speakers=0)
+    try:
+        model = VoiceConversionModel(config.mel, model_cfg)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot build the model from this config: {e}") from None
+    if state_dict is not None:
+        if not for_training:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY)}
+        check_state_dict(model, state_dict)
+        model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
+    """Copy a training checkpoint without the adversary, the phonetic head or the
+    training state, weights cast to ``dtype``, their sha256 recorded in config.json."""
+    config, sd, meta = load_checkpoint(src)
+    sd = {k: v for k, v in sd.items() if not k.startswith(TRAINING_ONLY)}
+    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
+    keep.update(extra or {})
+    return save_checkpoint(dst, config, sd, step=meta.get("step", 0), extra=keep, dtype=dtype, record_sha256=True)
+
+
+__all__ = ["VoiceConversionModel", "Frames", "ContentCodes", "TrainOutput", "register_shift", "count_parameters", "inference_state_dict", "TRAINING_ONLY", "build_model", "export_for_inference"]

@@ -32,16 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vckit.checkpoint import CONFIG_FILE, KINDS, WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
 from vckit.config import MelConfig, from_dict, to_dict
-from vckit.errors import CheckpointError, ConfigError, reason
+from vckit.errors import CheckpointError, ConfigError
 from vckit.models.vocoder.base import Vocoder
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vckit-fast-vocoder"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+FORMAT = KINDS["vocoder"][0]
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PACKAGED_DIR = REPO_ROOT / "checkpoints" / "vocoder_fast"
 
@@ -176,34 +174,20 @@ class Vocos(Vocoder):
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, name: str | None = None) -> "Vocos":
         """Load a fast-vocoder folder (exported or a training checkpoint); strict about keys and shapes."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from vckit.checkpoint import check_state_dict, sha256_file
-
         folder = Path(folder)
-        meta = read_meta(folder)
+        meta = read_folder(folder, "vocoder")
         try:
             gen_cfg = from_dict(VocosConfig, meta["generator"], "generator")
             mel_cfg = from_dict(MelConfig, meta["mel"], "mel")
         except (ConfigError, KeyError, TypeError) as e:
             raise CheckpointError(f"{folder / CONFIG_FILE} holds an invalid config: {e}") from None
-        wpath = folder / WEIGHTS_FILE
-        if not wpath.is_file():
-            raise CheckpointError(f"fast vocoder {folder} has no {WEIGHTS_FILE}")
-        expected = (meta.get("sha256") or {}).get(WEIGHTS_FILE)
-        if expected and sha256_file(wpath) != expected:
-            raise CheckpointError(f"{wpath} does not match its recorded sha256 (corrupt or modified)")
-        try:
-            sd = load_file(str(wpath))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{wpath} is corrupt or truncated: {reason(e)}") from None
+        sd = read_weights(folder, meta)
         model = cls(gen_cfg, mel_cfg, name=name or str(folder))
         try:
             check_state_dict(model, sd)
         except CheckpointError as e:
             raise CheckpointError(f"fast vocoder {folder}: {e}") from None
-        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        model.load_state_dict(sd, strict=True)
         n = sum(p.numel() for p in model.parameters())
         log.info("loaded fast vocoder %s (step %s, %.2f M parameters)", folder, meta.get("step"), n / 1e6)
         return model.eval()
@@ -237,23 +221,6 @@ def is_fast_vocoder(path: str | os.PathLike) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
-def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of a fast-vocoder folder."""
-    folder = Path(folder)
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not a fast vocoder (no {CONFIG_FILE})")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is corrupt (not valid JSON)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder} is not a fast vocoder (config.json has no format '{FORMAT}')")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{folder} was written by a newer vckit (format {meta['format_version']})")
-    return meta
-
-
 def save_vocos(
     folder: str | os.PathLike,
     model: Vocos,
@@ -264,7 +231,7 @@ def save_vocos(
     train_state: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write a fast-vocoder folder atomically; return its path.
+    """Write a fast-vocoder folder (:func:`vckit.checkpoint.write_folder`); return its path.
 
     Args:
         extra: more keys for ``config.json`` (e.g. the training config).
@@ -273,52 +240,20 @@ def save_vocos(
         dtype: cast floating generator weights (``torch.float16`` to ship);
             the weights' sha256 is then recorded in ``config.json``.
     """
-    from safetensors.torch import save_file
-
-    from vckit.checkpoint import STATE_FILE, atomic_folder, sha256_file
-
-    def tensors(sd: dict[str, torch.Tensor], cast: torch.dtype | None) -> dict[str, torch.Tensor]:
-        out = {}
-        for k, v in sd.items():
-            v = v.detach().cpu()
-            out[k] = (v.to(cast) if cast is not None and v.is_floating_point() else v).contiguous()
-        return out
-
-    with atomic_folder(folder) as tmp:
-        save_file(tensors(model.state_dict(), dtype), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "step": str(step)})
-        for fname, sd in (extra_weights or {}).items():
-            save_file(tensors(sd, None), str(tmp / fname))
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": "vocos",
-            "step": step,
-            "mel": to_dict(model.mel_config),
-            "generator": to_dict(model.config),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **(extra or {}),
-        }
-        if dtype is not None:
-            meta["sha256"] = {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)}
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        if train_state is not None:
-            torch.save(train_state, tmp / STATE_FILE)
-    return Path(folder)
+    meta = {"kind": "vocos", "mel": to_dict(model.mel_config), "generator": to_dict(model.config),
+            "parameters": sum(p.numel() for p in model.parameters()), **(extra or {})}
+    weights = {WEIGHTS_FILE: model.state_dict(), **(extra_weights or {})}
+    return write_folder(folder, "vocoder", meta, weights, step=step, train_state=train_state, dtype=dtype, record_sha256=dtype is not None)
 
 
 def export_vocos(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
     """Copy a training checkpoint's generator for shipping: no discriminators or training state,
     weights cast to ``dtype``, their sha256 recorded."""
     model = Vocos.from_folder(src)
-    meta = read_meta(src)
+    meta = read_folder(src, "vocoder")
     keep = {k: meta[k] for k in ("training",) if k in meta}
     keep["exported_from"] = str(src)
     return save_vocos(dst, model, step=int(meta.get("step", 0)), extra=keep, dtype=dtype)
-
-
-def count_parameters(config: VocosConfig | None = None, mel_config: MelConfig | None = None) -> int:
-    """Parameters of the generator for ``config`` (default: the default architecture)."""
-    return sum(p.numel() for p in Vocos(config or VocosConfig(), mel_config or MelConfig()).parameters())
 
 
 __all__ = [
@@ -326,10 +261,8 @@ __all__ = [
     "PACKAGED_DIR",
     "Vocos",
     "VocosConfig",
-    "count_parameters",
     "export_vocos",
     "is_fast_vocoder",
     "istft",
-    "read_meta",
     "save_vocos",
 ]

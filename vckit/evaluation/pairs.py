@@ -1,7 +1,7 @@
 """Which utterances ``vckit eval`` converts: data loading and conversion pairs.
 
-:func:`load_data` reads the layouts the toolkit knows (manifests, metadata
-CSVs, corpus folders, speaker folders); :func:`make_pairs` picks conversion
+:func:`load_data` reads any data spec (:mod:`vckit.data.manifest`) and marks
+which utterances are parallel; :func:`make_pairs` picks conversion
 pairs, parallel ones (same content) first; :func:`read_pairs` takes them from
 a CSV instead.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vckit.data.manifest import read_data_spec, resolve_path
 from vckit.errors import VckitError
 
 KINDS = ("m->f", "f->m", "f->f", "m->m")
@@ -36,49 +37,16 @@ class Pair:
 
 
 # -- data -----------------------------------------------------------------------
-def _resolve(path: str, base: Path) -> Path:
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    return (base / p).resolve()
-
-
 def load_data(spec: str | Path) -> list[dict[str, Any]]:
-    """Utterances of a manifest (``.jsonl``), a metadata ``.csv``, a corpus folder
-    with ``metadata.csv``, a folder of such corpora, or ``<speaker>/<file>`` folders.
-
-    Each row gets ``file`` (resolved path), ``gender`` (``m``, ``f`` or ``?``)
-    and ``key`` (what makes two utterances parallel: the normalised
-    transcript, else the utterance id).
-    """
-    from vckit.data import manifest_from_csv, manifest_from_folder, read_manifest
-
-    p = Path(spec)
-    if not p.exists():
-        raise VckitError(f"data not found: {p}")
-    if p.is_file() and p.suffix.lower() == ".jsonl":
-        rows, base = read_manifest(p), p.parent
-        base = Path.cwd() if all(_resolve(r["path"], Path.cwd()).exists() for r in rows[:5]) else base
-    elif p.is_file() and p.suffix.lower() == ".csv":
-        rows, base = manifest_from_csv(p), p.parent
-    elif p.is_dir() and (p / "metadata.csv").is_file():
-        rows, base = manifest_from_csv(p / "metadata.csv"), p
-    elif p.is_dir() and any(p.glob("*/metadata.csv")):
-        rows, base = [], p
-        for meta in sorted(p.glob("*/metadata.csv")):
-            rows += [{**r, "speaker": f"{meta.parent.name}:{r['speaker']}"} for r in manifest_from_csv(meta)]
-    elif p.is_dir():
-        rows, base = manifest_from_folder(p), p
-    else:
-        raise VckitError(f"--data must be a manifest (.jsonl), a metadata .csv or a folder, got {p}")
-    if not rows:
-        raise VckitError(f"no utterances in {p}")
+    """The utterances of a data spec (:func:`vckit.data.manifest.read_data_spec`), each
+    with ``gender`` (``m``, ``f`` or ``?``), ``utt_id`` and ``key`` (what makes two
+    utterances parallel: the normalised transcript, else the utterance id)."""
     out = []
-    for r in rows:
+    for r in read_data_spec(spec):
         g = str(r.get("gender", "")).strip().lower()[:1]
         text = re.sub(r"[^a-z0-9 ]", "", str(r.get("text", "")).lower()).strip()
         utt_id = str(r.get("utt_id") or Path(r["path"]).stem)
-        out.append({**r, "file": str(_resolve(r["path"], base)), "speaker": str(r["speaker"]), "gender": g if g in ("m", "f") else "?",
+        out.append({**r, "speaker": str(r["speaker"]), "gender": g if g in ("m", "f") else "?",
                     "utt_id": utt_id, "key": f"text:{' '.join(text.split())}" if text else f"id:{utt_id}"})
     return out
 
@@ -194,7 +162,7 @@ def read_pairs(path: str | Path, utts: list[dict[str, Any]], dur: np.ndarray, se
 
     def find(p: str, line: int) -> int:
         p = p.strip()
-        i = index.get(p, index.get(str(_resolve(p, path.parent))))
+        i = index.get(p, index.get(str(resolve_path(p, path.parent))))
         if i is None:
             raise VckitError(f"{path}:{line}: {p} is not an utterance of the data")
         return i

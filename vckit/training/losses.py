@@ -75,7 +75,7 @@ def model_losses(out: Any, batch: dict[str, torch.Tensor], cfg: Any) -> tuple[to
         stats["vq/perplexity"] = out.content.perplexity
         stats["vq/usage"] = out.content.codebook_usage
     if out.phonetic_logits is not None and t.phonetic_kl > 0 and "posteriors_idx" in batch:
-        from vckit.frame_features import dense_posteriors
+        from vckit.data.frame_features import dense_posteriors
         from vckit.models.phonetic_head import soft_cross_entropy
 
         target = dense_posteriors(batch["posteriors_idx"], batch["posteriors_p"], out.phonetic_logits.shape[1])

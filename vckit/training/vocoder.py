@@ -1,8 +1,8 @@
 """Training the fast vocoder (Vocos generator, MPD + MRD discriminators).
 
-    python -m vckit.vocoder_train --config recipes/vocoder/conf/smoke.yaml [--resume] [--time-limit S]
-    torchrun --nproc_per_node 8 -m vckit.vocoder_train --config recipes/vocoder/conf/base.yaml
-    python -m vckit.vocoder_train --export runs/vocoder checkpoints/vocoder_fast
+    vckit train-vocoder --config recipes/vocoder/conf/smoke.yaml [--resume] [--time-limit S]
+    torchrun --nproc_per_node 8 -m vckit.cli train-vocoder --config recipes/vocoder/conf/base.yaml
+    vckit train-vocoder --export runs/vocoder checkpoints/vocoder_fast
 
 Each step draws random waveform segments on the device from the cache that
 ``recipes/vocoder/prepare.py`` writes, computes their log-mels on the device
@@ -14,15 +14,13 @@ learning-rate decay, bf16 autocast on CUDA, gradient clipping. Checkpoints
 (generator, discriminators, both optimisers, step, every RNG state) are
 written atomically, and a resumed deterministic run reaches the same weights
 as one never stopped. Distributed training is the VC trainer's: torchrun sets
-the environment and :func:`vckit.train.setup_distributed` joins the group.
+the environment and :func:`vckit.training.loop.setup_distributed` joins the group.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from vckit.audio import MelSpectrogram
-from vckit.checkpoint import check_state_dict, latest_checkpoint, load_train_state, prune_checkpoints, step_folder
+from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, load_train_state, prune_checkpoints, read_folder, read_weights, step_folder
 from vckit.config import MelConfig, from_dict, load_config, to_dict
 from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.vocoder.discriminators import (
@@ -41,13 +39,13 @@ from vckit.models.vocoder.discriminators import (
     feature_matching_loss,
     generator_adversarial_loss,
 )
-from vckit.models.vocoder.vocos import WEIGHTS_FILE, Vocos, VocosConfig, export_vocos, read_meta, save_vocos
-from vckit.train import TrainingLoop, autocast_for, make_optimizer
-from vckit.vocoder_data import WaveSampler, WaveStore
+from vckit.models.vocoder.vocos import Vocos, VocosConfig, export_vocos, save_vocos
+from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer
+from vckit.data.waves import WaveSampler, WaveStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LossConfig", "VocoderConfig", "VocoderDataConfig", "VocoderTrainConfig", "VocoderTrainer", "export", "load_vocoder_config", "lr_at", "main", "train"]
+__all__ = ["LossConfig", "VocoderConfig", "VocoderDataConfig", "VocoderTrainConfig", "VocoderTrainer", "export", "load_vocoder_config", "lr_at", "train"]
 
 DISC_FILE = "discriminators.safetensors"
 
@@ -124,12 +122,8 @@ def lr_at(step: int, cfg: VocoderConfig, elapsed: float = 0.0) -> float:
     return t.lr * t.lr_final_ratio ** min(1.0, progress)
 
 
-def _load_weights(module: torch.nn.Module, path: Path, device: torch.device) -> None:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no {path.name} to resume from")
-    sd = load_file(str(path), device=str(device))
+def _load_weights(module: torch.nn.Module, folder: Path, name: str, meta: dict, device: torch.device) -> None:
+    sd = read_weights(folder, meta, name, device)
     check_state_dict(module, sd)
     module.load_state_dict(sd, strict=True)
 
@@ -147,11 +141,11 @@ class VocoderTrainer(TrainingLoop):
         seed = t.seed + 1000 * self.dist.rank + 1
         self.sampler = WaveSampler(self.store, self.store.split("train"), cfg.data.segment, seed, cfg.data.gain_db)
         self.mel = MelSpectrogram(cfg.mel).to(self.device)
-        self.gen = Vocos(cfg.generator, cfg.mel).to(self.device)
+        self.generator = Vocos(cfg.generator, cfg.mel).to(self.device)
         self.disc = Discriminators(cfg.discriminator).to(self.device)
         self.mel_loss = MultiResolutionMelLoss(cfg.mel, cfg.loss.mel_resolutions).to(self.device)
         self.disc_weights = self.disc.weights(cfg.loss.mrd_weight)
-        self.opt_g = make_optimizer(self.gen, cfg)  # AdamW; reads cfg.train.lr, betas, weight_decay
+        self.opt_g = make_optimizer(self.generator, cfg)  # AdamW; reads cfg.train.lr, betas, weight_decay
         self.opt_d = make_optimizer(self.disc, cfg)
         self.step = 0
         self.elapsed = 0.0  # training seconds over all resumes
@@ -160,11 +154,11 @@ class VocoderTrainer(TrainingLoop):
             self._resume()
         # gen_net and disc_net are what the optimisers' steps run through (DDP-wrapped under torchrun); the
         # generator's step calls the plain self.disc, so that its backward does not all-reduce the discriminators
-        self.gen_net: torch.nn.Module = self.gen
+        self.gen_net: torch.nn.Module = self.generator
         self.disc_net: torch.nn.Module = self.disc
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.gen_net = torch.nn.parallel.DistributedDataParallel(self.gen, device_ids=ids)
+            self.gen_net = torch.nn.parallel.DistributedDataParallel(self.generator, device_ids=ids)
             self.disc_net = torch.nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
         if t.compile:  # the generator only: the discriminators' weight norm fails in inductor's backward (torch 2.9)
             self.gen_net = torch.compile(self.gen_net)
@@ -180,7 +174,7 @@ class VocoderTrainer(TrainingLoop):
         state["opt_d"] = self.opt_d.state_dict()
         path = save_vocos(
             step_folder(self.out_dir, self.step),
-            self.gen,
+            self.generator,
             step=self.step,
             extra={"training": to_dict(self.cfg)},
             extra_weights={DISC_FILE: self.disc.state_dict()},
@@ -195,7 +189,8 @@ class VocoderTrainer(TrainingLoop):
         if ck is None:
             log.warning("no checkpoint in %s: starting from scratch", self.out_dir)
             return
-        training = read_meta(ck).get("training", {})
+        meta = read_folder(ck, "vocoder")
+        training = meta.get("training", {})
         for name, cls in (("mel", MelConfig), ("generator", VocosConfig), ("discriminator", DiscriminatorConfig)):
             try:
                 same = from_dict(cls, training.get(name, {}), name) == getattr(self.cfg, name)
@@ -203,8 +198,8 @@ class VocoderTrainer(TrainingLoop):
                 same = False
             if not same:
                 raise VckitError(f"{ck} was trained with another {name} config; use a new out_dir or the same config")
-        _load_weights(self.gen, ck / WEIGHTS_FILE, self.device)
-        _load_weights(self.disc, ck / DISC_FILE, self.device)
+        _load_weights(self.generator, ck, WEIGHTS_FILE, meta, self.device)
+        _load_weights(self.disc, ck, DISC_FILE, meta, self.device)
         state = load_train_state(ck)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
@@ -256,7 +251,7 @@ class VocoderTrainer(TrainingLoop):
             stats["loss/feature_matching"] = fm.detach()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        stats["grad_norm/gen"] = torch.nn.utils.clip_grad_norm_(self.gen.parameters(), t.grad_clip).detach()
+        stats["grad_norm/gen"] = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), t.grad_clip).detach()
         self.opt_g.step()
         self.step += 1
         stats["loss/gen_total"] = loss_g.detach()
@@ -267,7 +262,7 @@ class VocoderTrainer(TrainingLoop):
         """Copy-synthesis mel L1 (nats, the front-end's mel) on held-out utterances, as benchmarks/vocoder.py."""
         if not self.valid_utts:
             return {}
-        self.gen.eval()
+        self.generator.eval()
         hop, n, total = self.cfg.mel.hop_length, 0, 0.0
         first = None
         for u in self.valid_utts:
@@ -276,11 +271,11 @@ class VocoderTrainer(TrainingLoop):
             if wav.shape[0] < 4 * hop:
                 continue
             mel = self.mel(wav[None])
-            out = self.gen(mel)
+            out = self.generator(mel)
             total += float((self.mel(out) - mel).abs().mean())
             n += 1
             first = out[0] if first is None else first
-        self.gen.train()
+        self.generator.train()
         if self.writer is not None and first is not None:
             self.writer.add_audio("valid/audio_0", first.float().cpu()[None], self.step, self.cfg.mel.sample_rate)
         return {"valid/mel_l1": total / max(1, n)}
@@ -290,7 +285,7 @@ class VocoderTrainer(TrainingLoop):
     progress_key = ("mel", "loss/mel_l1")
 
     def set_train_mode(self) -> None:
-        self.gen.train()
+        self.generator.train()
         self.disc.train()
 
 
@@ -319,40 +314,3 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = 
             raise CheckpointError(f"{src} is neither a fast-vocoder checkpoint nor a run folder holding one")
         src = ck
     return export_vocos(src, dst, dtype)
-
-
-# -- command line ----------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vckit.vocoder_train", description="Train or export the fast vocoder.")
-    ap.add_argument("--config", help="YAML config (recipes/vocoder/conf/*.yaml)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.batch_size=8")
-    ap.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in train.out_dir")
-    ap.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop (and save) after S seconds of wall time")
-    ap.add_argument("--max-steps", type=int, default=None, help="stop at this step (before train.steps)")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    ap.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DEST"), help="export a step folder (or a run's latest) for shipping")
-    ap.add_argument("--fp32", action="store_true", help="with --export: keep float32 weights (default float16)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.export:
-            out = export(args.export[0], args.export[1], torch.float32 if args.fp32 else torch.float16)
-            print(f"exported {args.export[0]} -> {out}")
-            return 0
-        if not args.config:
-            ap.error("--config is required (or --export CHECKPOINT DEST)")
-        cfg = load_vocoder_config(args.config, args.set)
-        last = train(cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.no_progress)
-        if int(os.environ.get("RANK", "0")) == 0 and last:
-            print(" ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
-    except VckitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The Markdown and the plots of a ``vckit eval`` report (see :mod:`vckit.evaluate`).
+"""The Markdown and the plots of a ``vckit eval`` report (see :mod:`vckit.evaluation.run`).
 
 Plots need matplotlib (``pip install 'vckit[eval]'``); without it the report
 says so and is otherwise complete.
@@ -6,9 +6,12 @@ says so and is otherwise complete.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
+
+from vckit.errors import VckitError
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -90,7 +93,7 @@ def markdown(r: dict[str, Any]) -> str:
     out = [
         "# vckit eval report",
         "",
-        f"Made with `{r['command']}`" if r.get("command") else "Made with `vckit.evaluate.evaluate`",
+        f"Made with `{r['command']}`" if r.get("command") else "Made with `vckit.evaluation.run.evaluate`",
         f"(vckit {r['vckit']}, torch {r['torch']}, device {s['device']}, seed {s['seed']}).",
         "",
         f"* model: `{s['checkpoint']}` (sha256 `{(s.get('model_sha256') or '')[:12]}`), vocoder {s['vocoder']}",
@@ -222,3 +225,16 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# -- the report -----------------------------------------------------------------
+def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True) -> Path:
+    """``report.json``, ``report.md`` and, with matplotlib, PNG plots in ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VckitError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = plot(report, out) if plots else {"note": "plots not asked for (--no-plots)"}
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    return out

@@ -12,7 +12,7 @@ trained on):
   same utterance id when there is none: VCC 2016, FSDD digits, VCTK 001-024),
   that held-out utterance has the source's content, and MCD with DTW, F0 RMSE
   and correlation (after mean/variance normalisation of log-F0) and the
-  log-F0 mean distance to the target are measured (:mod:`vckit.eval`), with
+  log-F0 mean distance to the target are measured (:mod:`vckit.evaluation.metrics`), with
   the unconverted source as the reference point. F0 correlations are given
   plain and robust (frames whose median-normalised log-F0s differ by more
   than half an octave, octave errors, trimmed; the trimmed share reported).
@@ -21,7 +21,7 @@ trained on):
   source and the voiced/unvoiced agreement over the source's loud frames
   (``kept_from_source``), overall, across genders and per direction.
 * **speaker similarity** by the independent speaker-verification judge
-  (:mod:`vckit.speaker_verification`): its EER on the data, the cosine of each
+  (:mod:`vckit.models.verifier`): its EER on the data, the cosine of each
   conversion to the held-out target utterance and to the source, and the share
   accepted as the target at the judge's EER threshold.
 * **disentanglement probe**: linear and MLP speaker classifiers trained on
@@ -37,7 +37,6 @@ is installed) in the output folder. Everything is deterministic for a seed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -50,7 +49,8 @@ import numpy as np
 import torch
 
 from vckit.errors import AudioError, VckitError
-from vckit.eval_pairs import Pair, load_data, make_pairs, read_pairs
+from vckit.evaluation.pairs import Pair, load_data, make_pairs, read_pairs
+from vckit.evaluation.report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,18 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the evaluation and write ``report.json``, ``report.md`` (and plots) into ``out_dir``.
 
+    The stages, each timed in the report: ``load`` (data, judge, model),
+    ``audio`` (decode the utterances, pick the pairs), ``judge_embeddings``
+    (and the judge's EER on the data), ``model_features`` and
+    ``probe_vq_recon`` (probe, codebook, reconstruction), ``convert_and_score``.
+
     Returns the report (the contents of ``report.json``). Raises
     :class:`VckitError` for a missing or bad checkpoint, judge, data or pairs
     file, data without usable utterances, or no pair to convert.
     """
     import vckit
     from vckit.api import REPO_ROOT, default_checkpoint, load
-    from vckit.audio import load_audio, log_mel
-    from vckit.eval import MCEP_SR, codebook_stats, parallel_scores, reconstruction_l1, source_scores
-    from vckit.speaker_verification import equal_error_rate, load_sv
+    from vckit.models.verifier import load_verifier
 
     say = progress or (lambda msg: log.info(msg))
     timer, t_start = _Timer(), time.perf_counter()
@@ -131,47 +134,97 @@ def evaluate(
     judge_dir = Path(judge) if judge else REPO_ROOT / "checkpoints" / "speaker_verification"
     if not judge_dir.exists():
         raise VckitError(f"speaker-verification judge not found at {judge_dir}: train one with vckit train-sv, or pass --judge")
-    sv, sv_meta = load_sv(judge_dir, device)
+    sv, sv_meta = load_verifier(judge_dir, device)
     vc = load(checkpoint, device=device, vocoder=vocoder)
-    model, sr = vc.model, vc.config.mel.sample_rate
     timer.lap("load")
 
-    # audio and features of every utterance
     say(f"analysing {len(utts)} utterances")
+    utts, wavs, skipped = _read_audio(utts, vc, data)
+    dur = np.array([len(w) / vc.sample_rate for w in wavs])
+    pair_list = (read_pairs(pairs, utts, dur, cfg.seed) if pairs else
+                 make_pairs(utts, dur, parallel=cfg.parallel_pairs, per_kind=cfg.pairs_per_kind, seed=cfg.seed, source_seconds=(cfg.min_source_s, cfg.max_source_s)))
+    if not pair_list:
+        raise VckitError(f"no conversion pairs in {data}: it needs two speakers, the target with at least two utterances")
+    timer.lap("audio")
+
+    judge_emb, judge_info = _judge_stage(sv, sv_meta, judge_dir, utts, wavs, vc.sample_rate)
+    timer.lap("judge_embeddings")
+
+    say("disentanglement probe")
+    probe, vq, recon = _probe_stage(vc, utts, wavs, cfg, timer)
+    timer.lap("probe_vq_recon")
+
+    say(f"converting {len(pair_list)} pairs ({sum(p.parallel for p in pair_list)} parallel)")
+    conv_seconds, out_seconds = _convert_stage(vc, sv, utts, wavs, pair_list, judge_emb, judge_info["threshold"], cfg, say)
+    timer.lap("convert_and_score")
+
+    timing = dict(timer.times)
+    timing["total_s"] = round(time.perf_counter() - t_start, 2)
+    timing["convert_rtf"] = round(conv_seconds / max(out_seconds, 1e-9), 3)
+    report = {
+        "command": command,
+        "vckit": vckit.__version__,
+        "torch": torch.__version__,
+        "settings": {"checkpoint": _shown(checkpoint or default_checkpoint()), "model_sha256": vc.model_id, "data": _shown(data),
+                     "pairs": _shown(pairs) if pairs else None, "vocoder": vocoder, "device": device, "threads": torch.get_num_threads(), **asdict(cfg)},
+        "data": {"utterances": len(utts), "speakers": len({u["speaker"] for u in utts}), "seconds": round(float(dur.sum()), 1),
+                 "speakers_by_gender": {g: len({u["speaker"] for u in utts if u["gender"] == g}) for g in ("f", "m", "?")},
+                 "skipped": skipped},
+        "judge": judge_info,
+        "conversion": _summarise(pair_list),
+        "probe": probe,
+        "vq": vq,
+        "reconstruction": recon,
+        "timing": timing,
+        "pairs": [_pair_row(p, utts) for p in pair_list],
+    }
+    write_report(report, out_dir, plots=cfg.plots)
+    return report
+
+
+# -- the stages -------------------------------------------------------------------
+def _read_audio(utts: list[dict[str, Any]], vc: Any, data: str | Path) -> tuple[list[dict[str, Any]], list[np.ndarray], list[str]]:
+    """Decode every utterance at the model's rate; unreadable, silent and too short ones are left out (and listed)."""
+    from vckit.audio import load_audio
+
     wavs: list[np.ndarray | None] = []
     skipped = []
     for u in utts:
         try:
-            wavs.append(load_audio(u["file"], sr))
+            wavs.append(load_audio(u["file"], vc.sample_rate))
         except AudioError as e:
             wavs.append(None)
             skipped.append(f"{u['path']}: {e}")
     keep = [i for i, w in enumerate(wavs) if w is not None and len(w) > vc.config.mel.n_fft]
     if not keep:
         raise VckitError(f"no usable audio in {data} ({len(skipped)} unreadable or silent files)")
-    utts, wavs = [utts[i] for i in keep], [wavs[i] for i in keep]
-    dur = np.array([len(w) / sr for w in wavs])
-    timer.lap("audio")
-    pair_list = (read_pairs(pairs, utts, dur, cfg.seed) if pairs else
-                 make_pairs(utts, dur, parallel=cfg.parallel_pairs, per_kind=cfg.pairs_per_kind, seed=cfg.seed, source_seconds=(cfg.min_source_s, cfg.max_source_s)))
-    if not pair_list:
-        raise VckitError(f"no conversion pairs in {data}: it needs two speakers, the target with at least two utterances")
+    return [utts[i] for i in keep], [wavs[i] for i in keep], skipped
+
+
+def _judge_stage(sv: Any, sv_meta: dict[str, Any], judge_dir: Path, utts: list[dict[str, Any]], wavs: list[np.ndarray], sr: int) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """The judge's embedding of every utterance, and its EER on these utterances."""
+    from vckit.audio import load_audio
+    from vckit.models.verifier import equal_error_rate
+
     judge_sr = sv.cfg.mel.sample_rate
     judge_emb = [_judge_embed(sv, w if judge_sr == sr else load_audio(w, judge_sr, sr)) for w in wavs]
-    timer.lap("judge_embeddings")
-
-    # the judge's EER on these utterances
     spk = np.array([u["speaker"] for u in utts])
     emb = torch.stack(judge_emb)
     iu = np.triu_indices(len(utts), 1)
     same = (spk[:, None] == spk[None])[iu]
-    judge_info = {"path": _shown(judge_dir), "eer_recorded": sv_meta.get("eer"), "threshold": float(sv_meta.get("threshold") or math.nan)}
+    info = {"path": _shown(judge_dir), "eer_recorded": sv_meta.get("eer"), "threshold": float(sv_meta.get("threshold") or math.nan)}
     if same.any() and (~same).any():
         eer, thr = equal_error_rate((emb @ emb.T).numpy()[iu], same)
-        judge_info.update({"eer_on_data": eer, "threshold_on_data": thr, "trials": int(len(same))})
+        info.update({"eer_on_data": eer, "threshold_on_data": thr, "trials": int(len(same))})
+    return judge_emb, info
 
-    # the model's features of the probe's and the reconstruction's utterances
-    say("disentanglement probe")
+
+def _probe_stage(vc: Any, utts: list[dict[str, Any]], wavs: list[np.ndarray], cfg: EvalConfig, timer: _Timer) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, float]]:
+    """The disentanglement probe, VQ codebook statistics and self-reconstruction L1."""
+    from vckit.evaluation.probe import codebook_stats
+    from vckit.evaluation.scores import reconstruction_l1
+
+    model = vc.model
     split = _probe_split(utts, cfg)
     by_spk: dict[str, list[int]] = {}
     for i, u in enumerate(utts):
@@ -184,11 +237,16 @@ def evaluate(
     vq = codebook_stats(torch.cat([f["indices"] for f in feats.values()]), model.cfg.vq.codebook_size) if model.vq is not None else None
     with torch.inference_mode():
         recon = reconstruction_l1(model, {s: [feats[i]["frames"] for i in ix] for s, ix in recon_idx.items()}, cfg.recon_per_speaker)
-    timer.lap("probe_vq_recon")
+    return probe, vq, recon
 
-    # conversions
-    say(f"converting {len(pair_list)} pairs ({sum(p.parallel for p in pair_list)} parallel)")
-    thr = judge_info["threshold"]
+
+def _convert_stage(vc: Any, sv: Any, utts: list[dict[str, Any]], wavs: list[np.ndarray], pair_list: list[Pair], judge_emb: list[torch.Tensor],
+                   thr: float, cfg: EvalConfig, say: Callable[[str], None]) -> tuple[float, float]:
+    """Convert every pair and fill its ``scores``; returns (seconds converting, seconds of audio made)."""
+    from vckit.audio import load_audio, log_mel
+    from vckit.evaluation.metrics import MCEP_SR, parallel_scores, source_scores
+
+    sr = vc.sample_rate
     wav16: dict[int, np.ndarray] = {}
 
     def at16(i: int) -> np.ndarray:
@@ -229,30 +287,7 @@ def evaluate(
             p.scores["vocoder_only_vs_source"]["cos_source"] = float(judge_copy @ e_s)
         if n % 10 == 0:
             say(f"  {n}/{len(pair_list)} pairs")
-    timer.lap("convert_and_score")
-
-    timing = dict(timer.times)
-    timing["total_s"] = round(time.perf_counter() - t_start, 2)
-    timing["convert_rtf"] = round(conv_seconds / max(out_seconds, 1e-9), 3)
-    report = {
-        "command": command,
-        "vckit": vckit.__version__,
-        "torch": torch.__version__,
-        "settings": {"checkpoint": _shown(checkpoint or default_checkpoint()), "model_sha256": vc.model_id, "data": _shown(data),
-                     "pairs": _shown(pairs) if pairs else None, "vocoder": vocoder, "device": device, "threads": torch.get_num_threads(), **asdict(cfg)},
-        "data": {"utterances": len(utts), "speakers": len(set(spk)), "seconds": round(float(dur.sum()), 1),
-                 "speakers_by_gender": {g: len({u["speaker"] for u in utts if u["gender"] == g}) for g in ("f", "m", "?")},
-                 "skipped": skipped},
-        "judge": judge_info,
-        "conversion": _summarise(pair_list),
-        "probe": probe,
-        "vq": vq,
-        "reconstruction": recon,
-        "timing": timing,
-        "pairs": [_pair_row(p, utts) for p in pair_list],
-    }
-    write_report(report, out_dir, plots=cfg.plots)
-    return report
+    return conv_seconds, out_seconds
 
 
 @torch.inference_mode()
@@ -302,7 +337,7 @@ def _probe_split(utts: list[dict[str, Any]], cfg: EvalConfig) -> tuple[list[str]
 
 def _probe(split: tuple[list[str], list[tuple[int, int]], list[tuple[int, int]]], feats: dict[int, dict[str, torch.Tensor]], cfg: EvalConfig) -> dict[str, Any]:
     """Linear and MLP speaker probes on each representation."""
-    from vckit.eval import probe_scores
+    from vckit.evaluation.probe import probe_scores
 
     speakers, train, test = split
     if not speakers:
@@ -359,18 +394,3 @@ def _summarise(pairs: list[Pair]) -> dict[str, Any]:
 def _pair_row(p: Pair, utts: list[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": p.kind, "parallel": p.parallel, "source": utts[p.source]["path"], "source_speaker": utts[p.source]["speaker"],
             "target_speaker": p.target_speaker, "heldout": utts[p.heldout]["path"], "refs": [utts[i]["path"] for i in p.refs], "scores": p.scores}
-
-
-# -- the report -----------------------------------------------------------------
-def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True) -> Path:
-    """``report.json``, ``report.md`` and, with matplotlib, PNG plots in ``out_dir``."""
-    from vckit.eval_report import markdown, plot
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise VckitError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    report["plots"] = plot(report, out) if plots else {"note": "plots not asked for (--no-plots)"}
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    return out

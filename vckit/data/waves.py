@@ -194,23 +194,23 @@ class WaveSampler:
         self.cum = counts.cumsum(0).to(dev)
         self.total = int(counts.sum())
         self.arange = torch.arange(segment, device=dev)
-        self.gen = torch.Generator(device=dev).manual_seed(seed)
+        self.rng = torch.Generator(device=dev).manual_seed(seed)
 
     def sample(self, batch: int) -> torch.Tensor:
         """``(batch, segment)`` float waveforms in [-1, 1]."""
         dev = self.offsets.device
-        u = torch.randint(0, self.total, (batch,), generator=self.gen, device=dev)
+        u = torch.randint(0, self.total, (batch,), generator=self.rng, device=dev)
         i = torch.searchsorted(self.cum, u, right=True)
         start = self.offsets[i] + u - (self.cum[i] - self.counts[i])
         wav = self.store.wav[start[:, None] + self.arange].float() / 32767.0
         if self.gain_db > 0:
-            db = (torch.rand(batch, 1, generator=self.gen, device=dev) * 2 - 1) * self.gain_db
+            db = (torch.rand(batch, 1, generator=self.rng, device=dev) * 2 - 1) * self.gain_db
             peak = wav.abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
             wav = wav * torch.minimum(10 ** (db / 20), 0.99 / peak)
         return wav
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"gen": self.gen.get_state()}
+        return {"rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.gen.set_state(state["gen"].cpu())
+        self.rng.set_state(state["rng"].cpu())

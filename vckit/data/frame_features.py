@@ -13,8 +13,8 @@ cached mel frames, so training does no teacher or pitch work per step:
 The projection is fitted on the training rows when a recipe prepares a
 corpus; fine-tuning passes the one the source model carries instead, so its
 new frames are projected exactly as the model expects.
-:func:`vckit.prepare.merge_feature_caches` and
-:func:`~vckit.prepare.subset_feature_cache` carry these arrays with the mels.
+:func:`vckit.data.features.merge_feature_caches` and
+:func:`~vckit.data.features.subset_feature_cache` carry these arrays with the mels.
 
 At 64 dims and k = 3 the cache of ``recipes/shared_dev`` grows by 58 MB
 (795,476 frames), beside 64 MB of mels.

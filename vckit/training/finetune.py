@@ -38,19 +38,19 @@ from typing import Any
 
 import torch
 
-from vckit.checkpoint import (
-    check_state_dict,
-    export_for_inference,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-)
+from vckit.checkpoint import check_state_dict, load_checkpoint, read_meta, save_checkpoint
+from vckit.models.vc import export_for_inference
 from vckit.config import Config, DataConfig, TrainConfig, to_dict
-from vckit.data import cache_features, read_manifest, valid_batches, write_manifest
+from vckit.data.features import cache_features
+from vckit.data.manifest import read_manifest, write_manifest
+from vckit.data.sampling import valid_batches
 from vckit.errors import ConfigError, VckitError
-from vckit.losses import masked_l1
-from vckit.prepare import merge_feature_caches, rows_from_csv, rows_from_folder, spread_rows, subset_feature_cache
-from vckit.train import Trainer, frames_of, make_optimizer
+from vckit.training.losses import masked_l1
+from vckit.data.features import merge_feature_caches, subset_feature_cache
+from vckit.data.manifest import read_data_spec
+from vckit.data.prepare import spread_rows
+from vckit.training.loop import make_optimizer
+from vckit.training.vc import Trainer, frames_of
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +189,12 @@ class FineTuner(Trainer):
 
 # -- data -----------------------------------------------------------------
 def collect_rows(data: str | os.PathLike, speaker: str | None) -> list[dict[str, Any]]:
-    """Rows of the new speakers' audio: a folder (``--speaker``: all its audio
-    is that speaker's; else ``data/<speaker>/...``), a CSV or a JSONL manifest."""
-    data = Path(data)
-    if not data.exists():
+    """Rows of the new speakers' audio (:func:`vckit.data.manifest.read_data_spec`):
+    a folder (``--speaker``: all its audio is that speaker's; else
+    ``data/<speaker>/...``), a CSV or a JSONL manifest, with durations."""
+    if not Path(data).exists():
         raise VckitError(f"fine-tuning data not found: {data}")
-    if data.is_dir():
-        rows = rows_from_folder(data, speaker)
-    elif data.suffix.lower() == ".csv":
-        rows = rows_from_csv(data)
-    elif data.suffix.lower() == ".jsonl":
-        rows = read_manifest(data)
-    else:
-        raise VckitError(f"--data must be a folder of recordings, a .csv or a .jsonl manifest, got {data}")
-    if speaker is not None:
-        rows = [{**r, "speaker": speaker} for r in rows]
-    return rows
+    return read_data_spec(data, speaker=speaker, durations=True)
 
 
 def _usable_seconds(index: dict[str, Any], frame_rate: float) -> dict[str, float]:
@@ -254,7 +244,7 @@ def source_projection(source: str | os.PathLike, sd: dict[str, torch.Tensor]) ->
 def replay_problem(features: Path, needed: tuple[str, ...], projection: dict[str, Any] | None) -> str | None:
     """Why the replay cache in ``features`` cannot train a model that reads
     ``needed`` (with teacher ``projection``), or None if it can."""
-    from vckit.frame_features import PROJECTION_FILE, frame_arrays, load_projection, same_projection
+    from vckit.data.frame_features import PROJECTION_FILE, frame_arrays, load_projection, same_projection
 
     have = frame_arrays(features)
     missing = [n for n in needed if n not in have]
@@ -335,7 +325,7 @@ def finetune(
         VckitError: missing or unusable data, too little audio for a
         speaker, a bad name, an existing output, or an interrupted run.
     """
-    from vckit.frame_features import cache_frame_features
+    from vckit.data.frame_features import cache_frame_features
     from vckit.speakers import check_name, default_bank
 
     t_start = time.time()

@@ -1,4 +1,4 @@
-"""The training loop: one explicit loop for CPU, one GPU, or several via torchrun (DDP).
+"""Training the VC model: one explicit loop for CPU, one GPU, or several via torchrun (DDP).
 
     vckit train --config recipes/shared_dev/conf/smoke.yaml [--resume]
 
@@ -16,64 +16,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import signal
-import sys
-import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from vckit.checkpoint import (
-    build_model,
-    latest_checkpoint,
-    load_checkpoint,
-    load_train_state,
-    prune_checkpoints,
-    save_checkpoint,
-    step_folder,
-)
+from vckit.checkpoint import latest_checkpoint, load_checkpoint, load_train_state, prune_checkpoints, save_checkpoint, step_folder
 from vckit.config import Config
-from vckit.data import FeatureStore, SegmentSampler, augment, mel_shift, read_manifest, valid_batches
+from vckit.data.features import FeatureStore
+from vckit.data.manifest import read_manifest
+from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batches
 from vckit.errors import VckitError
-from vckit.models.vc import Frames
-from vckit.losses import adversarial_weight, masked_l1, model_losses
+from vckit.models.vc import Frames, build_model
+from vckit.training.losses import adversarial_weight, masked_l1, model_losses
+from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer
 
 log = logging.getLogger(__name__)
-
-
-# -- set-up ----------------------------------------------------------------
-@dataclasses.dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group if there is one; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise VckitError("--device cuda was asked for, but no CUDA GPU is available")
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local), dev
 
 
 def lr_at(step: int, cfg: Config, elapsed: float = 0.0) -> float:
@@ -92,26 +51,6 @@ def lr_at(step: int, cfg: Config, elapsed: float = 0.0) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kw: dict[str, Any] = {}
-    if next(model.parameters()).device.type == "cuda":
-        kw["fused"] = True
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.train.betas, **kw)
-
-
-def autocast_for(device: torch.device, amp: str):
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "none"
-    if amp == "none":
-        return nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if dtype is None:
-        raise VckitError(f"train.amp must be auto, bf16, fp16 or none, got {amp!r}")
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
 
 def _select(store: FeatureStore, manifest: str) -> list[dict[str, Any]]:
     paths = {r["path"] for r in read_manifest(manifest)}
@@ -125,198 +64,6 @@ def frames_of(batch: dict[str, torch.Tensor]) -> Frames:
     """The model's per-frame inputs in a batch from :class:`SegmentSampler` or :func:`valid_batches`."""
     return Frames(batch["mel"], batch.get("f0"), batch.get("phonetic"))
 
-
-# -- the loop --------------------------------------------------------------
-class TrainingLoop:
-    """The loop every trainer shares: budgets, logging, validation, checkpoints, signals.
-
-    A subclass sets ``cfg`` (with a ``train`` section: steps, time_budget,
-    log_every, valid_every, ckpt_every), ``dist``, ``out_dir``, ``step``,
-    ``elapsed``, and implements :meth:`train_step`, :meth:`save` and
-    :meth:`set_train_mode`; :meth:`validate` and :meth:`after_validate` are
-    optional. ``loss_key`` is checked for divergence, ``progress_key`` shown
-    on the progress bar.
-    """
-
-    loss_key = "loss/total"
-    progress_key = ("recon", "loss/recon_l1")
-    cfg: Any
-    sampler: Any  # with state_dict() / load_state_dict() of its generator
-    best: dict[str, float]
-    dist: Dist
-    device: torch.device
-    out_dir: Path
-    step: int
-    elapsed: float
-    writer: Any = None
-    _stop: bool = False
-
-    def _setup(self, device: str) -> None:
-        """Join the process group, pick the device, set determinism and seed from ``cfg.train``."""
-        self.dist, self.device = setup_distributed(device)
-        t = self.cfg.train
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(t.seed + self.dist.rank)
-        self.out_dir = Path(t.out_dir)
-
-    def _loop_state(self) -> dict[str, Any]:
-        """Step, training time, RNG states and every rank's sampler state, for ``train_state.pt``.
-
-        Collective under DDP: every rank must call it (only the main one saves).
-        """
-        own = self.sampler.state_dict()["gen"].cpu()
-        samplers: list[Any] = [own]
-        if self.dist.world > 1:
-            samplers = [None] * self.dist.world
-            dist.all_gather_object(samplers, own)
-        return {
-            "step": self.step,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "sampler": samplers,
-            "world": self.dist.world,
-            "elapsed": self.elapsed,
-            "best": self.best,
-        }
-
-    def _restore_loop_state(self, state: dict[str, Any]) -> None:
-        """The inverse of :meth:`_loop_state`, for this rank."""
-        self.step = int(state["step"])
-        self.elapsed = float(state.get("elapsed", 0.0))
-        self.best = dict(state.get("best", {}))
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        samplers = state["sampler"]
-        if len(samplers) == self.dist.world:
-            self.sampler.load_state_dict({"gen": samplers[self.dist.rank]})
-        else:
-            log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(samplers))
-
-    def train_step(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def save(self) -> Path | None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def set_train_mode(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def validate(self) -> dict[str, float]:
-        return {}
-
-    def after_validate(self) -> None:
-        """Called on the main process after each validation (e.g. to log images)."""
-
-    def _log(self, stats: dict[str, Any], prefix: str = "") -> None:
-        if self.writer is None:
-            return
-        for k, v in stats.items():
-            self.writer.add_scalar(prefix + k, float(v), self.step)
-
-    def _open_writer(self) -> None:
-        if not self.dist.main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
-            return
-        self.writer = SummaryWriter(str(self.out_dir / "tb"))
-
-    def _handle_signal(self, signum: int, frame: Any) -> None:
-        log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
-        self._stop = True
-
-    def _agree_stop(self, stop: bool) -> bool:
-        if self.dist.world == 1:
-            return stop
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
-    def _check_writable(self) -> None:
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / f".write-test.{os.getpid()}"  # one per process: ranks share the folder
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise VckitError(f"cannot write to the output folder {self.out_dir}: {e.strerror or e}") from None
-
-    def run(self, *, max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
-        """Train until ``train.steps`` (or ``max_steps``), ``train.time_budget``
-        training seconds or ``time_limit`` wall seconds; checkpoint on the way
-        out. Returns the last logged statistics."""
-        t = self.cfg.train
-        end = min(t.steps, max_steps) if max_steps else t.steps
-        self._check_writable()
-        self._open_writer()
-        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if self._in_main_thread() else {}
-        for s in old:
-            signal.signal(s, self._handle_signal)
-        bar = None
-        if progress and self.dist.main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        t0 = time.time()
-        last: dict[str, float] = {}
-        saved_at = self.step
-        self.set_train_mode()
-        name, key = self.progress_key
-        try:
-            while self.step < end and not (t.time_budget > 0 and self.elapsed >= t.time_budget):
-                t_step = time.time()
-                stats = self.train_step()
-                self.elapsed += time.time() - t_step
-                if bar:
-                    bar.update(1)
-                if self.step % t.log_every == 0 or self.step == end:
-                    last = {k: float(v) for k, v in stats.items()}
-                    if not math.isfinite(last[self.loss_key]):
-                        raise VckitError(f"training diverged at step {self.step} (loss is {last[self.loss_key]}); lower train.lr")
-                    self._log(last, "train/")
-                    if bar:
-                        bar.set_postfix({name: f"{last[key]:.3f}"}, refresh=False)
-                if self.step % t.valid_every == 0 and self.dist.main:
-                    v = self.validate()
-                    last.update(v)
-                    self._log(v)
-                    self.after_validate()
-                    if v:
-                        log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
-                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
-                stop = self._agree_stop(self._stop or timed_out)
-                if self.step % t.ckpt_every == 0 or stop:
-                    self.save()
-                    saved_at = self.step
-                if stop:
-                    log.info("stopping at step %d (%s)", self.step, "time limit" if timed_out else "signal")
-                    break
-            if saved_at != self.step:
-                self.save()
-        finally:
-            if bar:
-                bar.close()
-            if self.writer:
-                self.writer.flush()
-            for s, h in old.items():
-                signal.signal(s, h)
-        return last
-
-    @staticmethod
-    def _in_main_thread() -> bool:
-        import threading
-
-        return threading.current_thread() is threading.main_thread()
 
 
 class Trainer(TrainingLoop):
@@ -384,7 +131,7 @@ class Trainer(TrainingLoop):
 
     def _set_projection(self) -> None:
         """Copy the cache's teacher projection into the model, which carries it to conversion."""
-        from vckit.frame_features import load_projection
+        from vckit.data.frame_features import load_projection
 
         proj = load_projection(self.cfg.data.features)
         enc = self.model.content_encoder
@@ -458,11 +205,11 @@ class Trainer(TrainingLoop):
         aug, seg = self.cfg.data.augment, self.cfg.data.segment_frames
         gather_len = math.ceil(seg * (1 + aug.speed)) if aug.prob > 0 else seg
         batch = self.sampler.sample(self.cfg.train.batch_size, gather_len)
-        return augment(batch, aug, self.sampler.gen, seg) if aug.prob > 0 else batch
+        return augment(batch, aug, self.sampler.rng, seg) if aug.prob > 0 else batch
 
     def _perturbed(self, mel: torch.Tensor) -> torch.Tensor:
         """``mel`` shifted 1..invariance_bins mel bins up or down (content-invariance loss)."""
-        b, gen = mel.shape[0], self.sampler.gen
+        b, gen = mel.shape[0], self.sampler.rng
         size = 1 + (self.cfg.train.invariance_bins - 1) * torch.rand((b,), generator=gen, device=mel.device)
         sign = torch.where(torch.rand((b,), generator=gen, device=mel.device) < 0.5, -1.0, 1.0)
         return mel_shift(mel, sign * size)

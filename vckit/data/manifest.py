@@ -1,0 +1,230 @@
+"""The one reader of data specs: folders of recordings, metadata CSVs, JSONL manifests.
+
+A manifest is JSONL, one utterance a line: ``{"path", "speaker", "duration", ...}``
+(extra keys such as ``gender`` or ``corpus`` are kept). :func:`read_data_spec`
+takes any layout the toolkit knows and returns such rows with ``file``, the
+resolved path; :data:`AUDIO_EXTS` is the one list of audio file extensions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from vckit.errors import VckitError
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+LIST_EXTS = (".jsonl", ".txt", ".csv", ".list")  # lists of source files for batch conversion
+
+
+# -- rows -----------------------------------------------------------------
+def audio_row(path: str | os.PathLike, speaker: str, **extra: Any) -> dict[str, Any] | None:
+    """A manifest row with the file's duration, or None (with a warning) if soundfile cannot read it."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        duration = info.frames / info.samplerate
+    except Exception:
+        log.warning("skipping unreadable file %s", path)
+        return None
+    return {"path": str(path), "speaker": speaker, "duration": round(duration, 3), "utt_id": Path(path).stem, **extra}
+
+
+def audio_files(root: str | os.PathLike) -> list[Path]:
+    """Every audio file under ``root`` (any depth), sorted."""
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_EXTS and p.is_file())
+
+
+def manifest_from_folder(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows for every audio file under ``root/<speaker>/...``; the speaker is the first folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VckitError(f"data folder not found: {root}")
+    files = [f for f in audio_files(root) if len(f.relative_to(root).parts) >= 2]
+    rows = [r for r in (audio_row(f, f.relative_to(root).parts[0]) for f in files) if r]
+    if not rows:
+        raise VckitError(f"no audio files ({', '.join(AUDIO_EXTS)}) in speaker folders under {root}")
+    return rows
+
+
+def manifest_from_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Rows from a metadata CSV with at least ``path`` and ``speaker`` columns.
+
+    Relative paths are taken relative to ``root`` (default: the CSV's folder);
+    ``duration_s`` or ``duration`` is used when present.
+    """
+    csv_path = Path(csv_path)
+    root = Path(root) if root else csv_path.parent
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "speaker"} - set(reader.fieldnames or [])
+        if missing:
+            raise VckitError(f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
+        rows = []
+        for r in reader:
+            row: dict[str, Any] = {k: v for k, v in r.items() if v not in (None, "")}
+            row["path"] = str(root / r["path"])
+            dur = r.get("duration_s") or r.get("duration")
+            row.pop("duration_s", None)
+            if dur:
+                row["duration"] = float(dur)
+            rows.append(row)
+    return rows
+
+
+
+def rows_from_folder(root: str | os.PathLike, speaker: str | None = None) -> list[dict[str, Any]]:
+    """Rows for a folder of recordings.
+
+    With ``speaker``, every audio file under ``root`` (at any depth) is that
+    speaker's; without, the first folder level names the speaker
+    (``root/<speaker>/...``). Raises :class:`VckitError` when there is no
+    readable audio.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise VckitError(f"data folder not found: {root}")
+    if speaker is None:
+        return manifest_from_folder(root)
+    rows = [r for r in (audio_row(p, speaker) for p in audio_files(root)) if r]
+    if not rows:
+        raise VckitError(f"no readable audio files ({', '.join(AUDIO_EXTS)}) under {root}")
+    return rows
+
+
+def rows_from_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Rows of a CSV with ``path`` and ``speaker`` columns (more columns are kept);
+    durations are read from the files where the CSV has none."""
+    rows = []
+    for r in manifest_from_csv(csv_path, root):
+        if "duration" not in r:
+            full = audio_row(r["path"], r["speaker"])
+            if full is None:
+                continue
+            r = {**full, **r, "duration": full["duration"]}
+        rows.append(r)
+    if not rows:
+        raise VckitError(f"{csv_path} lists no readable audio")
+    return rows
+
+
+
+def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise VckitError(f"manifest not found: {path}")
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                raise VckitError(f"{path}:{i} is not valid JSON") from None
+            if "path" not in r or "speaker" not in r:
+                raise VckitError(f"{path}:{i} needs 'path' and 'speaker'")
+            rows.append(r)
+    if not rows:
+        raise VckitError(f"manifest {path} is empty")
+    return rows
+
+
+
+# -- any spec -------------------------------------------------------------
+def resolve_path(path: str, base: Path) -> Path:
+    """``path`` as it is when it exists or is absolute, else relative to ``base``."""
+    q = Path(path)
+    if q.is_absolute() or q.exists():
+        return q.resolve()
+    return (base / q).resolve()
+
+
+def read_data_spec(spec: str | os.PathLike, *, speaker: str | None = None, durations: bool = False) -> list[dict[str, Any]]:
+    """Utterance rows of any data spec, each with ``file``, its resolved path.
+
+    ``spec`` is a manifest (``.jsonl``; paths relative to the working folder
+    or to the manifest's), a metadata ``.csv``, a corpus folder with
+    ``metadata.csv``, a folder of such corpora (speakers become
+    ``<corpus>:<speaker>``) or ``<speaker>/<file>`` folders. With ``speaker``,
+    every utterance is that speaker's, and a folder's audio at any depth is
+    read. ``durations`` reads the durations rows lack from the files (rows
+    whose file soundfile cannot read are dropped). Raises
+    :class:`VckitError` for a missing or unknown spec or one without
+    utterances.
+    """
+    p = Path(spec)
+    if not p.exists():
+        raise VckitError(f"data not found: {p}")
+    if p.is_file() and p.suffix.lower() == ".jsonl":
+        rows, base = read_manifest(p), p.parent
+        base = Path.cwd() if all(resolve_path(r["path"], Path.cwd()).exists() for r in rows[:5]) else base
+    elif p.is_file() and p.suffix.lower() == ".csv":
+        rows, base = manifest_from_csv(p), p.parent
+    elif p.is_dir() and speaker is not None:
+        rows, base = rows_from_folder(p, speaker), p
+    elif p.is_dir() and (p / "metadata.csv").is_file():
+        rows, base = manifest_from_csv(p / "metadata.csv"), p
+    elif p.is_dir() and any(p.glob("*/metadata.csv")):
+        rows, base = [], p
+        for meta in sorted(p.glob("*/metadata.csv")):
+            rows += [{**r, "speaker": f"{meta.parent.name}:{r['speaker']}"} for r in manifest_from_csv(meta)]
+    elif p.is_dir():
+        rows, base = manifest_from_folder(p), p
+    else:
+        raise VckitError(f"data must be a manifest (.jsonl), a metadata .csv or a folder, got {p}")
+    if durations:
+        rows = [r for r in (_with_duration(r) for r in rows) if r]
+    if not rows:
+        raise VckitError(f"no utterances in {p}")
+    out = [{**r, "file": str(resolve_path(r["path"], base))} for r in rows]
+    return [{**r, "speaker": speaker} for r in out] if speaker is not None else out
+
+
+def _with_duration(r: dict[str, Any]) -> dict[str, Any] | None:
+    if "duration" in r:
+        return r
+    full = audio_row(r["path"], r["speaker"])
+    return None if full is None else {**full, **r, "duration": full["duration"]}
+
+
+def source_files(spec: str | os.PathLike) -> list[Path] | None:
+    """The audio files a batch conversion reads: every audio file of a folder, or
+    the paths a list names (``.jsonl`` with "path", ``.txt``/``.csv``/``.list``
+    one path a line, first column); None when ``spec`` is neither (one file)."""
+    p = Path(spec)
+    if p.is_dir():
+        files = audio_files(p)
+        if not files:
+            raise VckitError(f"no audio files in {p}")
+        return files
+    if p.suffix.lower() in LIST_EXTS and p.is_file():
+        out = []
+        for line in p.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or line.lower().startswith("path"):
+                continue
+            path = json.loads(line)["path"] if p.suffix.lower() == ".jsonl" else line.split(",")[0]
+            f = Path(path)
+            out.append(f if f.is_absolute() else (p.parent / f if not f.exists() else f))
+        if not out:
+            raise VckitError(f"manifest {p} lists no files")
+        return out
+    return None

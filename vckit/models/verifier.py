@@ -1,0 +1,77 @@
+"""An independent speaker-verification model, to judge conversions.
+
+A conv encoder with statistics pooling, trained with additive angular margin
+softmax (:mod:`vckit.training.verifier`) on the training speakers, separately
+from the voice conversion model, so it does not share that model's blind
+spots. Its equal error rate (EER) on held-out speakers says how far to trust
+it. Its folder is a checkpoint of kind ``verifier`` (:mod:`vckit.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
+from vckit.config import SVConfig, from_dict, to_dict
+from vckit.errors import CheckpointError, ConfigError
+from vckit.models.speaker import SpeakerEncoder
+
+
+class SpeakerVerifier(nn.Module):
+    """log-mel (batch, n_mels, frames) -> unit-length embedding (batch, dim)."""
+
+    def __init__(self, cfg: SVConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = SpeakerEncoder(cfg.mel.n_mels, cfg.encoder)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = mel - mel.mean(dim=-1, keepdim=True)  # cepstral-mean-style channel normalisation
+        return F.normalize(self.encoder(x / 2.0), dim=-1)
+
+
+def equal_error_rate(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """EER and its threshold from trial scores and same-speaker labels."""
+    order = np.argsort(-scores)
+    s, y = scores[order], same[order].astype(bool)
+    n_pos, n_neg = max(1, y.sum()), max(1, (~y).sum())
+    far = np.cumsum(~y) / n_neg  # accepting every trial above each threshold
+    frr = 1 - np.cumsum(y) / n_pos
+    i = int(np.argmin(np.abs(far - frr)))
+    return float((far[i] + frr[i]) / 2), float(s[i])
+
+
+@torch.no_grad()
+def embed_utterances(model: SpeakerVerifier, mels: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Embeddings (n, dim) of whole utterances ``(n_mels, frames)``."""
+    model.eval()
+    out = [model(m.to(device)[None].float())[0].float().cpu() for m in mels]
+    return torch.stack(out)
+
+
+def save_verifier(folder: str | os.PathLike, model: SpeakerVerifier, meta: dict[str, Any]) -> Path:
+    """Write the judge's folder (:func:`vckit.checkpoint.write_folder`); ``meta`` holds its EER and threshold."""
+    meta = {k: v for k, v in meta.items() if k != "step"}
+    return write_folder(folder, "verifier", {"config": to_dict(model.cfg), **meta}, {WEIGHTS_FILE: model.state_dict()},
+                        step=int(meta.get("step") or 0), record_sha256=True)
+
+
+def load_verifier(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeakerVerifier, dict[str, Any]]:
+    """A trained verifier and its metadata (EER, threshold); strict about keys and shapes."""
+    folder = Path(folder)
+    meta = read_folder(folder, "verifier")
+    try:
+        model = SpeakerVerifier(from_dict(SVConfig, meta["config"]))
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}/config.json holds an invalid config: {e}") from None
+    sd = read_weights(folder, meta)
+    check_state_dict(model, sd)
+    model.load_state_dict(sd, strict=True)
+    return model.to(device).eval(), meta
