@@ -5,7 +5,7 @@
     python demo.py --host 0.0.0.0 --share   # reachable from elsewhere (off by default)
 
 Needs the demo extra: ``pip install -e '.[demo]'``. The logic lives in
-:mod:`vckit.demo_app`; this file only reads options and starts the server.
+:mod:`vckit.demo.app`; this file only reads options and starts the server.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from vckit.demo_app import DEFAULT_MAX_SECONDS, VOCODERS
+    from vckit.demo.app import DEFAULT_MAX_SECONDS, VOCODERS
 
     ap = argparse.ArgumentParser(description="vckit voice-conversion demo (Gradio)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("error: the demo needs gradio: pip install -e '.[demo]'", file=sys.stderr)
         return 1
-    from vckit.demo_app import DemoService, build_app, launch_kwargs
+    from vckit.demo.app import DemoService, build_app, launch_kwargs
     from vckit.errors import VckitError
 
     try:

@@ -17,17 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vckit.demo_app import (
-    ENROLLED_PREFIX,
-    EXAMPLE_PREFIX,
-    EXAMPLES_DIR,
-    REFERENCE_CHOICE,
-    DemoService,
-    handle_convert,
-    list_examples,
-)
+from vckit.demo.app import DemoService, ENROLLED_PREFIX, EXAMPLE_PREFIX, REFERENCE_CHOICE, handle_convert
+from vckit.demo.examples import EXAMPLES_DIR, list_examples
 from vckit.errors import VckitError
-from vckit.mel_image import render_mels, write_png
+from vckit.demo.mel_image import render_mels, write_png
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -267,7 +260,7 @@ def test_png_writer_without_pillow(tmp_path: Path) -> None:
 
 # -- the app ----------------------------------------------------------------------------
 def test_import_vckit_does_not_import_gradio() -> None:
-    code = "import sys, vckit, vckit.demo_app; print('gradio' in sys.modules)"
+    code = "import sys, vckit, vckit.demo.app; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -276,7 +269,7 @@ def test_import_vckit_does_not_import_gradio() -> None:
 def test_build_app(service: DemoService) -> None:
     import gradio as gr
 
-    from vckit.demo_app import build_app, launch_kwargs
+    from vckit.demo.app import build_app, launch_kwargs
 
     app = build_app(service)
     assert isinstance(app, gr.Blocks)

@@ -330,7 +330,7 @@ def test_demo_8_simultaneous_visitors_get_their_own_results(demo_url, data_dir, 
     import soundfile as sf
     from gradio_client import Client, handle_file
 
-    from vckit.demo_app import REFERENCE_CHOICE
+    from vckit.demo.app import REFERENCE_CHOICE
 
     speech, sr = sf.read(str(data_dir / "vcc2016" / "SF1" / "100001.wav"), dtype="float32")
     refs = [data_dir / "vcc2016" / spk / "100001.wav" for spk in ("TM1", "SM1", "TF1")]
