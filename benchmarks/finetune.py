@@ -11,7 +11,7 @@ id of a held-out utterance, so parallel corpora never score a sentence
 against itself). Each source is converted on log-mels (no vocoder) by
 
 * **before**: the shipped model, the target enrolled from the fine-tuning audio;
-* **after**: the model ``vckit.finetune`` made from that audio, with the
+* **after**: the model ``vckit.training.finetune`` made from that audio, with the
   profile it enrolled;
 
 and embedded by the independent judge (``checkpoints/speaker_verification``).

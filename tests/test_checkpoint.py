@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,8 @@ from vckit.models.vc import build_model, export_for_inference
 from vckit.config import ClassifierConfig, Config, ContentConfig, DecoderConfig, ModelConfig, SpeakerConfig, VQConfig
 from vckit.errors import CheckpointError, ConfigError
 from vckit.models import count_parameters, inference_state_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(channels: int = 24, vq: bool = True, n_speakers: int = 4) -> Config:
@@ -272,3 +275,48 @@ def test_error_reason_is_one_line_even_for_empty_or_blank_messages():
     assert reason(EOFError()) == "EOFError"
     assert reason(ValueError("  \n\n  bad header\nsecond line")) == "bad header"
     assert reason(OSError(28, "No space left on device")) == "[Errno 28] No space left on device"
+
+
+def test_one_format_for_every_model(tmp_path):
+    """The VC model, the fast vocoder and the judge share one writer and reader: versioned, kind-checked, sha256-checked."""
+    from vckit.checkpoint import read_folder, read_weights, write_folder
+
+    sd = {"w": torch.ones(3)}
+    folder = write_folder(tmp_path / "v", "vocoder", {"note": 1}, {WEIGHTS_FILE: sd}, step=7, dtype=torch.float16, record_sha256=True)
+    meta = read_folder(folder, "vocoder")
+    assert (meta["format"], meta["format_version"], meta["step"], meta["note"]) == ("vckit-fast-vocoder", 1, 7, 1)
+    assert read_weights(folder, meta)["w"].dtype == torch.float32
+    with pytest.raises(CheckpointError, match="not a vckit checkpoint"):
+        read_folder(folder, "vc")
+    with pytest.raises(CheckpointError, match="not a speaker-verification model"):
+        read_folder(folder, "verifier")
+    data = bytearray((folder / WEIGHTS_FILE).read_bytes())
+    data[-1] ^= 1
+    (folder / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        read_weights(folder, meta)
+
+
+def test_folders_written_before_the_shared_format_still_load(tmp_path):
+    """The shipped judge (config.json without format_version) and a fast-vocoder folder as the old save_vocos wrote it."""
+    from safetensors.torch import save_file
+
+    from vckit.config import MelConfig, to_dict
+    from vckit.models.verifier import SpeakerVerifier, load_verifier
+    from vckit.models.vocoder import Vocos, VocosConfig, load_vocoder
+
+    judge, meta = load_verifier(REPO_ROOT / "checkpoints" / "speaker_verification")
+    assert isinstance(judge, SpeakerVerifier) and "format_version" not in meta and 0 < meta["eer"] < 0.5
+    # a fast vocoder folder in the layout of the previous release (written without vckit.checkpoint)
+    gen_cfg = VocosConfig(dim=16, intermediate_dim=32, layers=1)
+    model = Vocos(gen_cfg, MelConfig())
+    old = tmp_path / "vocoder_fast"
+    old.mkdir()
+    weights = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(old / WEIGHTS_FILE), metadata={"format": "vckit-fast-vocoder", "step": "3"})
+    meta = {"format": "vckit-fast-vocoder", "format_version": 1, "kind": "vocos", "step": 3, "mel": to_dict(MelConfig()),
+            "generator": to_dict(gen_cfg), "parameters": 1, "sha256": {WEIGHTS_FILE: sha256_file(old / WEIGHTS_FILE)}}
+    (old / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = load_vocoder(old, MelConfig())
+    assert isinstance(loaded, Vocos)
+    assert all(torch.equal(loaded.state_dict()[k], weights[k].float()) for k in weights)

@@ -167,3 +167,15 @@ def test_yaml_exponent_numbers_are_numbers(tmp_path):
     assert load_config(p, ["train.lr=1e-4"]).train.lr == 1e-4
     with pytest.raises(ConfigError, match="data.features"):
         load_config(p, ["data.features=1e3"])  # a number where a path is expected is still an error
+
+
+def test_old_configs_with_removed_keys_still_load(caplog):
+    """train.num_workers (never used) was written by older versions: it is dropped with a note, not an error."""
+    d = to_dict(Config())
+    assert "num_workers" not in d["train"]
+    d["train"]["num_workers"] = 4
+    with caplog.at_level("INFO", logger="vckit.config"):
+        assert Config.from_dict(d) == Config()
+    assert "num_workers is no longer used" in caplog.text
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_dict(Config, {"train": {"num_workers": 4, "not_a_key": 1}})

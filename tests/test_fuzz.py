@@ -20,8 +20,8 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from datetime import timedelta
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +44,14 @@ MODEL_SR = 22050
 
 def fuzz_settings(default_examples: int):
     """A few dozen derandomised cases by default (the same ones on every run);
-    ``VCKIT_FUZZ_EXAMPLES`` random ones when set. A case over a minute is a hang."""
+    ``VCKIT_FUZZ_EXAMPLES`` random ones when set. The suite asserts behaviour, not
+    wall-clock time, so it sets no deadline; the long run of
+    ``benchmarks/fuzz_inputs.py`` (which sets ``VCKIT_FUZZ_EXAMPLES``) calls a case
+    over a minute a hang."""
     return settings(
         max_examples=EXAMPLES or default_examples,
         derandomize=not EXAMPLES,
-        deadline=timedelta(seconds=60),
+        deadline=timedelta(seconds=60) if EXAMPLES else None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     )
@@ -202,7 +205,6 @@ def test_fuzzed_files_load_or_raise_a_clear_error(tmp_path_factory, case, target
     path = write_case(case, folder)
     if path is None:
         return record("load", case, "unwritable")
-    t0 = time.perf_counter()
     try:
         wav = load_audio(path, target_sr, trim=trim, normalize=normalize)
     except VckitError as e:
@@ -214,7 +216,6 @@ def test_fuzzed_files_load_or_raise_a_clear_error(tmp_path_factory, case, target
             info = sf.info(str(path))
             assert abs(len(wav) - info.frames * target_sr / info.samplerate) <= 2 + 5e-4 * len(wav)
     record("load", case, outcome)
-    assert time.perf_counter() - t0 < 30, f"loading took {time.perf_counter() - t0:.0f} s"
 
 
 @fuzz_settings(60)
@@ -239,13 +240,12 @@ def test_fuzzed_arrays_load_or_raise_a_clear_error(sig, target_sr, layout):
 
 # -- regressions the fuzzing found ----------------------------------------------------------
 @pytest.mark.parametrize("rate", [44101, 96001, 192001, 8001, 22039])
-def test_odd_sample_rates_resample_quickly(rate):
+def test_odd_sample_rates_resample_with_a_small_kernel(rate):
     """A file at 44101 Hz took 91 s and 16 GB to resample (torchaudio's kernel is
-    about orig x new taps for rates in lowest terms); 96001 Hz was killed for memory."""
+    about orig x new taps for rates in lowest terms); 96001 Hz was killed for memory.
+    The structural check: the ratio used keeps the kernel small (no wall-clock bound)."""
     x = np.sin(np.arange(rate) * 0.05).astype(np.float32)  # one second
-    t0 = time.perf_counter()
     y = resample(x, rate, MODEL_SR)
-    assert time.perf_counter() - t0 < 5
     assert abs(len(y) - MODEL_SR) <= 0.0005 * MODEL_SR + 1
     orig, new = resample_ratio(rate, MODEL_SR)
     assert orig * new <= 1_000_000 and abs(orig / new - rate / MODEL_SR) <= 5e-4 * rate / MODEL_SR

@@ -26,7 +26,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sv(args: argparse.Namespace) -> int:
-    from vckit.config import SVConfig, load_config
+    from vckit.config import load_config
+    from vckit.models.verifier import SVConfig
     from vckit.training.verifier import train_sv
 
     res = train_sv(load_config(args.config, args.set, cls=SVConfig), device=args.device, progress=not args.quiet)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vckit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,6 @@ class TrainConfig:
     valid_every: int = 1000
     ckpt_every: int = 1000
     keep_last: int = 3
-    num_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,32 +254,17 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Strict, but a key that older vckit versions wrote (:data:`REMOVED_KEYS`) is dropped with a note."""
+        d = dict(d)
+        for section, key in REMOVED_KEYS:
+            if isinstance(d.get(section), dict) and key in d[section]:
+                log.info("config: %s.%s is no longer used (it never had an effect) and is ignored", section, key)
+                d[section] = {k: v for k, v in d[section].items() if k != key}
         return from_dict(cls, d)
 
-    def replace(self, **sections: Any) -> "Config":
-        return dataclasses.replace(self, **sections)
 
-
-@dataclass(frozen=True)
-class SVConfig:
-    """The speaker-verification judge: its encoder and how it is trained (``vckit train-sv``)."""
-
-    mel: MelConfig = field(default_factory=MelConfig)
-    encoder: SpeakerConfig = field(default_factory=lambda: SpeakerConfig(channels=256, blocks=6, kernel_size=5, dim=192))
-    train_manifest: str = "cache/shared_dev/train.jsonl"
-    valid_manifest: str = "cache/shared_dev/valid.jsonl"
-    features: str = "cache/shared_dev/features"
-    out_dir: str = "runs/speaker_verification"
-    segment_frames: int = 200
-    batch_size: int = 128
-    steps: int = 20000
-    time_budget: float = 0.0
-    lr: float = 2e-3
-    margin: float = 0.2
-    scale: float = 30.0
-    seed: int = 7
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(speed=0.0, pitch_bins=0.0))
-
+# keys of old config.json files that are read and ignored: (section, key)
+REMOVED_KEYS = (("train", "num_workers"),)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -369,7 +356,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: Any =
         raise ConfigError(f"config {path} must be a mapping at the top level")
     for ov in overrides or []:
         apply_override(d, ov)
-    return from_dict(cls, d)
+    return cls.from_dict(d) if cls is Config else from_dict(cls, d)
 
 
 def apply_override(d: dict[str, Any], override: str) -> None:

@@ -10,6 +10,7 @@ it. Its folder is a checkpoint of kind ``verifier`` (:mod:`vckit.checkpoint`).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
-from vckit.config import SVConfig, from_dict, to_dict
+from vckit.config import AugmentConfig, MelConfig, SpeakerConfig, from_dict, to_dict
 from vckit.errors import CheckpointError, ConfigError
 from vckit.models.speaker import SpeakerEncoder
+
+
+@dataclass(frozen=True)
+class SVConfig:
+    """The speaker-verification judge: its encoder and how it is trained (``vckit train-sv``)."""
+
+    mel: MelConfig = field(default_factory=MelConfig)
+    encoder: SpeakerConfig = field(default_factory=lambda: SpeakerConfig(channels=256, blocks=6, kernel_size=5, dim=192))
+    train_manifest: str = "cache/shared_dev/train.jsonl"
+    valid_manifest: str = "cache/shared_dev/valid.jsonl"
+    features: str = "cache/shared_dev/features"
+    out_dir: str = "runs/speaker_verification"
+    segment_frames: int = 200
+    batch_size: int = 128
+    steps: int = 20000
+    time_budget: float = 0.0
+    lr: float = 2e-3
+    margin: float = 0.2
+    scale: float = 30.0
+    seed: int = 7
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(speed=0.0, pitch_bins=0.0))
 
 
 class SpeakerVerifier(nn.Module):

@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vckit.config import SVConfig
 from vckit.errors import VckitError
-from vckit.models.verifier import SpeakerVerifier, embed_utterances, equal_error_rate, save_verifier
+from vckit.models.verifier import SpeakerVerifier, SVConfig, embed_utterances, equal_error_rate, save_verifier
 from vckit.training.loop import pick_device
 
 log = logging.getLogger(__name__)

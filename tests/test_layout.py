@@ -1,0 +1,45 @@
+"""The package's shape: lower layers never import higher ones, and no module grows past ~400 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vckit"
+LOWER = ("vckit.config", "vckit.errors", "vckit.audio", "vckit.pitch", "vckit.speakers", "vckit.checkpoint", "vckit.models", "vckit.data")
+HIGHER = ("vckit.training", "vckit.evaluation", "vckit.api", "vckit.cli", "vckit.demo")
+MAX_LINES = 410
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_lower_layers_never_import_higher_ones():
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mod = _module(path)
+        if _under(mod, LOWER):
+            bad += [f"{mod} imports {name}" for name in sorted(_imports(path)) if _under(name, HIGHER)]
+    assert not bad, bad
+
+
+def test_no_module_is_two_ideas():
+    long = [f"{p.relative_to(PACKAGE.parent)}: {n}" for p in sorted(PACKAGE.rglob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    assert not long, long
