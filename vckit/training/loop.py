@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vckit.checkpoint import latest_checkpoint, prune_checkpoints
 from vckit.errors import VckitError
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,19 @@ class TrainingLoop:
             self.sampler.load_state_dict({"rng": samplers[self.dist.rank]})
         else:
             log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(samplers))
+
+    def _saved(self, path: Path) -> Path:
+        """After :meth:`save` wrote ``path``: keep the newest ``train.keep_last`` checkpoints."""
+        prune_checkpoints(self.out_dir, self.cfg.train.keep_last)
+        log.info("saved %s", path)
+        return path
+
+    def _latest(self) -> Path | None:
+        """The checkpoint to resume from (None, with a warning, when the run has none yet)."""
+        ck = latest_checkpoint(self.out_dir)
+        if ck is None:
+            log.warning("no checkpoint in %s: starting from scratch", self.out_dir)
+        return ck
 
     def train_step(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vckit.checkpoint import latest_checkpoint, load_checkpoint, load_train_state, prune_checkpoints, save_checkpoint, step_folder
+from vckit.checkpoint import load_checkpoint, load_train_state, save_checkpoint, step_folder
 from vckit.config import Config
 from vckit.data.features import FeatureStore
 from vckit.data.manifest import read_manifest
@@ -155,14 +155,11 @@ class Trainer(TrainingLoop):
             extra={"speakers": self.sampler.speakers},
             train_state=state,
         )
-        prune_checkpoints(self.out_dir, self.cfg.train.keep_last)
-        log.info("saved %s", path)
-        return path
+        return self._saved(path)
 
     def _resume(self) -> None:
-        ck = latest_checkpoint(self.out_dir)
+        ck = self._latest()
         if ck is None:
-            log.warning("no checkpoint in %s: starting from scratch", self.out_dir)
             return
         cfg_ck, sd, meta = load_checkpoint(ck, self.device)
         if cfg_ck.model != self.cfg.model or cfg_ck.mel != self.cfg.mel:

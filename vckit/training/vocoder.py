@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from vckit.audio import MelSpectrogram
-from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, load_train_state, prune_checkpoints, read_folder, read_weights, step_folder
+from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, load_train_state, read_folder, read_weights, step_folder
 from vckit.config import MelConfig, from_dict, load_config, to_dict
 from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.vocoder.discriminators import (
@@ -180,14 +180,11 @@ class VocoderTrainer(TrainingLoop):
             extra_weights={DISC_FILE: self.disc.state_dict()},
             train_state=state,
         )
-        prune_checkpoints(self.out_dir, self.cfg.train.keep_last)
-        log.info("saved %s", path)
-        return path
+        return self._saved(path)
 
     def _resume(self) -> None:
-        ck = latest_checkpoint(self.out_dir)
+        ck = self._latest()
         if ck is None:
-            log.warning("no checkpoint in %s: starting from scratch", self.out_dir)
             return
         meta = read_folder(ck, "vocoder")
         training = meta.get("training", {})
