@@ -95,10 +95,14 @@ def convert_set(vc: Any, items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     through the public API (``vc.voice`` of the references, ``vc.convert_mel``
     of the source file), so models with an F0 path or a phonetic teacher run
     exactly as ``vckit convert`` runs them."""
-    out = {}
+    from vckit.audio import load_audio
+
+    rate, out = vc.config.mel.sample_rate, {}
     for i, it in enumerate(items):
         for cond in CONDITIONS:
-            conv = vc.convert_mel(it["src"], vc.voice(it[cond]["refs"]))
+            # the references back to back, as one clip: some (FSDD digits) are under the 1 s a single reference needs
+            refs = np.concatenate([load_audio(p, rate, trim=True) for p in it[cond]["refs"]])
+            conv = vc.convert_mel(it["src"], vc.voice(refs, sr=rate))
             out[f"{i}_{cond}"] = conv.float().cpu().numpy().astype(np.float16)
     return out
 

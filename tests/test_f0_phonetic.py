@@ -186,3 +186,44 @@ def test_soft_cross_entropy_prefers_the_teacher():
     bad = torch.zeros(1, 4, 5)
     bad[:, 3] = 5.0
     assert soft_cross_entropy(good, target) < soft_cross_entropy(bad, target)
+
+
+# -- virtual speakers ---------------------------------------------------------------
+def test_a_scaled_mel_is_the_mel_of_the_scaled_voice():
+    from vckit.audio import log_mel
+    from vckit.data.virtual_speakers import scaled_mel
+
+    cfg = MelConfig()
+    tone = harmonic_tone(np.full(SR, 200.0))
+    n = len(tone) // HOP
+    lower = scaled_mel(tone, SR, 0.75, n, cfg)
+    assert lower.shape == (n, 80)  # the timing is kept
+    expected = log_mel(harmonic_tone(np.full(SR, 150.0)), cfg).numpy().T
+    mid = slice(10, n - 10)
+    assert np.abs(lower[mid].mean(0) - expected[mid].mean(0)).mean() < 0.35
+    assert np.abs(lower[mid].mean(0) - log_mel(tone, cfg).numpy().T[mid].mean(0)).mean() > 0.7
+
+
+def test_virtual_speakers_copy_the_content_and_scale_the_f0(tiny_cache, tmp_path):
+    import shutil
+
+    from vckit.data.features import FeatureStore
+    from vckit.data.frame_features import cache_frame_features
+    from vckit.data.manifest import read_manifest
+    from vckit.data.virtual_speakers import build
+
+    feats = tmp_path / "features"
+    shutil.copytree(tiny_cache["features"], feats)
+    cache_frame_features(feats, dims=8, top_k=2, progress=False)
+    summary = build(feats, tiny_cache["train"], tmp_path / "virtual", [0.8], progress=False)
+    rows = read_manifest(tmp_path / "virtual" / "train.jsonl")
+    train = read_manifest(tiny_cache["train"])
+    assert summary["rows"] == len(rows) == 2 * len(train)
+    store = FeatureStore.load(tmp_path / "virtual" / "features")
+    index = {u["path"]: i for i, u in enumerate(store.utterances)}
+    r = train[0]
+    a, b = store.frames(index[r["path"]]), store.frames(index[r["path"] + "#x0.8"])
+    assert store.utterances[index[r["path"] + "#x0.8"]]["speaker"] == r["speaker"] + "@0.8"
+    assert a.mel.shape == b.mel.shape and not torch.equal(a.mel, b.mel)
+    torch.testing.assert_close(b.f0, a.f0 * 0.8, rtol=2e-3, atol=0.1)
+    torch.testing.assert_close(b.phonetic, a.phonetic)

@@ -200,7 +200,7 @@ def test_a_model_with_every_new_part_trains_and_resumes(make_config, featured_ca
         "model.f0.enabled=true", "model.content.input=phonetic", "model.content.input_dim=16",
         "model.phonetic_head.enabled=true", "model.phonetic_head.channels=16", "train.phonetic_kl=1.0",
         "model.discriminator.enabled=true", "model.discriminator.channels=8", "model.discriminator.layers=2",
-        "train.mel_gan=0.1", "train.feature_matching=0.3", "train.gan_start_step=5", "train.valid_every=1000",
+        "train.mel_gan=0.1", "train.feature_matching=0.3", "train.gan_start_step=5", "train.gan_on_conversions=true", "train.valid_every=1000",
     ]
     trainer = Trainer(make_config("train.steps=40", "train.ckpt_every=20", *overrides), device="cpu")
     proj = trainer.model.content_encoder.teacher_proj

@@ -312,6 +312,8 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     recorded = meta.get("sha256", {}).get("model.safetensors")
     if not recorded and path.resolve() == DEFAULT_CHECKPOINT.resolve():
         raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
+    if quantize is not None and not config.model.vq.enabled:
+        raise VckitError(f"the model in {path} has no VQ bottleneck: the codebook choice (--vq, quantize=) applies only to models trained with one")
     if quantize is not None:
         # a mix of 0 is the continuous codes; VQConfig refuses a mix outside [0, 1]
         mix = 1.0 if isinstance(quantize, bool) else float(quantize)

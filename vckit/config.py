@@ -232,6 +232,7 @@ class TrainConfig:
     mel_gan: float = 0.0  # >0 (with model.discriminator): least-squares adversarial loss on the decoded mel
     feature_matching: float = 0.0  # L1 between the discriminator's features of decoded and real mels
     gan_start_step: int = 0  # the discriminator trains from the start; the decoder feels it from this step
+    gan_on_conversions: bool = False  # also judge each segment decoded in another item's voice (and F0 register)
     amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
     compile: bool = False
     seed: int = 1234

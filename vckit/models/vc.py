@@ -80,6 +80,7 @@ class TrainOutput:
     cycle_codes: torch.Tensor | None = None  # codes of a conversion to another voice ...
     cycle_target: torch.Tensor | None = None  # ... and the source's (detached)
     invariance_codes: torch.Tensor | None = None  # codes of the mel-shifted segment
+    converted: torch.Tensor | None = None  # (B, n_mels, T) normalised: each item in the next item's voice (no target: for a discriminator)
 
 
 class VoiceConversionModel(nn.Module):
@@ -198,6 +199,7 @@ class VoiceConversionModel(nn.Module):
         adv_weight: float = 0.0,
         cycle: bool = False,
         perturbed: torch.Tensor | None = None,
+        convert: bool = False,
     ) -> TrainOutput:
         """Self-reconstruction of ``x`` with the speaker taken from ``ref``.
 
@@ -209,6 +211,10 @@ class VoiceConversionModel(nn.Module):
         item's reference and its codes are read back (``cycle_codes``, to
         match the source's ``cycle_target``). With ``perturbed`` (the mel
         moved along the mel axis), its codes come back as ``invariance_codes``.
+        With ``convert``, each item is also decoded in the voice of the next
+        item's reference, its F0 moved to that item's register
+        (``converted``): the case a discriminator can judge but plain
+        reconstruction never trains.
         """
         x = x if isinstance(x, Frames) else Frames(x)
         self._check(x)
@@ -228,6 +234,15 @@ class VoiceConversionModel(nn.Module):
             if self.needs_phonetic:
                 raise ValueError("the content-invariance loss needs a mel-reading content encoder")
             out.invariance_codes = self.content_encoder(self.normalize(perturbed))
+        if convert:
+            f0_conv = None
+            if self.needs_f0:
+                voiced = x.f0 > 0
+                logf = torch.log(x.f0.float().clamp(min=1.0))
+                mean = (logf * voiced).sum(1) / voiced.sum(1).clamp(min=1)  # per item, over voiced frames
+                shift = (mean.roll(1, 0) - mean) * (voiced.sum(1) > 0) * (voiced.sum(1).roll(1, 0) > 0)
+                f0_conv = self.f0_features(x.f0.float() * torch.exp(shift)[:, None])
+            out.converted = self.decoder(content.codes, spk.roll(1, 0), f0_conv)[..., :frames]
         if self.classifier is not None and speaker_ids is not None:
             out.speaker_logits = self.classifier(grad_reverse(content.codes, adv_weight))
         if self.phonetic_head is not None:

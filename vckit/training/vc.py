@@ -185,7 +185,15 @@ class Trainer(TrainingLoop):
         adv_w = adversarial_weight(self.step, c.weight, c.start_step, c.warmup_steps)
         perturbed = self._perturbed(batch["mel"]) if t.content_invariance > 0 else None
         with autocast_for(self.device, t.amp):
-            out = self.net(frames_of(batch), batch["ref"], speaker_ids=batch["speaker"], adv_weight=adv_w, cycle=t.content_cycle > 0, perturbed=perturbed)
+            out = self.net(
+                frames_of(batch),
+                batch["ref"],
+                speaker_ids=batch["speaker"],
+                adv_weight=adv_w,
+                cycle=t.content_cycle > 0,
+                perturbed=perturbed,
+                convert=self.disc is not None and t.gan_on_conversions,
+            )
         loss, stats = model_losses(out, batch, cfg)
         if self.disc is not None:
             loss, gan_stats = self._gan_step(out, batch, loss)
@@ -217,9 +225,12 @@ class Trainer(TrainingLoop):
         from vckit.models.discriminator import discriminator_loss, feature_matching_loss, generator_loss
 
         t = self.cfg.train
-        real, fake = out.target * batch["mask"][:, None], out.pred * batch["mask"][:, None]
+        m = batch["mask"][:, None]
+        real, fake = out.target * m, out.pred * m
+        conv = out.converted * m if out.converted is not None else None
+        fakes = fake if conv is None else torch.cat([fake, conv])  # conversions have no target: judged, not matched
         d_real, _ = self.disc(real)
-        d_fake, _ = self.disc(fake.detach())
+        d_fake, _ = self.disc(fakes.detach())
         d_loss = discriminator_loss(d_real, d_fake)
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -227,8 +238,9 @@ class Trainer(TrainingLoop):
         if self.step < t.gan_start_step:
             return loss, {"gan/d": d_loss.detach()}
         d_real, f_real = self.disc(real)
-        d_fake, f_fake = self.disc(fake)
-        g, fm = generator_loss(d_fake), feature_matching_loss(f_real, f_fake)
+        d_fake, f_fake = self.disc(fakes)
+        n = fake.shape[0]
+        g, fm = generator_loss(d_fake), feature_matching_loss(f_real, [f[:n] for f in f_fake])
         return loss + t.mel_gan * g + t.feature_matching * fm, {"gan/d": d_loss.detach(), "gan/g": g.detach(), "gan/fm": fm.detach()}
 
     @torch.no_grad()
