@@ -236,3 +236,10 @@ def test_torchrun_two_processes_on_cpu(tiny_cache, tmp_path):
     cfg, sd, meta = load_checkpoint(out / names[0])
     assert meta["step"] == 6
     build_model(cfg, sd, for_training=True)  # the DDP run saved plain (unwrapped) weights
+
+
+def test_convert_refuses_an_absurd_pitch_shift(vckit_cli, speech_pair, tmp_path):
+    src, ref = speech_pair
+    proc = vckit_cli("convert", src, "--ref", ref, "-o", tmp_path / "o.wav", "--pitch-shift", "48")
+    assert proc.returncode == 2 and "between -24 and 24" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.wav").exists()

@@ -92,6 +92,17 @@ def _target_args(args: argparse.Namespace, vc):
     return vc.voice(args.ref)
 
 
+def _semitones(value: str) -> float:
+    """``--pitch-shift``: a number of semitones between -24 and 24."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of semitones, got {value!r}") from None
+    if not -24.0 <= v <= 24.0:
+        raise argparse.ArgumentTypeError(f"a pitch shift must be between -24 and 24 semitones, got {value}")
+    return v
+
+
 def _vq_choice(value: str) -> bool | float | None:
     """``--vq``: auto (None), on (True), off (False) or a mix between 0 and 1."""
     named = {"auto": None, "on": True, "off": False}
@@ -286,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--vocoder", default="hifigan", help="hifigan (default), griffinlim, or a path")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     c.add_argument("--vq", default="auto", type=_vq_choice, metavar="{auto,on,off,MIX}", help="content codes: the nearest codebook entries (on), the encoder's own (off), or a MIX between 0 and 1 of the way from the encoder's toward the nearest; auto: as the checkpoint says")
-    c.add_argument("--pitch-shift", type=float, default=0.0, help="shift the source by this many semitones first")
-    c.add_argument("--match-pitch", action="store_true", help="shift the source so its median F0 matches the target's")
+    c.add_argument("--pitch-shift", type=_semitones, default=0.0, help="move the converted voice's register this many semitones (-24 to 24); through the F0 path where the model has one, else by shifting the source first")
+    c.add_argument("--match-pitch", action="store_true", help="models without an F0 path: shift the source so its median F0 matches the target's (models with one always do)")
     c.add_argument("--sample-rate", type=int, default=None, help="output sample rate (default 22050)")
     c.add_argument("--bank", default=None, help="speaker bank folder for --speaker (default: user data dir)")
     c.add_argument("--overwrite", action="store_true", help="replace existing output files")
