@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 F0_MIN = 55.0
+BLOCK_FRAMES = 2048  # frames analysed at once (about 50 MB of spectra at 22.05 kHz)
 F0_MAX = 600.0
 
 
@@ -55,8 +56,18 @@ def f0_track(
     span = win + tau_max
     need = (n_frames - 1) * hop + span
     x = torch.nn.functional.pad(x, (offset, max(0, need - len(x) - offset)))[:need] if offset or need > len(x) else x[:need]
-    frames = x.unfold(0, span, hop)  # (n, win + tau_max)
-    n = frames.shape[0]
+    frames = x.unfold(0, span, hop)  # (n, win + tau_max), a view
+    # blocks of frames, so a long input never holds all its spectra at once
+    f0, rms = zip(*(_yin_block(frames[i : i + BLOCK_FRAMES], sr, win, tau_min, tau_max, threshold) for i in range(0, frames.shape[0], BLOCK_FRAMES)))
+    f0, rms = torch.cat(f0), torch.cat(rms)
+    loud = rms > rms.max() * 10 ** (-silence_db / 20)
+    f0 = torch.where(loud & (f0 >= fmin) & (f0 <= fmax), f0, torch.zeros_like(f0))
+    return clean_octaves(f0.numpy().astype(np.float32))
+
+
+def _yin_block(frames: torch.Tensor, sr: int, win: int, tau_min: int, tau_max: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """YIN on frames (n, win + tau_max) -> F0 (n,) in Hz (0: no dip under the threshold) and RMS (n,)."""
+    n, span = frames.shape
     size = 1 << (2 * span - 1).bit_length()
     spec = torch.fft.rfft(frames, size)
     head = torch.fft.rfft(frames[:, :win], size)
@@ -80,11 +91,8 @@ def f0_track(
     a, b, c = cmnd[rows, t - 1], cmnd[rows, t], cmnd[rows, t + 1]
     den = a - 2 * b + c
     frac = torch.where(den > 1e-9, 0.5 * (a - c) / den.clamp(min=1e-9), torch.zeros_like(den)).clamp(-1, 1)
-    f0 = sr / (t.float() + frac)
-    rms = frames[:, :win].pow(2).mean(1).sqrt()
-    loud = rms > rms.max() * 10 ** (-silence_db / 20) if n else rms > 0
-    f0 = torch.where(has & loud & (f0 >= fmin) & (f0 <= fmax), f0, torch.zeros_like(f0))
-    return clean_octaves(f0.numpy().astype(np.float32))
+    f0 = torch.where(has, sr / (t.float() + frac), torch.zeros(n))
+    return f0, frames[:, :win].pow(2).mean(1).sqrt()
 
 
 def clean_octaves(f0: np.ndarray, min_run: int = 3) -> np.ndarray:
