@@ -151,3 +151,20 @@ def vckit_cli():
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def vq_checkpoint(tmp_path_factory):
+    """A small model with a VQ bottleneck (untrained), saved the way training saves one."""
+    from vckit.checkpoint import save_checkpoint
+    from vckit.config import Config, ContentConfig, DecoderConfig, ModelConfig, SpeakerConfig, VQConfig
+    from vckit.models.vc import build_model
+
+    cfg = Config(model=ModelConfig(
+        content=ContentConfig(channels=32, blocks=2, kernel_size=3, downsample=(1, 2), dim=4),
+        vq=VQConfig(enabled=True, codebook_size=16, at_inference=False),
+        speaker=SpeakerConfig(channels=32, blocks=2, kernel_size=3, dim=16),
+        decoder=DecoderConfig(channels=32, blocks=2, kernel_size=3),
+    ))
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("vq") / "ck", cfg, build_model(cfg).state_dict(), step=1)

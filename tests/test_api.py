@@ -87,23 +87,6 @@ def test_convert_mel_changes_with_the_target(vc, files):
     assert (a - b).abs().mean() > 0.05
 
 
-@pytest.fixture(scope="module")
-def vq_checkpoint(tmp_path_factory):
-    """A small model with a VQ bottleneck (untrained), saved the way training saves one."""
-    from vckit.checkpoint import save_checkpoint
-    from vckit.config import Config, ContentConfig, DecoderConfig, ModelConfig, SpeakerConfig, VQConfig
-    from vckit.models.vc import build_model
-
-    cfg = Config(model=ModelConfig(
-        content=ContentConfig(channels=32, blocks=2, kernel_size=3, downsample=(1, 2), dim=4),
-        vq=VQConfig(enabled=True, codebook_size=16, at_inference=False),
-        speaker=SpeakerConfig(channels=32, blocks=2, kernel_size=3, dim=16),
-        decoder=DecoderConfig(channels=32, blocks=2, kernel_size=3),
-    ))
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("vq") / "ck", cfg, build_model(cfg).state_dict(), step=1)
-
-
 def test_quantize_switch_picks_codebook_or_continuous_codes(vq_checkpoint, files):
     def load(q):
         return vckit.load(checkpoint=vq_checkpoint, vocoder="griffinlim", device="cpu", quantize=q)

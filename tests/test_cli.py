@@ -175,20 +175,9 @@ def test_convert_writes_a_wav_and_refuses_to_overwrite(vckit_cli, speech_pair, t
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_convert_vq_choice_on_a_model_with_a_codebook(vckit_cli, speech_pair, tmp_path):
+def test_convert_vq_choice_on_a_model_with_a_codebook(vckit_cli, speech_pair, vq_checkpoint, tmp_path):
     """--vq on/off/0.5: codebook entries, the encoder's own codes, or halfway: three conversions."""
-    from vckit.checkpoint import save_checkpoint
-    from vckit.config import Config, ContentConfig, DecoderConfig, ModelConfig, SpeakerConfig, VQConfig
-    from vckit.models.vc import build_model
-
-    cfg = Config(model=ModelConfig(
-        content=ContentConfig(channels=32, blocks=2, kernel_size=3, downsample=(1, 2), dim=4),
-        vq=VQConfig(enabled=True, codebook_size=16, at_inference=False),
-        speaker=SpeakerConfig(channels=32, blocks=2, kernel_size=3, dim=16),
-        decoder=DecoderConfig(channels=32, blocks=2, kernel_size=3),
-    ))
-    torch.manual_seed(0)
-    ck = save_checkpoint(tmp_path / "vq", cfg, build_model(cfg).state_dict(), step=1)
+    ck = vq_checkpoint
     src, ref = speech_pair
     out = tmp_path / "out.wav"
     common = ["convert", src, "--ref", ref, "-o", out, "--checkpoint", ck, "--vocoder", "griffinlim", "--device", "cpu", "--overwrite"]
