@@ -232,3 +232,16 @@ def test_convert_refuses_an_absurd_pitch_shift(vckit_cli, speech_pair, tmp_path)
     proc = vckit_cli("convert", src, "--ref", ref, "-o", tmp_path / "o.wav", "--pitch-shift", "48")
     assert proc.returncode == 2 and "between -24 and 24" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_convert_refuses_what_it_cannot_write_or_read(vckit_cli, speech_pair, tmp_path):
+    src, ref = speech_pair
+    mp3 = vckit_cli("convert", src, "--ref", ref, "-o", tmp_path / "o.mp3")
+    assert mp3.returncode != 0 and "16-bit WAV" in mp3.stderr and "Traceback" not in mp3.stderr
+    assert not (tmp_path / "o.mp3").exists()
+    rate = vckit_cli("convert", src, "--ref", ref, "-o", tmp_path / "o.wav", "--sample-rate", "0")
+    assert rate.returncode == 2 and "between 4000 and 192000" in rate.stderr
+    for name, text, says in (("bad.jsonl", '{"path": "a.wav"\n', "not valid JSON"), ("nopath.jsonl", '{"x": 1}\n', 'needs a "path"')):
+        (tmp_path / name).write_text(text)
+        proc = vckit_cli("convert", tmp_path / name, "--ref", ref, "-o", tmp_path / "out")
+        assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr

@@ -92,6 +92,17 @@ def _target_args(args: argparse.Namespace, vc):
     return vc.voice(args.ref)
 
 
+def _sample_rate(value: str) -> int:
+    """``--sample-rate``: an integer number of Hz between 4000 and 192000."""
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of Hz, got {value!r}") from None
+    if not 4000 <= v <= 192000:
+        raise argparse.ArgumentTypeError(f"the output sample rate must be between 4000 and 192000 Hz, got {value}")
+    return v
+
+
 def _semitones(value: str) -> float:
     """``--pitch-shift``: a number of semitones between -24 and 24."""
     try:
@@ -130,6 +141,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise VckitError(f"source not found: {args.source}")
         if out.is_dir():
             raise VckitError(f"{out} is a folder: give an output file name, e.g. {out / (Path(args.source).stem + '.wav')}")
+        if out.suffix.lower() != ".wav":
+            raise VckitError(f"{out}: vckit writes 16-bit WAV; name the output .wav (e.g. {out.with_suffix('.wav')})")
         if out.exists() and not args.overwrite:
             raise VckitError(f"{out} already exists (use --overwrite to replace it)")
     elif out.exists() and not out.is_dir():
@@ -299,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--vq", default="auto", type=_vq_choice, metavar="{auto,on,off,MIX}", help="content codes: the nearest codebook entries (on), the encoder's own (off), or a MIX between 0 and 1 of the way from the encoder's toward the nearest; auto: as the checkpoint says")
     c.add_argument("--pitch-shift", type=_semitones, default=0.0, help="move the converted voice's register this many semitones (-24 to 24); through the F0 path where the model has one, else by shifting the source first")
     c.add_argument("--match-pitch", action="store_true", help="models without an F0 path: shift the source so its median F0 matches the target's (models with one always do)")
-    c.add_argument("--sample-rate", type=int, default=None, help="output sample rate (default 22050)")
+    c.add_argument("--sample-rate", type=_sample_rate, default=None, help="output sample rate, 4000 to 192000 Hz (default 22050)")
     c.add_argument("--bank", default=None, help="speaker bank folder for --speaker (default: user data dir)")
     c.add_argument("--overwrite", action="store_true", help="replace existing output files")
     c.set_defaults(func=_cmd_convert)

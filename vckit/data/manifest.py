@@ -205,6 +205,17 @@ def _with_duration(r: dict[str, Any]) -> dict[str, Any] | None:
     return None if full is None else {**full, **r, "duration": full["duration"]}
 
 
+def _jsonl_path(manifest: Path, line_no: int, line: str) -> str:
+    """The "path" of one JSONL line, or one clear error naming the line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        raise VckitError(f"{manifest}:{line_no} is not valid JSON") from None
+    if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+        raise VckitError(f'{manifest}:{line_no} needs a "path"')
+    return row["path"]
+
+
 def source_files(spec: str | os.PathLike) -> list[Path] | None:
     """The audio files a batch conversion reads: every audio file of a folder, or
     the paths a list names (``.jsonl`` with "path", ``.txt``/``.csv``/``.list``
@@ -217,11 +228,11 @@ def source_files(spec: str | os.PathLike) -> list[Path] | None:
         return files
     if p.suffix.lower() in LIST_EXTS and p.is_file():
         out = []
-        for line in p.read_text().splitlines():
+        for i, line in enumerate(p.read_text().splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#") or line.lower().startswith("path"):
                 continue
-            path = json.loads(line)["path"] if p.suffix.lower() == ".jsonl" else line.split(",")[0]
+            path = _jsonl_path(p, i, line) if p.suffix.lower() == ".jsonl" else line.split(",")[0]
             f = Path(path)
             out.append(f if f.is_absolute() else (p.parent / f if not f.exists() else f))
         if not out:
