@@ -92,26 +92,23 @@ def _target_args(args: argparse.Namespace, vc):
     return vc.voice(args.ref)
 
 
-def _sample_rate(value: str) -> int:
-    """``--sample-rate``: an integer number of Hz between 4000 and 192000."""
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of Hz, got {value!r}") from None
-    if not 4000 <= v <= 192000:
-        raise argparse.ArgumentTypeError(f"the output sample rate must be between 4000 and 192000 Hz, got {value}")
-    return v
+def _bounded(cast, lo: float, hi: float, what: str, unit: str, kind: str):
+    """An argparse type: ``cast(value)`` that must lie in ``[lo, hi]``, else one clear message."""
+
+    def parse(value: str):
+        try:
+            v = cast(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {value!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be between {lo:g} and {hi:g} {unit}, got {value}")
+        return v
+
+    return parse
 
 
-def _semitones(value: str) -> float:
-    """``--pitch-shift``: a number of semitones between -24 and 24."""
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of semitones, got {value!r}") from None
-    if not -24.0 <= v <= 24.0:
-        raise argparse.ArgumentTypeError(f"a pitch shift must be between -24 and 24 semitones, got {value}")
-    return v
+_sample_rate = _bounded(int, 4000, 192000, "the output sample rate", "Hz", "a whole number of Hz")
+_semitones = _bounded(float, -24.0, 24.0, "a pitch shift", "semitones", "a number of semitones")
 
 
 def _vq_choice(value: str) -> bool | float | None:

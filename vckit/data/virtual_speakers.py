@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from vckit.errors import VckitError
 
@@ -85,6 +84,7 @@ def build(folder: str | os.PathLike, train_manifest: str | os.PathLike, out: str
     try:
         shards = [folder]
         new_rows = list(rows)
+        by_path = {r["path"]: r for r in rows}
         for ratio in ratios:
             total = sum(u["frames"] for u in utts)
             mels = np.zeros((total, mel_cfg.n_mels), np.uint8)
@@ -113,7 +113,6 @@ def build(folder: str | os.PathLike, train_manifest: str | os.PathLike, out: str
                 shutil.copy(folder / "phonetic.json", shard / "phonetic.json")
             (shard / "index.json").write_text(json.dumps({**index, "frames": off, "utterances": vutts, "skipped": []}))
             shards.append(shard)
-            by_path = {r["path"]: r for r in rows}
             new_rows += [{**by_path[u["path"].rsplit("#", 1)[0]], "path": u["path"], "speaker": u["speaker"]} for u in vutts]
         merged = merge_feature_caches(shards, out / "features")
         write_manifest(new_rows, out / "train.jsonl")
@@ -133,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if any(not 0.5 <= r <= 2.0 or r == 1.0 for r in args.ratios):
             raise VckitError("--ratios must lie between 0.5 and 2, and not be 1")
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         s = build(cache / "features", cache / "train.jsonl", Path(args.out) if args.out else cache / "virtual", args.ratios)
     except VckitError as e:
         print(f"error: {e}", file=sys.stderr)
