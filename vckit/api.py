@@ -87,6 +87,30 @@ class Converter:
         """Sample rate of everything this converter returns."""
         return int(self.vocoder.sample_rate)
 
+    @property
+    def teacher(self):
+        """The phonetic teacher (:class:`vckit.models.teacher.PhoneticTeacher`), loaded on first use."""
+        if self._teacher is None:
+            from vckit.models.teacher import PhoneticTeacher
+
+            self._teacher = PhoneticTeacher(threads=max(1, torch.get_num_threads()))
+        return self._teacher
+
+    def stream(self, voice: "Voice | AudioInput | Sequence[AudioInput]", *, pitch_shift: float = 0.0, chunk_ms: float | None = None):
+        """A live conversion into ``voice`` (:class:`vckit.streaming.Stream`): ``push(samples)`` and ``flush()``.
+
+        Needs a causal model (``vckit.load("stream")``). ``chunk_ms`` rounds
+        up to a whole number of the model's blocks (default: one block, the
+        shortest delay); longer chunks cost less per second but add delay.
+        """
+        from vckit.streaming import Stream
+
+        block_ms = 1000.0 * self.config.model.stream.block_frames * self.config.mel.hop_length / self.config.mel.sample_rate
+        if chunk_ms is not None and not 0 < chunk_ms <= 2000:
+            raise VckitError(f"chunk_ms must be between 0 and 2000, got {chunk_ms}")
+        per = max(1, round(chunk_ms / block_ms)) if chunk_ms else 1
+        return Stream(self, voice, pitch_shift=pitch_shift, blocks_per_chunk=per)
+
     # -- features ------------------------------------------------------------
     def _mel(self, src: AudioInput, sr: int | None, *, trim: bool, min_seconds: float, what: str | None) -> torch.Tensor:
         wav = load_audio(src, self.config.mel.sample_rate, sr, trim=trim, min_seconds=min_seconds, what=what)
@@ -106,11 +130,7 @@ class Converter:
 
             f0 = torch.from_numpy(f0_track(wav, cfg.sample_rate, hop=cfg.hop_length, n_frames=n)).to(self.device)[None]
         if self.model.needs_phonetic:
-            if self._teacher is None:
-                from vckit.models.teacher import PhoneticTeacher
-
-                self._teacher = PhoneticTeacher(threads=max(1, torch.get_num_threads()))
-            hidden = self._teacher.frames(wav, cfg.sample_rate, n, cfg.hop_length).hidden
+            hidden = self.teacher.frames(wav, cfg.sample_rate, n, cfg.hop_length).hidden
             phonetic = self.model.content_encoder.project_teacher(torch.from_numpy(hidden).to(self.device)[None])
         return Frames(mel, f0, phonetic)
 

@@ -174,6 +174,18 @@ class DiscriminatorConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """Live conversion (vckit.streaming): causal convolutions, running norms from a learned prior
+    worth ``norm_prior_frames``, and phonetic input made block by block (vckit.data.stream_features)."""
+
+    causal: bool = False
+    norm_prior_frames: int = 16
+    block_frames: int = 6  # mel frames per block (a multiple of the content encoder's hop)
+    teacher_lookahead_ms: float = 40.0  # audio the teacher hears past the block's last frame centre
+    teacher_context_s: float = 2.0  # audio the teacher hears before it
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     mel_mean: float = -5.5  # input normalisation of log-mels
     mel_std: float = 2.2
@@ -185,6 +197,7 @@ class ModelConfig:
     f0: F0Config = field(default_factory=F0Config)
     phonetic_head: PhoneticHeadConfig = field(default_factory=PhoneticHeadConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     n_speakers: int = 0  # training speakers, for the classifier; set by the trainer
 
 

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from vckit.config import ContentConfig
-from vckit.models.layers import ConvBlock, pad_to_multiple
+from vckit.config import ContentConfig, StreamConfig
+from vckit.models.layers import ConvBlock, call, make_norm, pad_to_multiple
 
 
 class ContentEncoder(nn.Module):
@@ -27,7 +27,7 @@ class ContentEncoder(nn.Module):
     the weights, so conversion projects exactly as the feature cache did.
     """
 
-    def __init__(self, n_mels: int, cfg: ContentConfig):
+    def __init__(self, n_mels: int, cfg: ContentConfig, stream: StreamConfig | None = None):
         super().__init__()
         if len(cfg.downsample) != cfg.blocks:
             raise ValueError(f"content.downsample needs {cfg.blocks} strides, got {len(cfg.downsample)}")
@@ -40,11 +40,11 @@ class ContentEncoder(nn.Module):
             self.register_buffer("teacher_mean", torch.zeros(HIDDEN_DIM))
             self.register_buffer("teacher_proj", torch.zeros(cfg.input_dim, HIDDEN_DIM))
         self.inp = nn.Conv1d(n_in, cfg.channels, 1)
-        self.blocks = nn.ModuleList(
-            ConvBlock(cfg.channels, cfg.kernel_size, s, "instance", cfg.dropout) for s in cfg.downsample
-        )
+        causal = stream is not None and stream.causal
+        norm, prior = ("causal", stream.norm_prior_frames) if causal else ("instance", 16)
+        self.blocks = nn.ModuleList(ConvBlock(cfg.channels, cfg.kernel_size, s, norm, cfg.dropout, prior) for s in cfg.downsample)
         self.out = nn.Conv1d(cfg.channels, cfg.dim, 1)
-        self.norm = nn.InstanceNorm1d(cfg.dim, affine=False) if cfg.out_norm else nn.Identity()
+        self.norm = make_norm(norm if cfg.out_norm else "none", cfg.dim, prior)
 
     def project_teacher(self, hidden: torch.Tensor) -> torch.Tensor:
         """Teacher hidden frames (batch, frames, 256) -> whitened (batch, input_dim, frames), clipped to +-4 as cached."""
@@ -53,9 +53,11 @@ class ContentEncoder(nn.Module):
         x = (hidden.to(self.teacher_proj.dtype) - self.teacher_mean) @ self.teacher_proj.T
         return x.clamp(-PHONETIC_CLIP, PHONETIC_CLIP).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """With ``state`` (causal models, streaming), ``x`` is the next block of
+        a stream, a multiple of ``hop`` frames long, and the state carries over."""
         x = pad_to_multiple(x, self.hop)
         x = self.inp(x)
         for blk in self.blocks:
-            x = blk(x)
-        return self.norm(self.out(x))
+            x = blk(x, state)
+        return call(self.norm, self.out(x), state)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vckit.config import DecoderConfig
+from vckit.config import DecoderConfig, StreamConfig
+from vckit.models.layers import CausalConv1d, call, make_norm
 
 
 class AdaIN(nn.Module):
@@ -19,9 +20,9 @@ class AdaIN(nn.Module):
     The output's per-channel mean is ``bias`` and its std is ``|scale|``.
     """
 
-    def __init__(self, channels: int, spk_dim: int):
+    def __init__(self, channels: int, spk_dim: int, norm: str = "instance", prior_frames: int = 16):
         super().__init__()
-        self.norm = nn.InstanceNorm1d(channels, affine=False)
+        self.norm = make_norm(norm, channels, prior_frames)
         self.affine = nn.Linear(spk_dim, 2 * channels)
         nn.init.zeros_(self.affine.weight)
         with torch.no_grad():
@@ -32,30 +33,35 @@ class AdaIN(nn.Module):
         scale, bias = self.affine(spk).chunk(2, dim=1)
         return scale, bias
 
-    def forward(self, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spk: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         scale, bias = self.scale_bias(spk)
-        return self.norm(x) * scale[..., None] + bias[..., None]
+        return call(self.norm, x, state) * scale[..., None] + bias[..., None]
 
 
 class DecoderBlock(nn.Module):
     """conv -> AdaIN -> act -> (upsample) conv -> AdaIN -> act, plus a skip."""
 
-    def __init__(self, channels: int, kernel_size: int, spk_dim: int, upsample: int = 1):
+    def __init__(self, channels: int, kernel_size: int, spk_dim: int, upsample: int = 1, causal: bool = False, prior_frames: int = 16):
         super().__init__()
         pad = kernel_size // 2
         self.upsample = upsample
-        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
-        self.ada1 = AdaIN(channels, spk_dim)
-        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
-        self.ada2 = AdaIN(channels, spk_dim)
+        if causal:
+            self.conv1: nn.Conv1d = CausalConv1d(channels, channels, kernel_size)
+            self.conv2: nn.Conv1d = CausalConv1d(channels, channels, kernel_size)
+        else:
+            self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+            self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+        norm = "causal" if causal else "instance"
+        self.ada1 = AdaIN(channels, spk_dim, norm, prior_frames)
+        self.ada2 = AdaIN(channels, spk_dim, norm, prior_frames)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.ada1(self.conv1(x), spk))
+    def forward(self, x: torch.Tensor, spk: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        h = self.act(self.ada1(call(self.conv1, x, state), spk, state))
         if self.upsample > 1:
             h = F.interpolate(h, scale_factor=self.upsample, mode="nearest")
             x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
-        h = self.act(self.ada2(self.conv2(h), spk))
+        h = self.act(self.ada2(call(self.conv2, h, state), spk, state))
         return h + x
 
 
@@ -69,7 +75,9 @@ class Decoder(nn.Module):
     before the last block, so harmonics follow the contour frame by frame.
     """
 
-    def __init__(self, content_dim: int, spk_dim: int, n_mels: int, cfg: DecoderConfig, upsample: tuple[int, ...], f0_channels: int = 0):
+    def __init__(
+        self, content_dim: int, spk_dim: int, n_mels: int, cfg: DecoderConfig, upsample: tuple[int, ...], f0_channels: int = 0, stream: StreamConfig | None = None
+    ):
         super().__init__()
         self.cfg = cfg
         ups = list(reversed(upsample))
@@ -80,7 +88,8 @@ class Decoder(nn.Module):
         # the first block whose input is at the full frame rate (len(ups): after the last block)
         self.full_rate_at = next((i for i in range(len(ups)) if math.prod(ups[i:]) == 1), len(ups))
         self.inp = nn.Conv1d(content_dim, cfg.channels, 1)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg.channels, cfg.kernel_size, spk_dim, u) for u in ups)
+        causal, prior = (stream.causal, stream.norm_prior_frames) if stream is not None else (False, 16)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg.channels, cfg.kernel_size, spk_dim, u, causal, prior) for u in ups)
         self.out = nn.Conv1d(cfg.channels, n_mels, 1)
         if f0_channels:
             self.f0_in = nn.Conv1d(f0_channels, cfg.channels, 1)
@@ -88,7 +97,7 @@ class Decoder(nn.Module):
             nn.init.zeros_(self.f0_late.weight)
             nn.init.zeros_(self.f0_late.bias)
 
-    def forward(self, codes: torch.Tensor, spk: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, spk: torch.Tensor, f0: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
         x = self.inp(codes)
         full = None
         if f0 is not None:
@@ -98,7 +107,7 @@ class Decoder(nn.Module):
         for i, blk in enumerate(self.blocks):
             if full is not None and i == self.full_rate_at:
                 x = x + self.f0_late(full)
-            x = blk(x, spk)
+            x = blk(x, spk, state)
         if full is not None and self.full_rate_at == len(self.blocks):
             x = x + self.f0_late(full)
         return self.out(x)

@@ -125,6 +125,36 @@ class PhoneticTeacher:
         return TeacherFrames(resample_frames(t50.hidden, times), resample_frames(t50.log_probs, times))
 
 
+def block_ends(n_frames: int, block_frames: int, hop_length: int, lookahead: int) -> list[tuple[int, int, int]]:
+    """Blocks of a stream as ``(first frame, end frame, last input sample heard)``.
+
+    Block ``k`` holds mel frames ``[k * block, (k + 1) * block)``; its teacher
+    window ends ``lookahead`` samples past its last frame's centre.
+    """
+    out = []
+    for lo in range(0, n_frames, block_frames):
+        hi = min(n_frames, lo + block_frames)
+        out.append((lo, hi, (lo + block_frames - 1) * hop_length + hop_length // 2 + lookahead))
+    return out
+
+
+def window_hidden(teacher: "PhoneticTeacher", window: np.ndarray, sr: int, start: int, frames: np.ndarray, hop_length: int) -> np.ndarray:
+    """The teacher's hidden layer at mel ``frames`` from one window of audio.
+
+    window: (samples,) at ``sr``, the stream's samples ``[start, start + len)``;
+    the window is resampled and heard alone, as a live stream hears it.
+    Returns ``(len(frames), 256)``. The streaming converter and the training
+    cache (:mod:`vckit.data.stream_features`) both call this, so a causal
+    model trains on exactly what it will hear live.
+    """
+    from vckit.audio import resample
+
+    wav16 = resample(np.ascontiguousarray(window, dtype=np.float32), sr, SAMPLE_RATE)
+    hidden, _ = teacher._run(wav16) if len(wav16) >= int(SAMPLE_RATE * FRAME_S) else (np.zeros((1, HIDDEN_DIM), np.float32), None)
+    times = (np.asarray(frames) + 0.5) * hop_length / sr - start / sr
+    return resample_frames(hidden, times)
+
+
 def resample_frames(feats: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Linear interpolation of 50 Hz teacher frames ``(T, D)`` at ``times`` (seconds) -> ``(len(times), D)``."""
     pos = np.clip(times / FRAME_S - 0.5, 0, len(feats) - 1)
@@ -140,4 +170,4 @@ def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)]) if len(x) else np.zeros((n, x.shape[1]), np.float32)
 
 
-__all__ = ["PhoneticTeacher", "TeacherFrames", "resample_frames", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]
+__all__ = ["PhoneticTeacher", "TeacherFrames", "resample_frames", "block_ends", "window_hidden", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]

@@ -33,17 +33,17 @@ class Frames:
     whose content encoder reads them).
     """
 
-    mel: torch.Tensor
+    mel: torch.Tensor | None
     f0: torch.Tensor | None = None
     phonetic: torch.Tensor | None = None
 
     @property
     def frames(self) -> int:
-        return self.mel.shape[-1]
+        return next(x for x in (self.mel, self.phonetic, self.f0) if x is not None).shape[-1]
 
     def slice(self, lo: int, hi: int) -> "Frames":
         return Frames(
-            self.mel[..., lo:hi],
+            None if self.mel is None else self.mel[..., lo:hi],
             None if self.f0 is None else self.f0[..., lo:hi],
             None if self.phonetic is None else self.phonetic[..., lo:hi],
         )
@@ -97,11 +97,11 @@ class VoiceConversionModel(nn.Module):
         self.mel_cfg = mel
         self.cfg = cfg
         n = mel.n_mels
-        self.content_encoder = ContentEncoder(n, cfg.content)
+        self.content_encoder = ContentEncoder(n, cfg.content, cfg.stream)
         self.vq = VectorQuantizer(cfg.content.dim, cfg.vq) if cfg.vq.enabled else None
         self.speaker_encoder = SpeakerEncoder(n, cfg.speaker)
         f0_ch = F0_CHANNELS if cfg.f0.enabled else 0
-        self.decoder = Decoder(cfg.content.dim, cfg.speaker.dim, n, cfg.decoder, cfg.content.downsample, f0_channels=f0_ch)
+        self.decoder = Decoder(cfg.content.dim, cfg.speaker.dim, n, cfg.decoder, cfg.content.downsample, f0_channels=f0_ch, stream=cfg.stream)
         if self.decoder.hop != self.content_encoder.hop:
             raise ValueError("decoder upsampling does not mirror the content encoder's downsampling")
         self.classifier = (
@@ -143,13 +143,14 @@ class VoiceConversionModel(nn.Module):
             raise ValueError("this model reads phonetic features: pass them (Frames.phonetic)")
 
     # -- parts -------------------------------------------------------------
-    def encode_content(self, x: Frames | torch.Tensor) -> ContentCodes:
-        """Frames (or a log-mel) -> the content codes (B, dim, ceil(T / hop))."""
+    def encode_content(self, x: Frames | torch.Tensor, state: dict | None = None) -> ContentCodes:
+        """Frames (or a log-mel) -> the content codes (B, dim, ceil(T / hop)).
+        ``state``: a causal model's stream state (see :meth:`convert`)."""
         x = x if isinstance(x, Frames) else Frames(x)
         inp = x.phonetic if self.needs_phonetic else self.normalize(x.mel)
         if inp is None:
             raise ValueError("this model reads phonetic features: pass them (Frames.phonetic)")
-        codes = self.content_encoder(inp)
+        codes = self.content_encoder(inp, state)
         out = ContentCodes(codes=codes, continuous=codes)
         if self.cfg.content.kl_weight > 0:
             out.kl = 0.5 * codes.float().pow(2).mean()
@@ -167,27 +168,33 @@ class VoiceConversionModel(nn.Module):
         """log-mel (B, n_mels, T) -> speaker embedding (B, spk_dim)."""
         return self.speaker_encoder(self.normalize(mel))
 
-    def decode(self, codes: torch.Tensor, spk: torch.Tensor, frames: int | None = None, f0: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, spk: torch.Tensor, frames: int | None = None, f0: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
         """codes (B, dim, T'), spk (B, spk_dim), f0 (B, T) Hz -> log-mel (B, n_mels, frames)."""
-        out = self.decoder(codes, spk, self.f0_features(f0) if (f0 is not None and self.needs_f0) else None)
+        out = self.decoder(codes, spk, self.f0_features(f0) if (f0 is not None and self.needs_f0) else None, state)
         if frames is not None:
             out = out[..., :frames]
         return self.denormalize(out)
 
-    def convert(self, x: Frames | torch.Tensor, spk: torch.Tensor, *, f0_shift: float | torch.Tensor = 0.0) -> torch.Tensor:
+    def convert(self, x: Frames | torch.Tensor, spk: torch.Tensor, *, f0_shift: float | torch.Tensor = 0.0, state: dict | None = None) -> torch.Tensor:
         """Source frames (B, *, T) spoken by speaker ``spk`` (B, spk_dim) -> log-mel (B, n_mels, T).
 
         ``f0_shift`` (semitones, a number or (B,)) moves the source's F0
         before it enters the decoder: the caller sets it from the source's
         and the target's median F0 (see :func:`register_shift`).
+
+        ``state`` (causal models only, ``model.stream.causal``): a dict that
+        one stream owns; each call then converts the next block of frames (a
+        multiple of the content hop) and equals one call on the whole input.
         """
+        if state is not None and not self.cfg.stream.causal:
+            raise ValueError("only a causal model (model.stream.causal) converts block by block")
         x = x if isinstance(x, Frames) else Frames(x)
         self._check(x)
         f0 = None
         if self.needs_f0:
             shift = torch.as_tensor(f0_shift, dtype=torch.float32, device=x.f0.device).reshape(-1, 1)
             f0 = x.f0.float() * torch.pow(2.0, shift / 12.0)
-        return self.decode(self.encode_content(x).codes, spk, x.frames, f0)
+        return self.decode(self.encode_content(x, state).codes, spk, x.frames, f0, state)
 
     # -- training ----------------------------------------------------------
     def forward(

@@ -14,6 +14,7 @@ parameters as a run never stopped.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -126,6 +127,8 @@ class Trainer(TrainingLoop):
             raise VckitError(f"the feature cache {cfg.data.features} has no {', '.join(missing)}: run the recipe's prepare.py with --frame-features")
         if "phonetic" in need and self.store.extra["phonetic"].shape[1] != cfg.model.content.input_dim:
             raise VckitError(f"model.content.input_dim is {cfg.model.content.input_dim} but the cache's phonetic features have {self.store.extra['phonetic'].shape[1]} dims")
+        if "phonetic" in need:
+            _check_stream_features(cfg)
         if cfg.model.f0.enabled and cfg.data.augment.pitch_bins > 0:
             log.warning("data.augment.pitch_bins > 0 moves the mel but not the F0 the decoder reads: set it to 0 for models with an F0 path")
 
@@ -288,6 +291,23 @@ class Trainer(TrainingLoop):
         img = torch.cat([out.target[0], out.pred[0].float()], dim=0).flip(0)
         img = ((img - img.min()) / (img.max() - img.min() + 1e-5)).cpu()
         self.writer.add_image("mel/target_top_vs_pred_bottom", img[None], self.step)
+
+
+def _check_stream_features(cfg: Config) -> None:
+    """A causal model must read phonetic features made as its stream will hear them, and only such a model."""
+    from vckit.data.stream_features import SETTINGS_FILE, stream_settings
+
+    path = Path(cfg.data.features) / SETTINGS_FILE
+    made = json.loads(path.read_text()) if path.is_file() else None
+    if cfg.model.stream.causal:
+        want = stream_settings(cfg.model.stream)
+        if made is None or any(made.get(k) != v for k, v in want.items()):
+            raise VckitError(
+                f"a causal model reads phonetic features made block by block with {want}, but {cfg.data.features} has {made or 'whole-utterance features'}: "
+                f"python -m vckit.data.stream_features {cfg.data.features} <new folder>"
+            )
+    elif made is not None:
+        raise VckitError(f"{cfg.data.features} holds streamed phonetic features, which only a causal model (model.stream.causal) reads")
 
 
 def train(cfg: Config, *, resume: bool = False, device: str = "auto", max_steps: int | None = None, time_limit: float | None = None, init_from: str | None = None, progress: bool = True) -> dict[str, float]:

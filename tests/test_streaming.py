@@ -1,0 +1,125 @@
+"""Live conversion: the causal layers, and a stream that is exact whatever the block sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vckit.config import Config, ContentConfig, DecoderConfig, F0Config, ModelConfig, SpeakerConfig, StreamConfig
+from vckit.errors import VckitError
+from vckit.models.layers import CausalConv1d, CausalNorm
+from vckit.models.vc import Frames, build_model
+
+SR = 22050
+
+
+def causal_config(**stream) -> Config:
+    return Config(model=ModelConfig(
+        content=ContentConfig(channels=32, blocks=2, kernel_size=3, downsample=(1, 2), dim=4, input="phonetic", input_dim=6),
+        speaker=SpeakerConfig(channels=32, blocks=2, kernel_size=3, dim=16),
+        decoder=DecoderConfig(channels=32, blocks=2, kernel_size=3),
+        f0=F0Config(enabled=True),
+        stream=StreamConfig(causal=True, **stream),
+    ))
+
+
+@pytest.fixture(scope="module")
+def causal_checkpoint(tmp_path_factory):
+    """A small causal model (untrained, random teacher projection), saved as training saves one."""
+    from vckit.checkpoint import save_checkpoint
+
+    cfg = causal_config()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.content_encoder.teacher_proj.normal_(0, 0.1)
+    return save_checkpoint(tmp_path_factory.mktemp("causal") / "ck", cfg, model.state_dict(), step=1)
+
+
+@pytest.fixture(scope="module")
+def live(causal_checkpoint):
+    import vckit
+
+    return vckit.load(causal_checkpoint, vocoder="griffinlim", device="cpu")
+
+
+def test_causal_layers_ignore_the_future_and_go_block_by_block():
+    torch.manual_seed(0)
+    conv, norm = CausalConv1d(8, 8, 5, stride=2), CausalNorm(8, prior_frames=4).eval()
+    x = torch.randn(1, 8, 40)
+    whole = norm(conv(x))
+    changed = x.clone()
+    changed[..., 20:] += 5.0
+    assert torch.equal(norm(conv(changed))[..., :10], whole[..., :10])  # output i reads inputs < 2 (i + 1)
+    state: dict = {}
+    blocks = torch.cat([norm(conv(x[..., a : a + 6], state), state) for a in range(0, 40, 6)], dim=-1)
+    torch.testing.assert_close(blocks, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_running_norm_removes_a_per_channel_offset_and_scale_once_warmed_up():
+    norm = CausalNorm(4, prior_frames=2).eval()
+    x = torch.randn(1, 4, 2000)
+    y = norm(x * 3.0 + 7.0)
+    torch.testing.assert_close(y[..., 1000:], norm(x)[..., 1000:], atol=0.02, rtol=0.02)
+
+
+def test_a_causal_model_converts_block_by_block_as_in_one_go():
+    model = build_model(causal_config()).eval()
+    n = 36
+    x = Frames(None, torch.rand(1, n) * 100 + 100, torch.randn(1, 6, n))
+    spk = torch.randn(1, 16)
+    with torch.no_grad():
+        whole = model.convert(x, spk, f0_shift=2.0)
+        state: dict = {}
+        parts = [model.convert(x.slice(a, a + 6), spk, f0_shift=2.0, state=state) for a in range(0, n, 6)]
+    torch.testing.assert_close(torch.cat(parts, -1), whole, atol=1e-4, rtol=1e-4)
+
+
+def test_only_a_causal_model_streams(vq_checkpoint, live, speech):
+    import vckit
+
+    offline = vckit.load(vq_checkpoint, vocoder="griffinlim", device="cpu")
+    with pytest.raises(VckitError, match="cannot stream"):
+        offline.stream(offline.voice(speech))
+    with pytest.raises(VckitError, match="chunk_ms"):
+        live.stream(live.voice(speech), chunk_ms=-5)
+
+
+def test_a_stream_in_random_blocks_equals_one_push_and_keeps_the_length(live, speech):
+    from vckit.audio import load_audio
+
+    voice = live.voice(speech)
+    wav = load_audio(speech, SR)[: SR * 2]
+    one = live.stream(voice)
+    whole = np.concatenate([one.push(wav), one.flush()])
+    assert one.delay_ms < 150 and len(whole) == len(wav) + one.delay
+    rng = np.random.default_rng(0)
+    two, out, i = live.stream(voice), [], 0
+    while i < len(wav):
+        n = int(rng.integers(1, 3000))
+        piece = two.push(wav[i : i + n])
+        assert len(piece) == len(wav[i : i + n])  # as much out as in, every call
+        out.append(piece)
+        i += n
+    out.append(two.flush())
+    blocks = np.concatenate(out)
+    assert len(blocks) == len(whole)
+    np.testing.assert_allclose(blocks, whole, atol=1e-4)
+    assert np.abs(whole[: one.delay]).max() == 0.0 and np.abs(whole[one.delay :]).max() > 0.0
+    with pytest.raises(VckitError, match="flushed"):
+        one.push(wav[:100])
+
+
+def test_two_streams_share_no_state(live, speech):
+    from vckit.audio import load_audio
+
+    voice = live.voice(speech)
+    wav = load_audio(speech, SR)[: SR]
+    first = live.stream(voice)
+    a = np.concatenate([first.push(wav), first.flush()])
+    noisy = live.stream(voice)
+    noisy.push(np.random.default_rng(1).uniform(-1, 1, SR).astype(np.float32))  # a loud stream left unfinished
+    again = live.stream(voice)
+    b = np.concatenate([again.push(wav), again.flush()])
+    np.testing.assert_array_equal(a, b)

@@ -1,0 +1,216 @@
+"""Live conversion: a stream of samples in, the same stream in another voice out.
+
+    >>> vc = vckit.load("stream")                    # the causal model that ships for live use
+    >>> live = vc.stream(vc.voice("ref.wav"))
+    >>> out = live.push(block)                      # float32 at vc.sample_rate, any length
+    >>> tail = live.flush()                         # at the end: what is still inside
+    >>> live.delay_ms                               # the fixed algorithmic delay
+
+``push`` returns exactly as many samples as it is given: the converted
+signal delayed by :attr:`Stream.delay` samples (silence at first), as a
+sound card would play it. ``flush`` returns the last ``delay`` samples, so a
+whole file streamed in blocks of any sizes comes out ``delay`` samples
+longer than it went in, and identical to the same file pushed in one go.
+
+How a block is made (``B`` = ``model.stream.block_frames`` mel frames):
+
+1. the phonetic teacher hears the last ``teacher_context_s`` of input, up to
+   ``teacher_lookahead_ms`` past the block's last frame, exactly as the model's
+   training features were made (:func:`vckit.models.teacher.window_hidden`);
+2. the F0 tracker reads the last second; the contour moves to the target's
+   register by the running median of the source's F0 so far;
+3. the causal content encoder and decoder convert the block, keeping their
+   convolution tails and running-norm sums in this object;
+4. the vocoder runs on the new mel frames with ``vocoder_context`` frames of
+   left context and ``vocoder_lookahead`` of right context, and its first
+   samples are cross-faded with the previous block's guess at them.
+
+The delay is ``(B - 1 + vocoder_lookahead) * hop + hop / 2 + teacher look-ahead``:
+127 ms for the shipped streaming model at 22.05 kHz.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from vckit.errors import VckitError
+
+if TYPE_CHECKING:
+    from vckit.api import Converter, Voice
+
+log = logging.getLogger(__name__)
+
+F0_WINDOW_S = 1.0  # input the F0 tracker reads per block
+F0_HISTORY = 3000  # voiced frames kept for the running register estimate (~35 s)
+CROSSFADE = 128  # samples blended between a block's start and the previous block's guess
+
+
+class Stream:
+    """One live conversion; make it with :meth:`vckit.api.Converter.stream`.
+
+    Holds all state between calls; two streams never share any. Not
+    thread-safe: one producer pushes.
+    """
+
+    def __init__(
+        self,
+        converter: "Converter",
+        voice: "Voice",
+        *,
+        pitch_shift: float = 0.0,
+        blocks_per_chunk: int = 1,
+        vocoder_lookahead: int = 2,
+        vocoder_context: int = 8,
+    ):
+        model = converter.model
+        scfg = converter.config.model.stream
+        if not scfg.causal:
+            raise VckitError("this model cannot stream (its norms and convolutions read the whole utterance): load the streaming model, vckit.load('stream')")
+        if not model.needs_phonetic or not model.needs_f0:
+            raise VckitError("streaming needs a model with phonetic input and an F0 path")
+        if blocks_per_chunk < 1 or vocoder_lookahead < 0 or vocoder_context < 0:
+            raise VckitError("blocks_per_chunk must be >= 1, vocoder_lookahead and vocoder_context >= 0")
+        self.converter, self.model = converter, model
+        self.voice = converter._voice_of(voice, None)
+        mel = converter.config.mel
+        self.sample_rate, self.hop = mel.sample_rate, mel.hop_length
+        if converter.sample_rate != self.sample_rate:
+            raise VckitError("streaming needs a vocoder at the model's sample rate")
+        self.block = scfg.block_frames * blocks_per_chunk
+        self.model_block = scfg.block_frames
+        if self.model_block % model.content_encoder.hop:
+            raise VckitError(f"model.stream.block_frames ({self.model_block}) must be a multiple of the content hop ({model.content_encoder.hop})")
+        self.look = round(scfg.teacher_lookahead_ms * self.sample_rate / 1000)
+        self.context = round(scfg.teacher_context_s * self.sample_rate)
+        self.voc_look, self.voc_ctx = vocoder_lookahead, vocoder_context
+        self.pitch_shift = float(pitch_shift)
+        self.delay = (self.block - 1 + self.voc_look) * self.hop + self.hop // 2 + self.look
+        self._state: dict = {}
+        self._buf = np.zeros(0, np.float32)  # input samples [self._buf_start, self._n_in)
+        self._buf_start = 0
+        self._n_in = 0
+        self._frames_done = 0  # mel frames converted
+        self._mel = torch.zeros(converter.config.mel.n_mels, 0)  # converted mel frames [self._mel_start, self._frames_done)
+        self._mel_start = 0
+        self._audio_done = 0  # converted samples emitted
+        self._pending = [np.zeros(self.delay, np.float32)]  # output not yet returned
+        self._guess = np.zeros(0, np.float32)  # previous block's audio past its last emitted sample
+        self._voiced: list[float] = []
+        self._finished = False
+
+    @property
+    def delay_ms(self) -> float:
+        """The fixed algorithmic delay in milliseconds (compute time not included)."""
+        return 1000.0 * self.delay / self.sample_rate
+
+    @property
+    def block_ms(self) -> float:
+        """Input converted per step, in milliseconds: the stream must convert a block faster than this."""
+        return 1000.0 * self.block * self.hop / self.sample_rate
+
+    # -- the two calls ------------------------------------------------------------
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Input ``(n,)`` float at :attr:`sample_rate` -> the next ``n`` output samples."""
+        if self._finished:
+            raise VckitError("this stream was flushed: start a new one with vc.stream(voice)")
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(x).all():
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        self._buf = np.concatenate([self._buf, np.clip(x, -1.0, 1.0)])
+        self._n_in += len(x)
+        while self._n_in >= self._block_end(self._frames_done):
+            self._step()
+        return self._take(len(x))
+
+    def flush(self) -> np.ndarray:
+        """The last :attr:`delay` samples: the input's end converted, with silence after it."""
+        if self._finished:
+            return np.zeros(0, np.float32)
+        n = self._n_in
+        while self._audio_done < n:
+            need = self._block_end(self._frames_done)
+            if need > self._n_in:
+                self._buf = np.concatenate([self._buf, np.zeros(need - self._n_in, np.float32)])
+                self._n_in = need
+            self._step()
+        self._finished = True
+        return self._take(n + self.delay - self._returned)
+
+    # -- inside ---------------------------------------------------------------------
+    _returned = 0
+
+    def _take(self, n: int) -> np.ndarray:
+        out = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending = [out[n:]]
+        self._returned += n
+        return out[:n].copy()
+
+    def _block_end(self, first: int) -> int:
+        """Input samples needed before the block starting at frame ``first`` can be converted."""
+        return (first + self.block - 1) * self.hop + self.hop // 2 + self.look
+
+    def _input(self, lo: int, hi: int) -> np.ndarray:
+        """Input samples ``[lo, hi)`` (zeros before the stream began)."""
+        lo_c = max(lo, self._buf_start)
+        part = self._buf[lo_c - self._buf_start : hi - self._buf_start]
+        return np.concatenate([np.zeros(lo_c - lo, np.float32), part]) if lo_c > lo else part
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        from vckit.models.teacher import window_hidden
+        from vckit.models.vc import Frames
+        from vckit.pitch import f0_track
+
+        first, hop, dev = self._frames_done, self.hop, self.converter.device
+        hidden = []
+        for lo in range(first, first + self.block, self.model_block):  # one teacher run per model block, as in training
+            end = self._block_end(lo) - (self.block - self.model_block) * hop
+            start = max(0, end - self.context)
+            hidden.append(window_hidden(self.converter.teacher, self._input(start, end), self.sample_rate, start, np.arange(lo, lo + self.model_block), hop))
+        phon = self.model.content_encoder.project_teacher(torch.from_numpy(np.concatenate(hidden)).to(dev)[None])
+        f_lo = max(0, first - round(F0_WINDOW_S * self.sample_rate / hop))
+        end = self._block_end(first)
+        f0 = f0_track(self._input(f_lo * hop, end), self.sample_rate, hop=hop, n_frames=(end - f_lo * hop) // hop)[first - f_lo : first - f_lo + self.block]
+        shift = self._register_shift(f0)
+        f0_t = torch.from_numpy(np.ascontiguousarray(f0, dtype=np.float32)).to(dev)[None]
+        mel = self.model.convert(Frames(None, f0_t, phon), self.voice.embedding[None].to(dev), f0_shift=shift, state=self._state)[0].float().cpu()
+        self._frames_done += self.block
+        self._mel = torch.cat([self._mel, mel], dim=-1)
+        self._vocode()
+        keep = max(self._mel_start, self._frames_done - self.voc_look - self.voc_ctx)  # mel frames the next block reads
+        self._mel, self._mel_start = self._mel[:, keep - self._mel_start :], keep
+        f0_next = (self._frames_done - round(F0_WINDOW_S * self.sample_rate / hop)) * hop
+        keep = max(self._buf_start, min(f0_next, end + self.block * hop - self.context - self.model_block * hop))  # input the next block reads
+        self._buf, self._buf_start = self._buf[keep - self._buf_start :], keep
+
+    def _register_shift(self, f0: np.ndarray) -> float:
+        """Semitones from the source's running median F0 to the target's (plus the user's shift)."""
+        voiced = f0[f0 > 0]
+        if len(voiced):
+            self._voiced.extend(np.log(voiced).tolist())
+            del self._voiced[:-F0_HISTORY]
+        if not self._voiced or self.voice.f0_median is None:
+            return self.pitch_shift
+        return self.pitch_shift + 12.0 * (np.log(self.voice.f0_median) - float(np.median(self._voiced))) / np.log(2.0)
+
+    def _vocode(self) -> None:
+        """Vocode up to ``voc_look`` frames before the converted end; cross-fade into the last guess."""
+        hop = self.hop
+        upto = self._frames_done - self.voc_look  # frames whose audio is final now
+        first = self._audio_done // hop
+        lo = max(self._mel_start, first - self.voc_ctx)
+        mel = self._mel[:, lo - self._mel_start :]
+        wav = self.converter.vocoder(mel[None].to(self.converter.vocoder.device))[0].float().cpu().numpy()
+        start = (first - lo) * hop
+        new = wav[start : start + (upto - first) * hop].copy() if upto > first else np.zeros(0, np.float32)
+        fade = min(CROSSFADE, len(self._guess), len(new))
+        if fade:
+            ramp = (np.arange(fade, dtype=np.float32) + 0.5) / fade
+            new[:fade] = self._guess[:fade] * (1 - ramp) + new[:fade] * ramp
+        self._guess = wav[start + len(new) :]
+        self._audio_done += len(new)
+        self._pending.append(new)
