@@ -123,3 +123,63 @@ def test_two_streams_share_no_state(live, speech):
     again = live.stream(voice)
     b = np.concatenate([again.push(wav), again.flush()])
     np.testing.assert_array_equal(a, b)
+
+
+def test_vckit_stream_runs_a_file_through_the_live_path(causal_checkpoint, speech, tmp_path, vckit_cli):
+    import soundfile as sf
+
+    from vckit.audio import load_audio
+
+    out = tmp_path / "live.wav"
+    r = vckit_cli("stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech), "--input", str(speech), "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "delay" in r.stdout and "99th percentile" in r.stdout
+    wav, sr = sf.read(out)
+    assert sr == 22050 and len(wav) == len(load_audio(speech, 22050, trim=False))
+    again = vckit_cli("stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech), "--input", str(speech), "--output", str(out))
+    assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+
+
+class _FakeSoundDevice:
+    """Stands in for sounddevice: PortAudio is there, but the device is busy."""
+
+    class PortAudioError(Exception):
+        pass
+
+    def query_devices(self):
+        return "  0 fake mic, ALSA (2 in, 0 out)"
+
+    def Stream(self, **kw):
+        raise self.PortAudioError("Error opening Stream: Device unavailable [PaErrorCode -9985]\nmore detail")
+
+
+def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_checkpoint, speech):
+    import builtins
+    import sys
+
+    from vckit import cli
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as without the package
+    assert cli.main(["stream", "--ref", str(speech)]) == 1
+    assert "pip install sounddevice" in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "sounddevice")
+    real_import = builtins.__import__
+
+    def no_portaudio(name, *a, **k):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")  # what sounddevice raises without libportaudio
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_portaudio)
+    assert cli.main(["stream", "--ref", str(speech)]) == 1
+    err = capsys.readouterr().err
+    assert "PortAudio" in err and err.count("\n") == 1
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    import vckit.live as live
+
+    fake = _FakeSoundDevice()
+    monkeypatch.setattr(live, "sounddevice", lambda: fake)
+    assert cli.main(["stream", "--list-devices"]) == 0 and "fake mic" in capsys.readouterr().out
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: audio device: Error opening Stream: Device unavailable") and err.count("\n") == 1

@@ -62,10 +62,13 @@ class Voice:
 Target = Union[Voice, AudioInput, Sequence[AudioInput], torch.Tensor]
 
 
-def default_checkpoint() -> Path:
-    """The shipped model (``$VCKIT_CHECKPOINT`` overrides it)."""
-    env = os.environ.get("VCKIT_CHECKPOINT")
-    path = Path(env) if env else DEFAULT_CHECKPOINT
+SHIPPED = ("default", "stream")  # models in checkpoints/, loadable by name: "stream" is the causal one for live use
+
+
+def default_checkpoint(name: str = "default") -> Path:
+    """A shipped model by name (``$VCKIT_CHECKPOINT`` overrides the default)."""
+    env = os.environ.get("VCKIT_CHECKPOINT") if name == "default" else None
+    path = Path(env) if env else REPO_ROOT / "checkpoints" / name
     if not path.exists():
         raise CheckpointError(f"the shipped model is not at {path}: install vckit from its source tree (pip install -e .) or pass a checkpoint path")
     return path
@@ -310,7 +313,8 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     """Load a model for conversion.
 
     Args:
-        checkpoint: a checkpoint folder; default: the shipped model.
+        checkpoint: a checkpoint folder, or the name of a shipped model
+            (``"default"``; ``"stream"``, the causal model :meth:`Converter.stream` needs).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         vocoder: ``hifigan`` (the universal HiFi-GAN, default), ``griffinlim``,
             or a path to a HiFi-GAN generator in the released format.
@@ -327,10 +331,13 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     from vckit.training.loop import pick_device
 
     dev = pick_device(device)
-    path = Path(checkpoint) if checkpoint else default_checkpoint()
+    if checkpoint is None or (str(checkpoint) in SHIPPED and not Path(checkpoint).exists()):
+        path = default_checkpoint(str(checkpoint or "default"))
+    else:
+        path = Path(checkpoint)
     config, sd, meta = load_checkpoint(path, dev)  # checks the weights against a recorded sha256
     recorded = meta.get("sha256", {}).get("model.safetensors")
-    if not recorded and path.resolve() == DEFAULT_CHECKPOINT.resolve():
+    if not recorded and path.resolve().parent == DEFAULT_CHECKPOINT.parent.resolve():
         raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
     if quantize is not None and not config.model.vq.enabled:
         raise VckitError(f"the model in {path} has no VQ bottleneck: the codebook choice (--vq, quantize=) applies only to models trained with one")

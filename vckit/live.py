@@ -1,0 +1,132 @@
+"""Sound in and out for ``vckit stream``: a microphone to the speakers, or a file
+through the very same block-by-block path.
+
+The device side uses ``sounddevice`` (PortAudio). Each audio callback pushes
+one block of the microphone into a :class:`vckit.streaming.Stream` and
+plays what comes out, so the sound card sees a fixed delay of
+:attr:`~vckit.streaming.Stream.delay_ms` plus its own buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from vckit.errors import VckitError
+
+if TYPE_CHECKING:
+    from vckit.streaming import Stream
+
+log = logging.getLogger(__name__)
+
+FILE_CALLBACK = 512  # samples per push when a file plays the microphone (a typical sound-card buffer)
+
+
+@dataclasses.dataclass
+class LiveReport:
+    """How a stream kept up: per step (one block converted), compute time against the block's duration."""
+
+    seconds: float  # input streamed
+    block_ms: float
+    delay_ms: float
+    compute_ms: list[float]  # per push that converted at least one block
+    late: int = 0  # callbacks the sound card reported as over- or underflowing
+
+    def summary(self) -> str:
+        c = np.asarray(self.compute_ms) if self.compute_ms else np.zeros(1)
+        line = (
+            f"{self.seconds:.1f} s streamed: delay {self.delay_ms:.0f} ms, block {self.block_ms:.1f} ms, "
+            f"compute per block median {np.median(c):.1f} ms, 99th percentile {np.percentile(c, 99):.1f} ms"
+        )
+        return line + (f", {self.late} late callbacks" if self.late else "")
+
+
+def sounddevice():
+    """The ``sounddevice`` module, or one clear error saying what is missing."""
+    try:
+        import sounddevice as sd
+    except ImportError:
+        raise VckitError("live audio needs the sounddevice package: pip install sounddevice") from None
+    except OSError:
+        raise VckitError(
+            "live audio needs the PortAudio library, which this machine lacks: apt-get install libportaudio2 "
+            "(Debian/Ubuntu; macOS and Windows get it with pip install sounddevice), or stream a file with --input/--output"
+        ) from None
+    return sd
+
+
+def list_devices() -> str:
+    """The audio devices PortAudio sees, as ``sounddevice`` prints them."""
+    sd = sounddevice()
+    try:
+        return str(sd.query_devices())
+    except sd.PortAudioError as e:
+        raise VckitError(f"cannot list audio devices: {e}") from None
+
+
+def stream_file(stream: "Stream", wav: np.ndarray, *, callback: int = FILE_CALLBACK) -> tuple[np.ndarray, LiveReport]:
+    """Push ``wav`` (float32 at the stream's rate) in ``callback``-sample pieces, as a sound card would.
+
+    Returns the converted signal with the delay removed (exactly as long as
+    ``wav``) and how long each block took to convert.
+    """
+    out, times = [], []
+    for i in range(0, len(wav), callback):
+        t0 = time.perf_counter()
+        before = stream._frames_done
+        out.append(stream.push(wav[i : i + callback]))
+        if stream._frames_done > before:
+            times.append(1000.0 * (time.perf_counter() - t0))
+    out.append(stream.flush())
+    converted = np.concatenate(out)[stream.delay : stream.delay + len(wav)]
+    return converted, LiveReport(len(wav) / stream.sample_rate, stream.block_ms, stream.delay_ms, times)
+
+
+def run_devices(
+    stream: "Stream",
+    *,
+    input_device: str | int | None = None,
+    output_device: str | int | None = None,
+    on_start: Callable[[str], None] | None = None,
+) -> LiveReport:
+    """Microphone -> ``stream`` -> speakers until Ctrl-C; returns how it kept up."""
+    sd = sounddevice()
+    times: list[float] = []
+    late = [0]
+    frames = stream.block * stream.hop
+
+    def callback(indata, outdata, n, _time, status) -> None:
+        if status:
+            late[0] += 1
+        t0 = time.perf_counter()
+        outdata[:, 0] = stream.push(indata[:, 0])
+        times.append(1000.0 * (time.perf_counter() - t0))
+
+    t_start = time.time()
+    try:
+        with sd.Stream(samplerate=stream.sample_rate, blocksize=frames, channels=1, dtype="float32", latency="low", device=(_device(input_device), _device(output_device)), callback=callback):
+            if on_start:
+                on_start(f"streaming at {stream.sample_rate} Hz, delay {stream.delay_ms:.0f} ms (plus the sound card's): Ctrl-C stops")
+            while True:
+                sd.sleep(250)
+    except KeyboardInterrupt:
+        pass
+    except sd.PortAudioError as e:
+        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices; a busy device or one that cannot take {stream.sample_rate} Hz gives this)") from None
+    except ValueError as e:  # sounddevice: no such device, or an ambiguous name
+        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices)") from None
+    return LiveReport(time.time() - t_start, stream.block_ms, stream.delay_ms, times, late[0])
+
+
+def _device(spec: str | int | None) -> str | int | None:
+    if spec is None:
+        return None
+    return int(spec) if isinstance(spec, str) and spec.isdigit() else spec
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
