@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from vckit.models.vc import Frames
 
 log = logging.getLogger(__name__)
+reference_log = logging.getLogger(f"{__name__}.references")  # Voice.warnings; the CLI prints them itself
 
 MIN_REFERENCE_S = 1.0
 MIN_SOURCE_S = 0.1
@@ -153,7 +154,7 @@ class Converter:
         f0_median = float(np.median(voiced)) if len(voiced) >= 10 else None
         warnings = reference_warnings(measures)
         for w in warnings:
-            log.warning("%s", w)
+            reference_log.warning("%s", w)
         seconds, speech = sum(m.seconds for _, m in measures), sum(m.speech_seconds for _, m in measures)
         return Voice(torch.stack(embs).mean(0), f0_median, self.model_id, seconds, speech, warnings)
 
