@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -397,7 +398,8 @@ def sync_api():
 
 
 def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path) -> None:  # sync_api first: skip before starting the server
-    """Upload a source and a reference, convert, download the result; a silent source gets a message.
+    """Upload a source and a reference, convert, download the result; a silent source gets a message;
+    a reference without speech after a good result gets a message and leaves that result on the page.
 
     The clips are the first example swap (checkpoints/examples, else two
     validation speakers from shared/data).
@@ -408,6 +410,7 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
     example = list_examples(EXAMPLES_DIR, fallback_data=data_dir)[0]
     male, female = example.source, example.reference
     silent = write(tmp_path / "silent.wav", np.zeros(32000))
+    noise = write(tmp_path / "noise.wav", 0.1 * np.random.default_rng(0).standard_normal(3 * 16000))
     shot = Path(os.environ.get("VCKIT_DEMO_SCREENSHOT") or tmp_path / "demo.png")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
@@ -431,6 +434,7 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
             page.locator("#source-audio input[type=file]").set_input_files(str(male))
             page.click("#convert-btn")
             sync_api.expect(report).to_contain_text("similarity of the result to the reference", timeout=60_000)
+            sync_api.expect(report).to_contain_text(re.compile(r"Closer to the target than to the source: (yes|no)"))
             link = page.locator("#result-audio a[download]")
             link.wait_for(state="attached", timeout=10_000)
             href = link.get_attribute("href")
@@ -438,6 +442,19 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
             page.wait_for_timeout(500)  # let the waveform and picture finish drawing
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
+            picture = page.locator("#mels img").get_attribute("src")
+
+            # then a reference without speech: the error is shown, the good result stays
+            page.locator("#reference-audio button[aria-label='Clear']").click()
+            page.locator("#reference-audio input[type=file]").set_input_files(str(noise))
+            page.click("#convert-btn")
+            sync_api.expect(report).to_contain_text("Could not convert: reference holds no speech", timeout=30_000)
+            sync_api.expect(report).to_contain_text("still the previous one")
+            sync_api.expect(report).to_contain_text("Closer to the target than to the source")
+            assert page.locator("#result-audio a[download]").get_attribute("href") == href
+            assert page.locator("#mels img").get_attribute("src") == picture
+            assert "/tmp" not in report.inner_text()
+            page.get_by_test_id("toast-close").first.click()
 
             # the semitone slider is for manual pitch handling only
             slider = page.locator("input[type=range]")
