@@ -5,7 +5,8 @@
     python demo.py --host 0.0.0.0 --share   # reachable from elsewhere (off by default)
 
 Needs the demo extra: ``pip install -e '.[demo]'``. The logic lives in
-:mod:`vckit.demo.app`; this file only reads options and starts the server.
+:mod:`vckit.demo.app` and :mod:`vckit.demo.page`; this file only reads
+options and starts the server.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="vckit voice-conversion demo (Gradio)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     ap.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (off by default)")
+    ap.add_argument("--share", action="store_true", help="also open a public *.gradio.live link through Gradio's relay (off by default: the page is private to --host)")
     ap.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="longest source or reference accepted, in seconds (default: %(default)g)")
     ap.add_argument("--concurrency", type=int, default=2, help="conversions run at the same time; later requests wait in the queue (default: 2)")
     ap.add_argument("--queue-size", type=int, default=32, help="most requests waiting in the queue (default: 32)")
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("error: the demo needs gradio: pip install -e '.[demo]'", file=sys.stderr)
         return 1
-    from vckit.demo.app import DemoService, build_app, launch_kwargs
+    from vckit.demo.app import DemoService
+    from vckit.demo.page import build_app, launch_kwargs
     from vckit.errors import VckitError
 
     try:
@@ -56,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(service)
     app.queue(default_concurrency_limit=max(1, args.concurrency), max_size=args.queue_size)
     try:
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, **launch_kwargs(service))
+        # quiet: Gradio's own banner says to set share=True in launch(); this demo's switch is --share
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, quiet=True, prevent_thread_lock=True, **launch_kwargs(service))
+        public = f"; public link: {app.share_url}" if app.share_url else " (python demo.py --share also opens a public link)"
+        print(f"vckit demo running on {app.local_url}{public}", flush=True)
+        app.block_thread()
     finally:
         service.close()
     return 0

@@ -158,3 +158,72 @@ def test_import_stays_light():
     code = "import sys, vckit; print(sorted(m for m in ('torch', 'gradio', 'tensorboard') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# -- reference checks and the silence gate ------------------------------------------------
+def synthetic(kind: str, seconds: float = 4.0, sr: int = 16000) -> np.ndarray:
+    """White noise, a steady tone, or a sequence of major chords (a crude piece of music)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    if kind == "noise":
+        return (0.1 * rng.standard_normal(len(t))).astype(np.float32)
+    if kind == "tone":
+        return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    beat = t % 0.5  # a new chord every half second, each note decaying
+    roots = np.where((t // 0.5) % 2 == 0, 261.6, 220.0)
+    x = sum(np.sin(2 * np.pi * roots * ratio * k * t) / k for ratio in (1, 1.26, 1.5) for k in range(1, 6))
+    return (0.05 * x * np.exp(-2 * beat)).astype(np.float32)
+
+
+def test_measure_speech_tells_speech_from_noise_and_music(files):
+    from vckit.activity import measure_speech
+    from vckit.audio import load_audio
+
+    sr = 22050
+    speech = load_audio(files["ref_a"], sr)
+    m = measure_speech(speech, sr)
+    assert 0.6 * m.seconds < m.speech_seconds <= m.seconds and m.snr_db > 20
+    for kind in ("noise", "tone", "chords"):
+        assert measure_speech(load_audio(synthetic(kind), sr, 16000), sr).speech_seconds < 0.2, kind
+    noise = np.random.default_rng(1).standard_normal(len(speech)).astype(np.float32)
+    noisy = speech + noise * np.sqrt(np.mean(speech**2) / np.mean(noise**2)) * 10 ** (-3 / 20)  # 3 dB SNR
+    n = measure_speech(load_audio(noisy, sr, sr), sr)
+    assert n.snr_db < 12 < m.snr_db
+
+
+@pytest.mark.parametrize("kind", ["noise", "tone", "chords"])
+def test_a_reference_without_speech_is_refused(vc, kind):
+    from vckit.errors import NoSpeechError
+
+    with pytest.raises(NoSpeechError, match=r"^reference holds no speech that vckit can hear \(0\.\d s of 4\.0 s\)"):
+        vc.voice(synthetic(kind), sr=16000)
+
+
+def test_voice_reports_speech_and_warnings(vc, files, caplog):
+    caplog.set_level("WARNING", logger="vckit.api.references")  # the CLI raises it: it prints them itself
+    one = vc.voice(files["ref_a"])
+    assert 0 < one.speech_seconds <= one.seconds < 4
+    assert any("only" in w and "s of speech in the reference:" in w for w in one.warnings)  # under 3 s in all
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == list(one.warnings)
+    two = vc.voice([files["ref_a"], files["ref_b"]])
+    assert two.speech_seconds > 3 and two.warnings == ()
+    x, sr = sf.read(str(files["ref_a"]), dtype="float32")
+    tail = np.concatenate([x, synthetic("chords", 12.0, sr)])  # 12 s of music after the speech
+    mixed = vc.voice(tail, sr=sr)
+    assert mixed.speech_seconds < 0.3 * mixed.seconds and any("sound like speech" in w for w in mixed.warnings)
+    rng = np.random.default_rng(0)
+    noisy = vc.voice(np.concatenate([x, x]) + 0.05 * rng.standard_normal(2 * len(x)).astype(np.float32), sr=sr)
+    assert any("is noisy" in w for w in noisy.warnings)
+
+
+def test_silence_in_the_source_stays_silent(vc, files):
+    x, sr = sf.read(str(files["source"]), dtype="float32")
+    src = np.concatenate([np.zeros(sr, np.float32), x])  # 1 s of digital silence, then speech
+    out = vc.convert(src, target=vc.voice([files["ref_a"], files["ref_b"]]), sr=sr)
+
+    def dbfs(a):
+        return 20 * np.log10(np.sqrt(np.mean(np.square(a, dtype=np.float64))) + 1e-12)
+
+    rate = vc.sample_rate
+    assert dbfs(out[: int(0.8 * rate)]) < -60
+    assert dbfs(out[int(1.2 * rate) :]) > -35  # the speech is untouched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,8 +18,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vckit.demo.app import DemoService, ENROLLED_PREFIX, EXAMPLE_PREFIX, REFERENCE_CHOICE, handle_convert
-from vckit.demo.examples import EXAMPLES_DIR, list_examples
+from vckit.demo.app import DemoService, ENROLLED_PREFIX, EXAMPLE_PREFIX, REFERENCE_CHOICE
+from vckit.demo.examples import EXAMPLES_DIR, example_voices, list_examples
+from vckit.demo.page import handle_convert, hide_paths
 from vckit.errors import VckitError
 from vckit.demo.mel_image import render_mels, write_png
 
@@ -72,6 +74,21 @@ def test_list_examples_reads_the_folder_and_its_readme(tmp_path: Path) -> None:
     assert ex[0].converted is not None and ex[0].converted.name == "01_m2f_converted.wav"
 
 
+def test_example_voices_are_named_by_speaker_with_all_their_clips(tmp_path: Path) -> None:
+    for name in ("01_m2f", "02_f2m", "03_libri2vctk"):
+        for part in ("source", "reference"):
+            write(tmp_path / f"{name}_{part}.wav", np.zeros(160))
+    (tmp_path / "README.md").write_text(
+        "| # | kind | source | reference (speaker, file) |\n|---|---|---|---|\n"
+        "| 01 | male to female | libri:1, `a.flac` | vctk:p228, `vctk/p228/p228_011.wav` |\n"
+        "| 02 | female to male | vctk:p228, `b.flac` | libri:296, `c.flac` |\n"
+        "| 03 | LibriSpeech reader to a VCTK voice | libri:1, `a.flac` | vctk:p228, `d.wav` |\n"
+    )
+    voices = example_voices(list_examples(tmp_path, fallback_data=None))
+    assert [v.label for v in voices] == ["p228 (female, VCTK)", "296 (male, LibriSpeech)"]
+    assert [p.name for p in voices[0].references] == ["01_m2f_reference.wav", "03_libri2vctk_reference.wav"]
+
+
 def test_list_examples_falls_back_to_shared_speech(tmp_path: Path, data_dir: Path) -> None:
     ex = list_examples(tmp_path / "none", fallback_data=data_dir)
     assert len(ex) >= 1
@@ -90,7 +107,8 @@ def test_shipped_examples_are_readable() -> None:
 def test_target_menu_offers_reference_examples_and_enrolled(service: DemoService) -> None:
     choices = service.target_choices()
     assert choices[0] == REFERENCE_CHOICE
-    assert sum(c.startswith(EXAMPLE_PREFIX) for c in choices) == len(service.examples) >= 1
+    assert [c for c in choices if c.startswith(EXAMPLE_PREFIX)] == [f"{EXAMPLE_PREFIX}{v.label}" for v in service.voices]
+    assert 1 <= len(service.voices) <= len(service.examples)  # one entry per speaker
 
 
 # -- the conversion ---------------------------------------------------------------------
@@ -104,13 +122,19 @@ def test_convert_reference_clip(service: DemoService, male: Path, female: Path) 
     assert res.mels.read_bytes()[:8] == PNG_MAGIC
     assert all(-1.0 <= v <= 1.0 for v in res.similarity.values())
     assert f"{res.similarity['to_reference']:.2f}" in res.summary and "speaker-verification" in res.summary
+    closer = res.similarity["to_reference"] > res.similarity["to_source"]
+    assert res.summary.startswith(f"**Closer to the target than to the source: {'yes' if closer else 'no'}**")
+    assert "same speaker by the judge" not in res.summary and "(1 clip, " in res.summary  # no verdict per number
     assert steps == sorted(steps) and steps[-1] == 1.0
 
 
 def test_convert_to_example_voice(service: DemoService, male: Path) -> None:
-    choice = next(c for c in service.target_choices() if c.startswith(EXAMPLE_PREFIX))
-    res = service.convert(str(male), choice, None)
+    voice = max(service.voices, key=lambda v: len(v.references))  # the shipped examples use two clips of p228
+    assert f"{EXAMPLE_PREFIX}{voice.label}" in service.target_choices()
+    res = service.convert(str(male), f"{EXAMPLE_PREFIX}{voice.label}", None)
     assert res.similarity["to_reference"] is not None and res.audio.is_file()
+    n = len(voice.references)
+    assert f"voice of *{voice.label.split(' (')[0]}* ({n} clip{'s' if n > 1 else ''}, " in res.summary
 
 
 def test_pitch_handling(service: DemoService, male: Path, male_short: Path, female: Path) -> None:
@@ -131,11 +155,12 @@ def test_enrolled_voice(service: DemoService, male: Path, male_short: Path, fema
 
     vc = service.converter()
     emb = vc.embed_speaker(str(female))
-    save_profile(service.bank_dir(), new_profile("alice", emb, vc.model_id, [str(female)], 3.0, vc.reference_f0(str(female))))
+    save_profile(service.bank_dir(), new_profile("alice", emb, vc.model_id, [str(female), str(female)], 3.0, vc.reference_f0(str(female))))
     save_profile(service.bank_dir(), new_profile("stranger", emb, "another-model", [], 3.0, None))
     assert f"{ENROLLED_PREFIX}alice" in service.target_choices()
     res = service.convert(str(male_short), f"{ENROLLED_PREFIX}alice", None, pitch_mode="match F0")  # the profile's F0
     assert res.similarity["to_reference"] is not None and res.pitch_shift > 2
+    assert "voice of *alice* (2 clips)" in res.summary  # every enrolled clip, in the picture and for the judge
     with pytest.raises(VckitError, match="enrolled with another model"):
         service.convert(str(male), f"{ENROLLED_PREFIX}stranger", None)
 
@@ -155,6 +180,15 @@ def test_silent_input(service: DemoService, tmp_path: Path, male: Path, female: 
         service.convert(str(silent), REFERENCE_CHOICE, str(female))
     with pytest.raises(VckitError, match="reference is silent"):
         service.convert(str(male), REFERENCE_CHOICE, str(silent))
+
+
+def test_reference_without_speech(service: DemoService, tmp_path: Path, male: Path, data_dir: Path) -> None:
+    noise = write(tmp_path / "noise.wav", 0.1 * np.random.default_rng(0).standard_normal(3 * 16000))
+    with pytest.raises(VckitError, match=r"reference holds no speech that vckit can hear"):
+        service.convert(str(male), REFERENCE_CHOICE, str(noise))
+    short = data_dir / "vcc2016" / "TM1" / "100001.wav"  # 2.6 s of speech: under the 3 s asked for
+    res = service.convert(str(male), REFERENCE_CHOICE, str(short))
+    assert res.warnings and all(f"- warning: {w}" in res.summary for w in res.warnings)
 
 
 def test_silent_result_gets_no_score(service: DemoService) -> None:
@@ -202,9 +236,24 @@ def test_handler_puts_errors_on_the_page(service: DemoService, tmp_path: Path, f
     def boom(*a, **k):
         raise RuntimeError("bug")
 
+    # a failure after a good result: the page keeps that result, and the text says so
+    audio, image, text = handle_convert(service, str(silent), REFERENCE_CHOICE, str(female), previous="**Closer to the target than to the source: yes**")
+    assert audio is None and text.startswith("**Could not convert:**") and text.endswith("**Closer to the target than to the source: yes**")
+    assert "still the previous one" in text
+
     monkeypatch.setattr(service, "convert", boom)
     audio, image, text = handle_convert(service, str(silent), REFERENCE_CHOICE, str(female), warn=warned.append)
     assert audio is None and "internal error" in text and "bug" not in text
+
+
+def test_errors_never_show_the_servers_folders(service: DemoService, tmp_path: Path, female: Path) -> None:
+    upload = tmp_path / "gradio" / "3f2a9c" / "notes.wav"  # where Gradio keeps an upload
+    upload.parent.mkdir(parents=True)
+    upload.write_text("this is not audio\n")
+    _, _, text = handle_convert(service, str(upload), REFERENCE_CHOICE, str(female))
+    assert "cannot read audio file notes.wav" in text and str(tmp_path) not in text and "/tmp" not in text
+    assert hide_paths("Error opening '/tmp/gradio/ab12/x y.wav': bad", ("/tmp/gradio/ab12/x y.wav",)) == "Error opening 'x y.wav': bad"
+    assert hide_paths("at /srv/a/b.wav, line 3") == "at b.wav, line 3"
 
 
 def test_concurrent_requests_get_their_own_results(service: DemoService, data_dir: Path, male: Path, female: Path) -> None:
@@ -273,7 +322,7 @@ def test_import_vckit_does_not_import_gradio() -> None:
 def test_build_app(service: DemoService) -> None:
     import gradio as gr
 
-    from vckit.demo.app import build_app, launch_kwargs
+    from vckit.demo.page import build_app, launch_kwargs
 
     app = build_app(service)
     assert isinstance(app, gr.Blocks)
@@ -287,6 +336,7 @@ def test_demo_help() -> None:
     assert out.returncode == 0, out.stderr
     for opt in ("--host", "--port", "--share", "--max-seconds", "--concurrency", "--vocoder"):
         assert opt in out.stdout
+    assert "share=True" not in out.stdout and "launch()" not in out.stdout
 
 
 # -- the page in a real browser -----------------------------------------------------------------
@@ -348,7 +398,8 @@ def sync_api():
 
 
 def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path) -> None:  # sync_api first: skip before starting the server
-    """Upload a source and a reference, convert, download the result; a silent source gets a message.
+    """Upload a source and a reference, convert, download the result; a silent source gets a message;
+    a reference without speech after a good result gets a message and leaves that result on the page.
 
     The clips are the first example swap (checkpoints/examples, else two
     validation speakers from shared/data).
@@ -359,6 +410,7 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
     example = list_examples(EXAMPLES_DIR, fallback_data=data_dir)[0]
     male, female = example.source, example.reference
     silent = write(tmp_path / "silent.wav", np.zeros(32000))
+    noise = write(tmp_path / "noise.wav", 0.1 * np.random.default_rng(0).standard_normal(3 * 16000))
     shot = Path(os.environ.get("VCKIT_DEMO_SCREENSHOT") or tmp_path / "demo.png")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
@@ -382,6 +434,7 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
             page.locator("#source-audio input[type=file]").set_input_files(str(male))
             page.click("#convert-btn")
             sync_api.expect(report).to_contain_text("similarity of the result to the reference", timeout=60_000)
+            sync_api.expect(report).to_contain_text(re.compile(r"Closer to the target than to the source: (yes|no)"))
             link = page.locator("#result-audio a[download]")
             link.wait_for(state="attached", timeout=10_000)
             href = link.get_attribute("href")
@@ -389,6 +442,19 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
             page.wait_for_timeout(500)  # let the waveform and picture finish drawing
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
+            picture = page.locator("#mels img").get_attribute("src")
+
+            # then a reference without speech: the error is shown, the good result stays
+            page.locator("#reference-audio button[aria-label='Clear']").click()
+            page.locator("#reference-audio input[type=file]").set_input_files(str(noise))
+            page.click("#convert-btn")
+            sync_api.expect(report).to_contain_text("Could not convert: reference holds no speech", timeout=30_000)
+            sync_api.expect(report).to_contain_text("still the previous one")
+            sync_api.expect(report).to_contain_text("Closer to the target than to the source")
+            assert page.locator("#result-audio a[download]").get_attribute("href") == href
+            assert page.locator("#mels img").get_attribute("src") == picture
+            assert "/tmp" not in report.inner_text()
+            page.get_by_test_id("toast-close").first.click()
 
             # the semitone slider is for manual pitch handling only
             slider = page.locator("input[type=range]")

@@ -25,12 +25,13 @@ from vckit.audio import AudioInput, load_audio, log_mel, write_wav
 from vckit.checkpoint import load_checkpoint
 from vckit.models.vc import build_model
 from vckit.config import Config
-from vckit.errors import CheckpointError, VckitError
+from vckit.errors import CheckpointError, NoSpeechError, VckitError
 
 if TYPE_CHECKING:
     from vckit.models.vc import Frames
 
 log = logging.getLogger(__name__)
+reference_log = logging.getLogger(f"{__name__}.references")  # Voice.warnings; the CLI prints them itself
 
 MIN_REFERENCE_S = 1.0
 MIN_SOURCE_S = 0.1
@@ -49,14 +50,20 @@ class Voice:
     ``embedding`` (dim,) is the speaker encoder's output; ``f0_median`` (Hz)
     the median F0 of the references, which sets the register of models with
     an F0 path (None when the references are unvoiced); ``model_id`` the
-    sha256 of the weights that made the embedding; ``seconds`` the speech
-    used, after trimming silence.
+    sha256 of the weights that made the embedding; ``seconds`` the audio
+    used, after trimming leading and trailing silence; ``speech_seconds``
+    how much of that a voice-activity measure hears as speech
+    (:func:`vckit.activity.measure_speech`: pauses, music and noise do not
+    count); ``warnings`` sentences about references that hold little
+    speech, are noisy, or hold under 3 s of speech in all (also logged).
     """
 
     embedding: torch.Tensor
     f0_median: float | None = None
     model_id: str = ""
     seconds: float = 0.0
+    speech_seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
 
 
 Target = Union[Voice, AudioInput, Sequence[AudioInput], torch.Tensor]
@@ -143,28 +150,37 @@ class Converter:
     def voice(self, refs: AudioInput | Sequence[AudioInput], sr: int | None = None) -> Voice:
         """A :class:`Voice` from one or several reference clips, each decoded once.
 
-        Each clip needs at least 1 s of speech after trimming silence; the
+        Each clip needs at least 1 s of audio after trimming silence, and some
+        speech: a clip of music, noise or room tone raises
+        :class:`~vckit.errors.NoSpeechError`. Clips with little speech or much
+        noise, or under 3 s of speech in all, give ``Voice.warnings``. The
         embeddings of several clips are averaged, and the F0 median is taken
         over the voiced frames of all of them.
         """
-        from vckit.pitch import f0_track
+        from vckit.activity import MIN_SPEECH_S, measure_speech, reference_warnings
 
         if isinstance(refs, (str, os.PathLike, np.ndarray, torch.Tensor)):
             refs = [refs]
         if len(refs) == 0:
             raise VckitError("no reference audio given")
         rate = self.config.mel.sample_rate
-        embs, f0s, seconds = [], [], 0.0
-        for r in refs:
-            name = Path(r).name if isinstance(r, (str, os.PathLike)) else "reference"
-            wav = load_audio(r, rate, sr, trim=True, min_seconds=MIN_REFERENCE_S, what=f"reference {name}" if name != "reference" else "reference")
-            seconds += len(wav) / rate
+        embs, f0s, measures = [], [], []
+        for i, r in enumerate(refs, 1):
+            what = f"reference {Path(r).name}" if isinstance(r, (str, os.PathLike)) else f"reference {i}" if len(refs) > 1 else "reference"
+            wav = load_audio(r, rate, sr, trim=True, min_seconds=MIN_REFERENCE_S, what=what)
+            m = measure_speech(wav, rate)
+            if m.speech_seconds < MIN_SPEECH_S:
+                raise NoSpeechError(f"{what} holds no speech that vckit can hear ({m.speech_seconds:.1f} s of {m.seconds:.1f} s): is it music, noise or silence? Give a recording of the target speaker talking")
+            measures.append((what, m))
             embs.append(self.model.embed_speaker(log_mel(wav, self.config.mel, self.device)[None])[0])
-            f0 = f0_track(wav, rate)
-            f0s.append(f0[f0 > 0])
+            f0s.append(m.f0[m.f0 > 0])
         voiced = np.concatenate(f0s)
         f0_median = float(np.median(voiced)) if len(voiced) >= 10 else None
-        return Voice(torch.stack(embs).mean(0), f0_median, self.model_id, seconds)
+        warnings = reference_warnings(measures)
+        for w in warnings:
+            reference_log.warning("%s", w)
+        seconds, speech = sum(m.seconds for _, m in measures), sum(m.speech_seconds for _, m in measures)
+        return Voice(torch.stack(embs).mean(0), f0_median, self.model_id, seconds, speech, warnings)
 
     def embed_speaker(self, refs: AudioInput | Sequence[AudioInput], sr: int | None = None) -> torch.Tensor:
         """The speaker embedding ``(dim,)`` of :meth:`voice`."""
@@ -225,10 +241,12 @@ class Converter:
 
         Returns:
             float32 waveform at :attr:`sample_rate`, as long as the source
-            (within one hop).
+            (within one hop), muted (with short fades) where the source is
+            silent, so the vocoder's faint hum does not fill the pauses.
         """
         rate = self.config.mel.sample_rate
         wav = load_audio(source, rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
+        source_wav = wav
         voice = self._voice_of(target, sr, target_f0)
         shift = float(pitch_shift or 0.0)
         if not self.model.needs_f0:
@@ -241,7 +259,11 @@ class Converter:
                 wav = shift_pitch(wav, rate, shift)
             shift = 0.0
         mel = self._convert_wav(wav, voice, shift)
-        return self._vocode(mel)
+        out = self._vocode(mel)
+        # the vocoder hums faintly where the source is silent: mute it there
+        from vckit.activity import silence_gate
+
+        return out * silence_gate(source_wav, rate, len(out), self.sample_rate)
 
     @torch.inference_mode()
     def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0) -> torch.Tensor:
@@ -298,7 +320,7 @@ class Converter:
         if isinstance(target, Voice):
             if target.model_id and self.model_id and target.model_id != self.model_id:
                 raise VckitError(f"this voice was made by another model ({target.model_id[:12]}), not this one ({self.model_id[:12]}): make it again with vc.voice(refs)")
-            return Voice(target.embedding.to(self.device), target_f0 or target.f0_median, target.model_id, target.seconds)
+            return dataclasses.replace(target, embedding=target.embedding.to(self.device), f0_median=target_f0 or target.f0_median)
         if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == self.config.model.speaker.dim and target.is_floating_point():
             return Voice(target.to(self.device), target_f0, self.model_id)
         voice = self.voice(target, sr)

@@ -118,7 +118,15 @@ def _target_args(args: argparse.Namespace, vc):
         if prof.model_id and vc.model_id and prof.model_id != vc.model_id:
             raise VckitError(f"speaker {args.speaker!r} was enrolled with another model: enroll it again with this one")
         return Voice(prof.embedding, prof.f0_median, prof.model_id)
-    return vc.voice(args.ref)
+    return _said(vc.voice(args.ref))
+
+
+def _said(voice):
+    """Print a voice's speech seconds and reference warnings (``warning: ...``), as one line each."""
+    print(f"reference: {voice.speech_seconds:.1f} s of speech in {voice.seconds:.1f} s of audio", file=sys.stderr)
+    for w in voice.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return voice
 
 
 def _bounded(cast, lo: float, hi: float, what: str, unit: str, kind: str):
@@ -212,11 +220,11 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     if (bank / f"{args.name}.safetensors").exists() and not args.overwrite:
         raise VckitError(f"speaker {args.name!r} is already enrolled in {bank} (use --overwrite to replace it)")
     vc = load(args.checkpoint, device=args.device, vocoder="griffinlim")
-    voice = vc.voice(args.refs)
+    voice = _said(vc.voice(args.refs))
     prof = new_profile(args.name, voice.embedding, vc.model_id, [str(Path(r).resolve()) for r in args.refs], voice.seconds, voice.f0_median)
     path = save_profile(bank, prof, overwrite=args.overwrite)
     f0 = f", median F0 {prof.f0_median:.0f} Hz" if prof.f0_median else ""
-    print(f"enrolled {args.name} from {len(args.refs)} file(s), {voice.seconds:.1f} s of speech{f0}: {path}")
+    print(f"enrolled {args.name} from {len(args.refs)} file(s), {voice.speech_seconds:.1f} s of speech{f0}: {path}")
     return 0
 
 
@@ -412,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vckit.api.references").setLevel(logging.ERROR)  # _said prints them as warning: lines
     if args.command in ("train", "train-sv", "train-vocoder"):
         logging.getLogger("vckit").setLevel(logging.INFO)
     try:

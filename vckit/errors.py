@@ -31,6 +31,10 @@ class NonFiniteAudioError(AudioError):
     """The audio contains NaN or infinite samples."""
 
 
+class NoSpeechError(AudioError):
+    """The audio holds sound but no speech (music, noise, room tone)."""
+
+
 class TooShortAudioError(AudioError):
     """The audio is shorter than an operation needs."""
 

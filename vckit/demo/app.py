@@ -1,10 +1,8 @@
 """The logic of the Gradio demo (``python demo.py``), as testable functions.
 
 :class:`DemoService` holds the loaded models and does one conversion per call
-on its own temporary folder; :func:`handle_convert` turns its errors into a
-message for the page; :func:`build_app` lays out the Gradio page. Gradio is
-imported inside :func:`build_app` only, so ``import vckit`` stays light and
-the rest of this module works without it.
+on its own temporary folder; :mod:`vckit.demo.page` turns its results and
+errors into the page. Nothing here imports Gradio.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vckit.demo.examples import EXAMPLES_DIR, REPO_ROOT, list_examples
+from vckit.demo.examples import EXAMPLES_DIR, REPO_ROOT, example_voices, list_examples
 from vckit.demo.mel_image import render_mels
 from vckit.errors import VckitError
 
@@ -57,15 +55,19 @@ class Result:
     pitch_shift: float  # semitones the source was shifted
     summary: str  # Markdown for the page
     elapsed: float = 0.0
+    warnings: tuple[str, ...] = ()  # about the reference audio (little speech, noisy, short)
 
 
 @dataclass
 class _Target:
     embedding: Any  # torch.Tensor (dim,)
     name: str
-    audio: np.ndarray | None  # reference audio at the model rate, for the picture and the judge
+    audio: np.ndarray | None  # all reference clips at the model rate, one after another: for the picture and the judge
     f0: float | None
     refs: Any = None  # what reference_f0 can take (arrays), None for enrolled voices
+    clips: int = 1  # how many reference clips make the voice
+    speech_seconds: float | None = None  # speech in them (None: not measured, e.g. an enrolled voice)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -98,6 +100,7 @@ class DemoService:
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.examples = list_examples(self.examples_dir)
+        self.voices = example_voices(self.examples)  # one per reference speaker, with all its clips
 
     # -- models ---------------------------------------------------------------
     def converter(self, vocoder: str | None = None) -> Any:
@@ -136,7 +139,7 @@ class DemoService:
         """What the target-voice menu offers: a reference clip, the example voices, the enrolled voices."""
         from vckit.speakers import list_profiles
 
-        out = [REFERENCE_CHOICE] + [f"{EXAMPLE_PREFIX}{e.label}" for e in self.examples]
+        out = [REFERENCE_CHOICE] + [f"{EXAMPLE_PREFIX}{v.label}" for v in self.voices]
         return out + [f"{ENROLLED_PREFIX}{p.name}" for p in list_profiles(self.bank_dir())]
 
     def _target(self, choice: str | None, reference: str | None, vc: Any) -> _Target:
@@ -149,28 +152,29 @@ class DemoService:
             prof = load_profile(self.bank_dir(), name)
             if prof.model_id and vc.model_id and prof.model_id != vc.model_id:
                 raise DemoError(f"speaker {name!r} was enrolled with another model: enroll it again with this one")
-            audio = None  # the enrolment's first reference, where it is still readable: for the picture and the judge
-            for ref in prof.meta.get("references", [])[:1]:
+            clips = []  # the enrolment's references, where still readable: for the picture and the judge
+            for ref in prof.meta.get("references", []):
                 try:
-                    audio = self._load(ref, "reference", rate, trim=True)
+                    clips.append(self._load(ref, "reference", rate, trim=True))
                 except VckitError:
                     log.info("enrolled reference %s not usable for the picture", ref)
-            return _Target(prof.embedding, name, audio, prof.f0_median)
+            return _Target(prof.embedding, name, _joined(clips, rate), prof.f0_median, clips=len(clips))
         if choice.startswith(EXAMPLE_PREFIX):
             label = choice[len(EXAMPLE_PREFIX) :]
-            ex = next((e for e in self.examples if e.label == label), None)
+            ex = next((v for v in self.voices if v.label == label), None)
             if ex is None:
                 raise DemoError(f"unknown example voice {label!r}")
-            reference, name = str(ex.reference), f"example {ex.name}"
+            references, name = [str(r) for r in ex.references], label.split(" (")[0]
         elif choice == REFERENCE_CHOICE:
             if not reference:
                 raise DemoError("no reference voice: upload or record a reference clip, or pick a voice from the menu")
-            name = _stem(reference)
+            references, name = [reference], _stem(reference)
         else:
             raise DemoError(f"unknown target voice {choice!r}")
-        audio = self._load(reference, "reference", rate, trim=True)
-        voice = vc.voice(audio, sr=rate)  # the embedding and the F0 median, from one decode
-        return _Target(voice.embedding, name, audio, voice.f0_median, refs=audio)
+        clips = [self._load(r, "reference", rate, trim=True) for r in references]
+        voice = vc.voice(clips, sr=rate)  # the embedding, the F0 median and the speech checks, from one decode
+        audio = _joined(clips, rate)
+        return _Target(voice.embedding, name, audio, voice.f0_median, refs=audio, clips=len(clips), speech_seconds=voice.speech_seconds, warnings=voice.warnings)
 
     def _load(self, path: str | os.PathLike, what: str, rate: int, *, trim: bool) -> np.ndarray:
         """Check the length without decoding, then read: clear errors for long, unreadable or silent audio."""
@@ -237,8 +241,8 @@ class DemoService:
         step(0.9, desc="drawing the spectrograms")
         mels = self._picture(vc, src, tgt, wav, out_dir / "mels.png")
         seconds = len(wav) / vc.sample_rate
-        res = Result(audio, mels, seconds, sims, shift, "", time.perf_counter() - t0)
-        res.summary = self.summary(res, tgt.name, vocoder or self.default_vocoder)
+        res = Result(audio, mels, seconds, sims, shift, "", time.perf_counter() - t0, tgt.warnings)
+        res.summary = self.summary(res, tgt, vocoder or self.default_vocoder)
         step(1.0, desc="done")
         return res
 
@@ -269,35 +273,47 @@ class DemoService:
         return {"to_reference": cos(e_ref), "to_source": cos(e_src)}
 
     def _picture(self, vc: Any, src: np.ndarray, tgt: _Target, wav: np.ndarray, path: Path) -> Path:
-        from vckit.audio import load_audio, log_mel
+        from vckit.audio import load_audio, log_mel, mel_filterbank
 
         cfg, rate = vc.config.mel, vc.config.mel.sample_rate
         out = load_audio(wav, rate, vc.sample_rate, trim=False, normalize=False)
         panels = [("source", src), ("reference", tgt.audio), ("result", out)]
         panels = [(t, log_mel(x, cfg).cpu().numpy(), len(x) / rate) for t, x in panels if x is not None]
-        return render_mels(panels, path)
+        freqs = (mel_filterbank(cfg).argmax(1) * rate / cfg.n_fft).numpy()  # each mel bin's centre, in Hz
+        return render_mels(panels, path, freqs=np.maximum.accumulate(freqs))
 
-    def summary(self, res: Result, target_name: str, vocoder: str) -> str:
-        """Markdown: the judge's numbers and what they mean."""
+    def summary(self, res: Result, tgt: _Target, vocoder: str) -> str:
+        """Markdown: one verdict (closer to the target than to the source?), the judge's numbers, the reference warnings."""
         _, meta = self.judge()
         thr, eer = float(meta.get("threshold", 0.3)), float(meta.get("eer", float("nan")))
+        to_ref, to_src = res.similarity["to_reference"], res.similarity["to_source"]
+        if to_ref is None or to_src is None:
+            verdict = "n/a (no reference or source audio to compare with)"
+        else:
+            verdict = "yes" if to_ref > to_src else "no"
 
-        def verdict(x: float | None) -> str:
-            if x is None:
-                return "n/a (no audio to compare with)"
-            return f"**{x:.2f}** ({'same speaker' if x >= thr else 'different speaker'} by the judge)"
+        def num(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.2f}"
 
         shift = f"{res.pitch_shift:+.1f} semitones" if res.pitch_shift else "none"
+        clips = f"{tgt.clips} clips" if tgt.clips != 1 else "1 clip"
+        speech = f", {tgt.speech_seconds:.1f} s of speech" if tgt.speech_seconds is not None else ""
+        lines = [
+            f"**Closer to the target than to the source: {verdict}**",
+            "",
+            f"Converted {res.seconds:.1f} s to the voice of *{tgt.name}* ({clips}{speech}) with {vocoder} in {res.elapsed:.1f} s; pitch shift: {shift}.",
+        ]
+        lines += [""] + [f"- warning: {w}" for w in res.warnings] if res.warnings else []
         return "\n".join(
-            [
-                f"**Converted** {res.seconds:.1f} s to the voice of *{target_name}* with {vocoder} in {res.elapsed:.1f} s; pitch shift: {shift}.",
+            lines
+            + [
                 "",
-                f"- similarity of the result to the **reference**: {verdict(res.similarity['to_reference'])}",
-                f"- similarity of the result to the **source**: {verdict(res.similarity['to_source'])}",
+                f"- similarity of the result to the **reference**: {num(to_ref)}",
+                f"- similarity of the result to the **source**: {num(to_src)}",
                 "",
                 f"These are cosine similarities (-1 to 1) between voice embeddings of an independent speaker-verification model "
-                f"(`checkpoints/speaker_verification`, not part of the converter). From {thr:.2f} up it takes two clips for the same speaker; "
-                f"at that threshold it is wrong on {eer:.0%} of held-out trials. A good conversion is close to the reference and far from the source.",
+                f"(`checkpoints/speaker_verification`, not part of the converter). From {thr:.2f} up it takes two clips for the same speaker "
+                f"(wrong on {eer:.0%} of held-out trials), so both can pass at once; what tells a conversion is which of the two is higher.",
             ]
         )
 
@@ -320,82 +336,13 @@ def _stem(path: str | os.PathLike) -> str:
     return Path(path).stem or "audio"
 
 
+def _joined(clips: list[np.ndarray], rate: int) -> np.ndarray | None:
+    """Clips one after another with 0.2 s of silence between (None when there are none)."""
+    if not clips:
+        return None
+    gap = np.zeros(int(0.2 * rate), np.float32)
+    return np.concatenate([x for c in clips for x in (gap, c)][1:])
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:40] or "audio"
-
-
-# -- the page ---------------------------------------------------------------------------
-def handle_convert(service: DemoService, *args: Any, progress: Progress | None = None, warn: Callable[[str], Any] | None = None) -> tuple[str | None, str | None, str]:
-    """The convert button: ``(audio path, picture path, Markdown)``; never raises.
-
-    A request that cannot be served gives ``(None, None, message)`` and the
-    message is also passed to ``warn`` (``gr.Warning`` on the page).
-    """
-    try:
-        res = service.convert(*args, progress=progress)
-    except VckitError as e:
-        msg = str(e)
-    except Exception:  # a bug: keep the traceback in the server log, not on the page
-        log.exception("conversion failed")
-        msg = "internal error while converting (the server log has the details)"
-    else:
-        return str(res.audio), str(res.mels), res.summary
-    if warn is not None:
-        warn(msg)
-    return None, None, f"**Could not convert:** {msg}"
-
-
-INTRO = """# vckit voice conversion
-Speech from the **source** comes out in the voice of the **target**. Upload or record a source, then
-upload or record a reference clip of the target voice (at least 1 s of speech), or pick an example or
-enrolled voice. Or click one of the examples below. Runs the shipped model (`checkpoints/default`) offline."""
-
-
-def build_app(service: DemoService) -> Any:
-    """The Gradio Blocks page over ``service`` (not yet queued or launched)."""
-    import gradio as gr
-
-    choices = service.target_choices()
-    with gr.Blocks(title="vckit voice conversion", delete_cache=(3600, 3600)) as app:
-        gr.Markdown(INTRO)
-        with gr.Row():
-            source = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Source speech", elem_id="source-audio")
-            with gr.Column():
-                target = gr.Dropdown(choices, value=REFERENCE_CHOICE, label="Target voice", elem_id="target-choice")
-                reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip of the target voice", elem_id="reference-audio")
-        with gr.Accordion("Options", open=True):
-            with gr.Row():
-                vocoder = gr.Radio(list(VOCODERS), value=service.default_vocoder, label="Vocoder", info="hifigan: neural, natural; griffinlim: no neural vocoder, faster, buzzy")
-                pitch = gr.Radio(list(PITCH_MODES), value="none", label="Pitch handling", info="match F0: shift the source to the target's median F0 first")
-                semitones = gr.Slider(-12, 12, value=0, step=0.5, label="Manual shift (semitones)", interactive=False)
-        button = gr.Button("Convert", variant="primary", elem_id="convert-btn")
-        with gr.Row():
-            result = gr.Audio(type="filepath", format="wav", label="Converted speech", interactive=False, buttons=["download"], elem_id="result-audio")
-            report = gr.Markdown("The result and its speaker similarity will appear here.", elem_id="report")
-        mels = gr.Image(type="filepath", label="Log-mel spectrograms", show_label=False, interactive=False, elem_id="mels")
-        inputs = [source, target, reference, vocoder, pitch, semitones]
-        outputs = [result, mels, report]
-
-        def on_convert(src, tgt, ref, voc, pitch_mode, semis, progress=gr.Progress()):
-            return handle_convert(service, src, tgt, ref, voc, pitch_mode, semis, progress=progress, warn=gr.Warning)
-
-        button.click(on_convert, inputs, outputs, concurrency_id="convert")
-        target.change(lambda c: gr.update(visible=c == REFERENCE_CHOICE), target, reference, queue=False)
-        app.load(lambda: gr.update(choices=service.target_choices()), None, target, queue=False)  # voices enrolled since start
-        pitch.change(lambda m: gr.update(interactive=m == "manual semitones"), pitch, semitones, queue=False)
-        if service.examples:
-            ex = gr.Examples(
-                [[str(e.source), REFERENCE_CHOICE, str(e.reference)] for e in service.examples],
-                [source, target, reference],
-                example_labels=[e.label for e in service.examples],
-                label="Examples (one click converts)",
-            )
-            ex.load_input_event.then(on_convert, inputs, outputs, concurrency_id="convert")
-    return app
-
-
-def launch_kwargs(service: DemoService) -> dict[str, Any]:
-    """Settings for ``app.launch``: serve the example files, cap upload size."""
-    paths = sorted({str(p.parent) for e in service.examples for p in (e.source, e.reference)})
-    # a 192 kHz stereo float WAV is 1.5 MB/s; allow that for the longest accepted clip
-    return {"allowed_paths": paths, "max_file_size": f"{max(10, int(service.max_seconds * 1.6))}mb"}

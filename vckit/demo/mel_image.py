@@ -34,7 +34,12 @@ def _color_range(mels: Sequence[np.ndarray], dynamic_range: float) -> tuple[floa
     return vmin, vmax
 
 
-def render_mels(panels: Sequence[tuple[str, np.ndarray, float]], path: str | os.PathLike, dynamic_range: float = 9.0) -> Path:
+def render_mels(
+    panels: Sequence[tuple[str, np.ndarray, float]],
+    path: str | os.PathLike,
+    dynamic_range: float = 9.0,
+    freqs: Sequence[float] | None = None,
+) -> Path:
     """Side-by-side log-mel pictures, one colour scale for all, written as PNG.
 
     Args:
@@ -42,6 +47,8 @@ def render_mels(panels: Sequence[tuple[str, np.ndarray, float]], path: str | os.
         path: the PNG to write.
         dynamic_range: natural-log units below the loudest value still coloured
             (9 is about 78 dB).
+        freqs: the centre frequency (Hz) of each mel bin ``(n_mels,)``: the
+            frequency axis is then labelled in Hz, else in mel bins.
 
     Uses matplotlib when it is installed, else a plain numpy rendering
     (titles drawn with Pillow, which Gradio depends on, when available).
@@ -59,8 +66,11 @@ def render_mels(panels: Sequence[tuple[str, np.ndarray, float]], path: str | os.
         for ax, (title, _, seconds), m in zip(axes, panels, mels):
             im = ax.imshow(m, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="viridis", extent=(0, seconds, 0, m.shape[0]), interpolation="nearest")
             ax.set_title(title)
-            ax.set_xlabel("seconds")
-        axes[0].set_ylabel("mel bin")
+            ax.set_xlabel("time (s)")
+            if freqs is not None:
+                hz = [f for f in (125, 250, 500, 1000, 2000, 4000, 8000) if freqs[0] <= f <= freqs[-1]]
+                ax.set_yticks(np.interp(hz, freqs, np.arange(len(freqs)) + 0.5), [f"{f:g}" if f < 1000 else f"{f // 1000:g}k" for f in hz])
+        axes[0].set_ylabel("frequency (Hz)" if freqs is not None else "mel bin")
         fig.colorbar(im, ax=list(axes), label="log magnitude", shrink=0.9)
         fig.savefig(path, format="png")
         return path
