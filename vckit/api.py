@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence, Union
 import numpy as np
 import torch
 
-from vckit.audio import AudioInput, load_audio, log_mel, write_wav
+from vckit.audio import AudioInput, load_audio, log_mel, output_format, write_audio
 from vckit.checkpoint import load_checkpoint
 from vckit.models.vc import build_model
 from vckit.config import Config
@@ -257,8 +257,9 @@ class Converter:
         return self.convert(source, target=source, sr=sr)
 
     def save(self, path: str | os.PathLike, wav: np.ndarray, *, overwrite: bool = False, sample_rate: int | None = None) -> Path:
-        """Write ``wav`` (from :meth:`convert`) as 16-bit WAV, atomically,
-        resampled to ``sample_rate`` if given."""
+        """Write ``wav`` (from :meth:`convert`) atomically, resampled to
+        ``sample_rate`` if given, in the format ``path``'s suffix names: 16-bit
+        WAV or FLAC, OGG Vorbis, or MP3 (:func:`vckit.audio.output_format`)."""
         from vckit.audio import resample
 
         rate = self.sample_rate
@@ -266,7 +267,8 @@ class Converter:
             if not 4000 <= sample_rate <= 192000:
                 raise VckitError(f"output sample rate must be between 4000 and 192000 Hz, got {sample_rate}")
             wav, rate = resample(np.asarray(wav, dtype=np.float32), rate, sample_rate), sample_rate
-        return write_wav(path, wav, rate, overwrite=overwrite)
+        output_format(path, sample_rate or rate)  # an unwritable name fails before resampling
+        return write_audio(path, wav, rate, overwrite=overwrite)
 
     # -- helpers -------------------------------------------------------------
     def _voice_of(self, target: Target, sr: int | None, target_f0: float | None = None) -> Voice:
