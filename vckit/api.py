@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -60,6 +60,17 @@ class Voice:
 
 
 Target = Union[Voice, AudioInput, Sequence[AudioInput], torch.Tensor]
+Progress = Union[Callable[[float], None], None]  # called with the share of a conversion done, rising to 1.0
+
+
+def _span(progress: Progress, lo: float, hi: float) -> Progress:
+    """``progress`` for one stage of the work: its 0..1 mapped onto ``lo..hi``."""
+    return None if progress is None else (lambda f: progress(lo + (hi - lo) * f))
+
+
+def _report(progress: Progress, share: float) -> None:
+    if progress is not None:
+        progress(share)
 
 
 def default_checkpoint() -> Path:
@@ -152,13 +163,15 @@ class Converter:
         wav = load_audio(source, self.config.mel.sample_rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
         return self._convert_wav(wav, self._voice_of(target, sr), pitch_shift)
 
-    def _convert_chunked(self, x: "Frames", spk: torch.Tensor, f0_shift: float) -> torch.Tensor:
+    def _convert_chunked(self, x: "Frames", spk: torch.Tensor, f0_shift: float, progress: Progress = None) -> torch.Tensor:
         """Frames (1, *, T) -> log-mel (n_mels, T), in overlapping chunks with a
         linear cross-fade, so memory stays bounded for inputs of any length."""
         n = x.frames
         spk = spk[None].to(self.device)
         if n <= CHUNK_FRAMES + CHUNK_OVERLAP:
-            return self.model.convert(x, spk, f0_shift=f0_shift)[0]
+            whole = self.model.convert(x, spk, f0_shift=f0_shift)[0]
+            _report(progress, 1.0)
+            return whole
         # equal chunks, so no short tail gets instance statistics of its own
         k = -(-n // CHUNK_FRAMES)
         size = -(-n // k)
@@ -173,6 +186,7 @@ class Converter:
                 w[:CHUNK_OVERLAP] = ramp
             out[:, lo:hi] += piece * w
             weight[lo:hi] += w
+            _report(progress, hi / n)
         return out / weight.clamp(min=1e-6)
 
     def convert(
@@ -183,6 +197,8 @@ class Converter:
         pitch_shift: float = 0.0,
         match_pitch: bool = False,
         target_f0: float | None = None,
+        *,
+        progress: Progress = None,
     ) -> np.ndarray:
         """Speech of ``source`` in the voice of ``target``.
 
@@ -198,6 +214,8 @@ class Converter:
                 with an F0 path always take the target's register).
             target_f0: the target's median F0 in Hz, when ``target`` is an
                 embedding (enrolled profiles store it).
+            progress: called as the work proceeds with the share done, a
+                float rising to 1.0 (for a progress bar on long inputs).
 
         Returns:
             float32 waveform at :attr:`sample_rate`, as long as the source
@@ -216,20 +234,21 @@ class Converter:
 
                 wav = shift_pitch(wav, rate, shift)
             shift = 0.0
-        mel = self._convert_wav(wav, voice, shift)
-        return self._vocode(mel)
+        mel = self._convert_wav(wav, voice, shift, progress=_span(progress, 0.0, 0.3))
+        return self._vocode(mel, progress=_span(progress, 0.3, 1.0))
 
     @torch.inference_mode()
-    def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0) -> torch.Tensor:
+    def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0, *, progress: Progress = None) -> torch.Tensor:
         from vckit.models.vc import register_shift
 
         x = self._frames(wav)
+        _report(progress, 0.3)  # the features (F0, the phonetic teacher) cost about as much as the model
         f0_shift = 0.0
         if self.model.needs_f0:
             if voice.f0_median is None:
                 log.warning("the target voice has no F0 median: the conversion keeps the source's register")
             f0_shift = register_shift(x.f0[0], voice.f0_median, pitch_shift)
-        return self._convert_chunked(x, voice.embedding, f0_shift)
+        return self._convert_chunked(x, voice.embedding, f0_shift, _span(progress, 0.3, 1.0))
 
     def pitch_offset(self, source_wav: np.ndarray, target: Target, sr: int | None = None, target_f0: float | None = None) -> float:
         """Semitones from the source's median F0 to the target's (0 when unknown)."""
@@ -283,8 +302,8 @@ class Converter:
         return dataclasses.replace(voice, f0_median=target_f0 or voice.f0_median)
 
     @torch.inference_mode()
-    def _vocode(self, mel: torch.Tensor) -> np.ndarray:
-        wav = self.vocoder.vocode(mel, chunk_frames=VOCODER_CHUNK)
+    def _vocode(self, mel: torch.Tensor, *, progress: Progress = None) -> np.ndarray:
+        wav = self.vocoder.vocode(mel, chunk_frames=VOCODER_CHUNK, progress=progress)
         return wav.detach().float().cpu().numpy().astype(np.float32)
 
 
