@@ -147,11 +147,14 @@ def test_enroll_list_and_convert_with_a_speaker(vckit_cli, files, tmp_path):
     assert "no enrolled speaker 'nobody'" in one_line_error(missing)
 
 
-def test_a_profile_from_another_model_is_refused(vckit_cli, files, tmp_path):
+def test_a_profile_from_another_model_is_refused_naming_both(vckit_cli, files, tmp_path):
     bank = tmp_path / "bank"
-    save_profile(bank, new_profile("ghost", torch.randn(128), "not-this-model", [], 2.0, None))
+    save_profile(bank, new_profile("ghost", torch.randn(128), "0123456789abcdef", [], 2.0, None, checkpoint="runs/old-model"))
     proc = vckit_cli("convert", files["src"], "--speaker", "ghost", "--bank", bank, "-o", tmp_path / "o.wav", *COMMON)
-    assert "enrolled with another model" in one_line_error(proc)
+    err = one_line_error(proc)
+    assert "'ghost' was enrolled with runs/old-model (weights 0123456789ab)" in err
+    assert f"the loaded model is {CKPT} (weights " in err and f"vckit enroll ghost REF.wav ... --checkpoint {CKPT}" in err
+    assert not (tmp_path / "o.wav").exists()
 
 
 def test_ref_and_speaker_together_or_neither(vckit_cli, files, tmp_path):
@@ -175,14 +178,65 @@ def test_batch_keeps_going_past_a_bad_file_and_fails_at_the_end(vckit_cli, files
     assert "failed:" in proc.stderr and "broken.wav" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_batch_from_a_manifest_skips_existing_outputs(vckit_cli, files, tmp_path):
+def test_an_interrupted_batch_resumes_and_never_overwrites_unasked(vckit_cli, files, tmp_path):
+    """Outputs already there (an interrupted run's, or the user's) are skipped, said so, exit 0."""
     manifest = tmp_path / "list.jsonl"
     manifest.write_text("".join(json.dumps({"path": str(files[k])}) + "\n" for k in ("src", "src2")))
     out = tmp_path / "out"
     out.mkdir()
     (out / "200001.wav").write_bytes(b"mine")
     proc = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", out, *COMMON)
-    assert proc.returncode == 1  # one file refused: it would overwrite
+    assert proc.returncode == 0, proc.stderr
     assert (out / "200001.wav").read_bytes() == b"mine"  # never overwritten silently
-    assert (out / "200002.wav").is_file()
-    assert "already exists" in proc.stderr
+    assert sf.info(str(out / "200002.wav")).frames > 0
+    assert "converted 1 of 1 files" in proc.stdout and "skipped 1 existing" in proc.stdout
+    done = (out / "200002.wav").read_bytes()
+    again = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", out, *COMMON)
+    assert again.returncode == 0 and "nothing to convert" in again.stdout and "skipped 2 existing" in again.stdout
+    assert (out / "200002.wav").read_bytes() == done and (out / "200001.wav").read_bytes() == b"mine"
+    forced = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", out, "--overwrite", *COMMON)
+    assert forced.returncode == 0 and "converted 2 of 2" in forced.stdout
+    assert sf.info(str(out / "200001.wav")).frames > 0  # asked for: replaced
+
+
+def test_a_folder_batch_mirrors_subfolders_in_the_format_asked(vckit_cli, data_dir, files, tmp_path):
+    src = tmp_path / "in"
+    for spk in ("TM1", "SF1"):
+        (src / spk).mkdir(parents=True)
+        (src / spk / "100002.wav").write_bytes((data_dir / "vcc2016" / spk / "100002.wav").read_bytes())
+    out = src / "converted"  # inside the source folder: its files are never taken as sources
+    for _ in range(2):
+        proc = vckit_cli("convert", src, "--ref", files["ref1"], "-o", out, "--format", "flac", *COMMON)
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.flac")) == ["SF1/100002.flac", "TM1/100002.flac"]
+    assert {sf.info(str(p)).format for p in out.rglob("*.flac")} == {"FLAC"}
+    assert "skipped 2 existing" in proc.stdout
+
+
+def test_progress_rises_to_one_through_chunks_and_vocoder(vc, files, monkeypatch):
+    import vckit.api as api
+
+    monkeypatch.setattr(api, "CHUNK_FRAMES", 200)
+    monkeypatch.setattr(api, "CHUNK_OVERLAP", 32)
+    x, sr = sf.read(str(files["src"]), dtype="float32")
+    shares = []
+    wav = vc.convert(np.tile(x, 3), target=vc.embed_speaker(files["ref1"]), sr=sr, progress=shares.append)
+    assert len(shares) > 10 and shares[-1] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(shares, shares[1:])) and 0 < shares[0] < 1
+    assert len(wav) > 0
+
+
+def test_a_long_single_file_shows_a_progress_bar(vc, files, tmp_path, monkeypatch, capsys):
+    import vckit.api
+    import vckit.cli_convert
+    from vckit.cli import main
+
+    monkeypatch.setattr(vckit.api, "load", lambda *a, **k: vc)
+    monkeypatch.setattr(vckit.cli_convert, "LONG_SOURCE_S", 1.0)
+    out = tmp_path / "o.ogg"
+    assert main(["convert", str(files["src"]), "--ref", str(files["ref1"]), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "converting" in err and "100%" in err
+    assert sf.info(str(out)).format == "OGG" and sf.info(str(out)).subtype == "VORBIS"
+    assert main(["convert", str(files["src"]), "--ref", str(files["ref1"]), "-o", str(tmp_path / "q.wav"), "--quiet"]) == 0
+    assert "converting" not in capsys.readouterr().err

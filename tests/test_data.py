@@ -17,7 +17,7 @@ import torch
 from vckit.audio import load_audio, log_mel
 from vckit.config import AugmentConfig, MelConfig
 from vckit.data.features import FeatureStore, QUANT_HI, QUANT_LO, cache_features, from_uint8, to_uint8
-from vckit.data.manifest import manifest_from_csv, manifest_from_folder, read_manifest, write_manifest
+from vckit.data.manifest import manifest_from_csv, manifest_from_folder, output_paths, read_manifest, source_files, write_manifest
 from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batches
 from vckit.errors import VckitError
 
@@ -109,6 +109,46 @@ def test_manifest_round_trip_and_errors(tmp_path):
 
 
 # -- feature cache -------------------------------------------------------------------
+@pytest.mark.parametrize("line, says", [
+    ('{"path": "a.wav"', "is not valid JSON"),
+    ('{"speaker": "x"}', "needs 'path'"),
+    ("[1, 2]", "is not a JSON object"),
+    ("5", "is not a JSON object"),
+    ('{"path": 7}', "needs 'path'"),
+])
+def test_a_bad_jsonl_line_is_one_error_naming_the_file_and_line(tmp_path, line, says):
+    """The one JSONL parser: the batch list and the training manifest fail the same way."""
+    good = json.dumps({"path": "a.wav", "speaker": "s"})
+    (tmp_path / "m.jsonl").write_text(f"{good}\n\n{line}\n")
+    for read in (source_files, read_manifest):
+        with pytest.raises(VckitError) as e:
+            read(tmp_path / "m.jsonl")
+        assert f"m.jsonl:3 " in str(e.value) and says in str(e.value), str(e.value)
+
+
+def test_source_lists_drop_only_a_real_header(tmp_path):
+    (tmp_path / "paths").mkdir()
+    txt = tmp_path / "l.txt"
+    txt.write_text("paths/a.wav\n# a comment\n\npaths/b.wav\n")
+    assert source_files(txt) == [tmp_path / "paths" / "a.wav", tmp_path / "paths" / "b.wav"]
+    csv_list = tmp_path / "l.csv"
+    csv_list.write_text('path,speaker\n"with, comma.wav",x\npath2.wav,y\n')
+    assert source_files(csv_list) == [tmp_path / "with, comma.wav", tmp_path / "path2.wav"]
+    (tmp_path / "h.csv").write_text("Path\n")
+    with pytest.raises(VckitError, match="lists no files"):
+        source_files(tmp_path / "h.csv")
+    assert source_files(tmp_path / "one.wav") is None
+
+
+def test_batch_outputs_mirror_subfolders(tmp_path):
+    files = [tmp_path / "in" / "TM1" / "100001.wav", tmp_path / "in" / "SF1" / "100001.wav", tmp_path / "in" / "x.flac", tmp_path / "in" / "x.wav"]
+    (tmp_path / "in").mkdir()
+    out = output_paths(files, tmp_path / "in", tmp_path / "out", ".flac")
+    assert out == [tmp_path / "out" / "TM1" / "100001.flac", tmp_path / "out" / "SF1" / "100001.flac", tmp_path / "out" / "x.flac", tmp_path / "out" / "x_2.flac"]
+    (tmp_path / "m.jsonl").write_text("")  # a list: relative to the files' common folder
+    assert output_paths(files[:2], tmp_path / "m.jsonl", tmp_path / "o") == [tmp_path / "o" / "TM1" / "100001.wav", tmp_path / "o" / "SF1" / "100001.wav"]
+
+
 def test_quantisation_error_is_small():
     x = np.linspace(QUANT_LO, QUANT_HI, 10001, dtype=np.float32)
     back = from_uint8(torch.from_numpy(to_uint8(x))).numpy()

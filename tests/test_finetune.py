@@ -322,3 +322,19 @@ def test_finetune_a_phonetic_model_keeps_its_projection(phonetic_source, voices,
     other = dataclasses.replace(FAST, steps=1, replay=str(featured_replay))
     res = finetune(phonetic_source, voices / "sm1", tmp_path / "b", speaker="me", config=other, enroll=False, device="cpu", progress=False)
     assert res.replay == "" and "replay skipped" in caplog.text and "projects the phonetic teacher differently" in caplog.text
+
+
+def test_auto_replay_without_the_training_cache_warns_with_the_command(tmp_path, caplog):
+    """A fresh clone has no cache/shared_dev: replay is skipped out loud, with how to build it."""
+    import logging
+
+    from vckit.training.finetune_data import find_replay
+
+    cfg = from_dict(Config, {"model": {"f0": {"enabled": True}}, "data": {"train_manifest": "cache/nowhere_dev/train.jsonl", "features": "cache/nowhere_dev/features"}})
+    with caplog.at_level(logging.WARNING, logger="vckit"):
+        assert find_replay("auto", cfg) is None
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and "replay skipped" in warning[0]
+    assert "python recipes/nowhere_dev/prepare.py --data ../shared/data --out cache/nowhere_dev --frame-features" in warning[0]
+    caplog.clear()
+    assert find_replay("", cfg) is None and not caplog.records  # --replay none: asked for, no warning

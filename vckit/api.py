@@ -16,12 +16,12 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
 import numpy as np
 import torch
 
-from vckit.audio import AudioInput, load_audio, log_mel, write_wav
+from vckit.audio import AudioInput, load_audio, log_mel, output_format, write_audio
 from vckit.checkpoint import load_checkpoint
 from vckit.models.vc import build_model
 from vckit.config import Config
@@ -67,6 +67,17 @@ class Voice:
 
 
 Target = Union[Voice, AudioInput, Sequence[AudioInput], torch.Tensor]
+Progress = Union[Callable[[float], None], None]  # called with the share of a conversion done, rising to 1.0
+
+
+def _span(progress: Progress, lo: float, hi: float) -> Progress:
+    """``progress`` for one stage of the work: its 0..1 mapped onto ``lo..hi``."""
+    return None if progress is None else (lambda f: progress(lo + (hi - lo) * f))
+
+
+def _report(progress: Progress, share: float) -> None:
+    if progress is not None:
+        progress(share)
 
 
 SHIPPED = ("default", "stream")  # models in checkpoints/, loadable by name: "stream" is the causal one for live use
@@ -192,13 +203,15 @@ class Converter:
         wav = load_audio(source, self.config.mel.sample_rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
         return self._convert_wav(wav, self._voice_of(target, sr), pitch_shift)
 
-    def _convert_chunked(self, x: "Frames", spk: torch.Tensor, f0_shift: float) -> torch.Tensor:
+    def _convert_chunked(self, x: "Frames", spk: torch.Tensor, f0_shift: float, progress: Progress = None) -> torch.Tensor:
         """Frames (1, *, T) -> log-mel (n_mels, T), in overlapping chunks with a
         linear cross-fade, so memory stays bounded for inputs of any length."""
         n = x.frames
         spk = spk[None].to(self.device)
         if n <= CHUNK_FRAMES + CHUNK_OVERLAP:
-            return self.model.convert(x, spk, f0_shift=f0_shift)[0]
+            whole = self.model.convert(x, spk, f0_shift=f0_shift)[0]
+            _report(progress, 1.0)
+            return whole
         # equal chunks, so no short tail gets instance statistics of its own
         k = -(-n // CHUNK_FRAMES)
         size = -(-n // k)
@@ -213,6 +226,7 @@ class Converter:
                 w[:CHUNK_OVERLAP] = ramp
             out[:, lo:hi] += piece * w
             weight[lo:hi] += w
+            _report(progress, hi / n)
         return out / weight.clamp(min=1e-6)
 
     def convert(
@@ -223,6 +237,8 @@ class Converter:
         pitch_shift: float = 0.0,
         match_pitch: bool = False,
         target_f0: float | None = None,
+        *,
+        progress: Progress = None,
     ) -> np.ndarray:
         """Speech of ``source`` in the voice of ``target``.
 
@@ -238,6 +254,8 @@ class Converter:
                 with an F0 path always take the target's register).
             target_f0: the target's median F0 in Hz, when ``target`` is an
                 embedding (enrolled profiles store it).
+            progress: called as the work proceeds with the share done, a
+                float rising to 1.0 (for a progress bar on long inputs).
 
         Returns:
             float32 waveform at :attr:`sample_rate`, as long as the source
@@ -258,24 +276,25 @@ class Converter:
 
                 wav = shift_pitch(wav, rate, shift)
             shift = 0.0
-        mel = self._convert_wav(wav, voice, shift)
-        out = self._vocode(mel)
+        mel = self._convert_wav(wav, voice, shift, progress=_span(progress, 0.0, 0.3))
+        out = self._vocode(mel, progress=_span(progress, 0.3, 1.0))
         # the vocoder hums faintly where the source is silent: mute it there
         from vckit.activity import silence_gate
 
         return out * silence_gate(source_wav, rate, len(out), self.sample_rate)
 
     @torch.inference_mode()
-    def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0) -> torch.Tensor:
+    def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0, *, progress: Progress = None) -> torch.Tensor:
         from vckit.models.vc import register_shift
 
         x = self._frames(wav)
+        _report(progress, 0.3)  # the features (F0, the phonetic teacher) cost about as much as the model
         f0_shift = 0.0
         if self.model.needs_f0:
             if voice.f0_median is None:
                 log.warning("the target voice has no F0 median: the conversion keeps the source's register")
             f0_shift = register_shift(x.f0[0], voice.f0_median, pitch_shift)
-        return self._convert_chunked(x, voice.embedding, f0_shift)
+        return self._convert_chunked(x, voice.embedding, f0_shift, _span(progress, 0.3, 1.0))
 
     def pitch_offset(self, source_wav: np.ndarray, target: Target, sr: int | None = None, target_f0: float | None = None) -> float:
         """Semitones from the source's median F0 to the target's (0 when unknown)."""
@@ -303,8 +322,9 @@ class Converter:
         return self.convert(source, target=source, sr=sr)
 
     def save(self, path: str | os.PathLike, wav: np.ndarray, *, overwrite: bool = False, sample_rate: int | None = None) -> Path:
-        """Write ``wav`` (from :meth:`convert`) as 16-bit WAV, atomically,
-        resampled to ``sample_rate`` if given."""
+        """Write ``wav`` (from :meth:`convert`) atomically, resampled to
+        ``sample_rate`` if given, in the format ``path``'s suffix names: 16-bit
+        WAV or FLAC, OGG Vorbis, or MP3 (:func:`vckit.audio.output_format`)."""
         from vckit.audio import resample
 
         rate = self.sample_rate
@@ -312,7 +332,8 @@ class Converter:
             if not 4000 <= sample_rate <= 192000:
                 raise VckitError(f"output sample rate must be between 4000 and 192000 Hz, got {sample_rate}")
             wav, rate = resample(np.asarray(wav, dtype=np.float32), rate, sample_rate), sample_rate
-        return write_wav(path, wav, rate, overwrite=overwrite)
+        output_format(path, sample_rate or rate)  # an unwritable name fails before resampling
+        return write_audio(path, wav, rate, overwrite=overwrite)
 
     # -- helpers -------------------------------------------------------------
     def _voice_of(self, target: Target, sr: int | None, target_f0: float | None = None) -> Voice:
@@ -327,8 +348,8 @@ class Converter:
         return dataclasses.replace(voice, f0_median=target_f0 or voice.f0_median)
 
     @torch.inference_mode()
-    def _vocode(self, mel: torch.Tensor) -> np.ndarray:
-        wav = self.vocoder.vocode(mel, chunk_frames=VOCODER_CHUNK)
+    def _vocode(self, mel: torch.Tensor, *, progress: Progress = None) -> np.ndarray:
+        wav = self.vocoder.vocode(mel, chunk_frames=VOCODER_CHUNK, progress=progress)
         return wav.detach().float().cpu().numpy().astype(np.float32)
 
 

@@ -1,16 +1,15 @@
 """Audio front-end: read, mix to mono, resample, normalise, trim; log-mel; write.
 
 Files are read with soundfile (wav, flac, ogg, and mp3 where libsndfile has
-it); torchaudio is used for resampling and the mel filterbank only.
+it); torchaudio is used for resampling and the mel filterbank only. Writing
+lives in :mod:`vckit.audio_out` (its names are importable from here too).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vckit.audio_out import OUTPUT_FORMATS, output_format, write_audio, write_file_atomically, write_wav  # noqa: F401  (re-exported)
 from vckit.config import MelConfig
 from vckit.errors import (
     AudioError,
@@ -221,94 +221,6 @@ def load_audio(
     if dur < min_seconds:
         raise TooShortAudioError(f"{what} too short: {dur:.2g} s (need at least {min_seconds:g} s)")  # 0.96 s, not "1.0 s"
     return np.ascontiguousarray(wav, dtype=np.float32)
-
-
-def write_wav(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sr: int, *, overwrite: bool = False) -> Path:
-    """Write 16-bit PCM WAV atomically (temp file, fsync, rename).
-
-    The WAV is encoded in memory first, so a full disk or an unwritable
-    folder is an ``OSError`` with its reason, turned into :class:`VckitError`;
-    ``path`` is never left half-written. Also raises :class:`VckitError` if
-    ``path`` exists and ``overwrite`` is false.
-    """
-    import io
-
-    import soundfile as sf
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise VckitError(f"{path} already exists (pass overwrite to replace it)")
-    if isinstance(wav, torch.Tensor):
-        wav = wav.detach().cpu().float().numpy()
-    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
-    if not np.isfinite(wav).all():
-        raise NonFiniteAudioError(f"cannot write {path}: the audio contains NaN or infinite samples")
-    wav = np.clip(wav, -1.0, 1.0)
-    buf = io.BytesIO()
-    sf.write(buf, wav, sr, format="WAV", subtype="PCM_16")
-    try:
-        if path.parent.exists() and not path.parent.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{path.parent} is not a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file_atomically(path, buf.getbuffer(), overwrite=overwrite)
-    except FileExistsError:
-        raise VckitError(f"{path} already exists (pass overwrite to replace it)") from None
-    except OSError as e:
-        raise VckitError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
-
-
-def write_file_atomically(path: Path, data: bytes | memoryview, *, overwrite: bool) -> None:
-    """Put ``data`` at ``path`` whole, or not at all, fsynced; raises ``OSError``.
-
-    On Linux the bytes go into an unnamed file (``O_TMPFILE``) that is linked
-    into the folder only when complete, so even ``kill -9`` mid-write leaves
-    no file behind; elsewhere a hidden temp file is renamed into place.
-    Without ``overwrite`` an existing ``path`` gives ``FileExistsError``.
-    """
-    try:
-        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666)
-    except (AttributeError, OSError):  # not Linux, or a file system without it
-        fd = -1
-    if fd >= 0:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            try:
-                _link_into_place(f"/proc/self/fd/{f.fileno()}", path, overwrite)
-                return
-            except FileExistsError:
-                raise
-            except OSError:  # no /proc: write it again the portable way
-                log.debug("O_TMPFILE link failed for %s; using a temp file", path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if not overwrite and path.exists():
-            raise FileExistsError(errno.EEXIST, "exists", str(path))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _link_into_place(src: str, path: Path, overwrite: bool) -> None:
-    """Hard-link ``src`` (a complete file) to ``path``: exclusively, or replacing it."""
-    if not overwrite:
-        os.link(src, path)  # atomic, and FileExistsError if something is there
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    os.link(src, tmp)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def mel_filterbank(cfg: MelConfig) -> torch.Tensor:

@@ -55,35 +55,6 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_stream(args: argparse.Namespace) -> int:
-    from vckit import live
-    from vckit.api import load
-
-    if args.list_devices:
-        print(live.list_devices())
-        return 0
-    if not (args.ref or args.speaker):
-        raise VckitError("give the target voice with either --ref FILE [FILE ...] or --speaker NAME")
-    if bool(args.input) != bool(args.output):
-        raise VckitError("--input and --output go together (a file through the live path); give neither to use the microphone")
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise VckitError(f"{args.output} exists: pass --overwrite to replace it")
-    if not args.input:
-        live.sounddevice()  # a machine without PortAudio says so before the model loads
-    vc = load(args.checkpoint or "stream", device="cpu")
-    stream = vc.stream(_target_args(args, vc), pitch_shift=args.pitch_shift, chunk_ms=args.block_ms)
-    if args.input:
-        from vckit.audio import load_audio
-
-        out, report = live.stream_file(stream, load_audio(args.input, vc.sample_rate, trim=False, min_seconds=0.1))
-        vc.save(args.output, out, overwrite=args.overwrite)
-        print(f"wrote {args.output}: {report.summary()}")
-        return 0
-    report = live.run_devices(stream, input_device=args.input_device, output_device=args.output_device, on_start=lambda m: print(m, file=sys.stderr))
-    print(report.summary(), file=sys.stderr)
-    return 0
-
-
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -107,112 +78,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _target_args(args: argparse.Namespace, vc):
-    """The target :class:`~vckit.api.Voice` from --ref or --speaker."""
-    from vckit.api import Voice
-
-    if args.speaker:
-        from vckit.speakers import default_bank, load_profile
-
-        prof = load_profile(args.bank or default_bank(), args.speaker)
-        if prof.model_id and vc.model_id and prof.model_id != vc.model_id:
-            raise VckitError(f"speaker {args.speaker!r} was enrolled with another model: enroll it again with this one")
-        return Voice(prof.embedding, prof.f0_median, prof.model_id)
-    return _said(vc.voice(args.ref))
-
-
-def _said(voice):
-    """Print a voice's speech seconds and reference warnings (``warning: ...``), as one line each."""
-    print(f"reference: {voice.speech_seconds:.1f} s of speech in {voice.seconds:.1f} s of audio", file=sys.stderr)
-    for w in voice.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    return voice
-
-
-def _bounded(cast, lo: float, hi: float, what: str, unit: str, kind: str):
-    """An argparse type: ``cast(value)`` that must lie in ``[lo, hi]``, else one clear message."""
-
-    def parse(value: str):
-        try:
-            v = cast(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind}, got {value!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be between {lo:g} and {hi:g} {unit}, got {value}")
-        return v
-
-    return parse
-
-
-_sample_rate = _bounded(int, 4000, 192000, "the output sample rate", "Hz", "a whole number of Hz")
-_semitones = _bounded(float, -24.0, 24.0, "a pitch shift", "semitones", "a number of semitones")
-
-
-def _vq_choice(value: str) -> bool | float | None:
-    """``--vq``: auto (None), on (True), off (False) or a mix between 0 and 1."""
-    named = {"auto": None, "on": True, "off": False}
-    if value in named:
-        return named[value]
-    try:
-        mix = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, on, off or a number between 0 and 1, got {value!r}") from None
-    if not 0.0 <= mix <= 1.0:
-        raise argparse.ArgumentTypeError(f"a mix must be between 0 and 1, got {value}")
-    return mix
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from vckit.api import load
-    from vckit.data.manifest import source_files
-
-    if bool(args.ref) == bool(args.speaker):
-        raise VckitError("give the target voice with either --ref FILE [FILE ...] or --speaker NAME")
-    batch = source_files(args.source)
-    out = Path(args.output)
-    if batch is None:
-        if not Path(args.source).exists():
-            raise VckitError(f"source not found: {args.source}")
-        if out.is_dir():
-            raise VckitError(f"{out} is a folder: give an output file name, e.g. {out / (Path(args.source).stem + '.wav')}")
-        if out.suffix.lower() != ".wav":
-            raise VckitError(f"{out}: vckit writes 16-bit WAV; name the output .wav (e.g. {out.with_suffix('.wav')})")
-        if out.exists() and not args.overwrite:
-            raise VckitError(f"{out} already exists (use --overwrite to replace it)")
-    elif out.exists() and not out.is_dir():
-        raise VckitError(f"{out} exists and is not a folder: batch conversion writes into a folder")
-    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq)
-    target = _target_args(args, vc)
-    opts = dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
-    if batch is None:
-        wav = vc.convert(args.source, target=target, **opts)
-        vc.save(out, wav, overwrite=args.overwrite, sample_rate=args.sample_rate)
-        print(f"wrote {out} ({len(wav) / vc.sample_rate:.2f} s)")
-        return 0
-    from tqdm import tqdm
-
-    out.mkdir(parents=True, exist_ok=True)
-    failures, used = [], set()
-    for f in tqdm(batch, desc="converting", unit="file", file=sys.stderr):
-        name = f.stem
-        while name in used:
-            name += "_"
-        used.add(name)
-        dst = out / f"{name}.wav"
-        try:
-            if dst.exists() and not args.overwrite:
-                raise VckitError(f"{dst} already exists (use --overwrite to replace it)")
-            vc.save(dst, vc.convert(f, target=target, **opts), overwrite=args.overwrite, sample_rate=args.sample_rate)
-        except VckitError as e:
-            failures.append((f, str(e)))
-    print(f"converted {len(batch) - len(failures)} of {len(batch)} files into {out}")
-    for f, msg in failures:
-        print(f"failed: {f}: {msg}", file=sys.stderr)
-    return 1 if failures else 0
-
-
 def _cmd_enroll(args: argparse.Namespace) -> int:
-    from vckit.api import load
+    from vckit.api import default_checkpoint, load
     from vckit.speakers import check_name, default_bank, new_profile, save_profile
 
     check_name(args.name)
@@ -220,8 +87,11 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     if (bank / f"{args.name}.safetensors").exists() and not args.overwrite:
         raise VckitError(f"speaker {args.name!r} is already enrolled in {bank} (use --overwrite to replace it)")
     vc = load(args.checkpoint, device=args.device, vocoder="griffinlim")
-    voice = _said(vc.voice(args.refs))
-    prof = new_profile(args.name, voice.embedding, vc.model_id, [str(Path(r).resolve()) for r in args.refs], voice.seconds, voice.f0_median)
+    from vckit.cli_convert import said
+
+    voice = said(vc.voice(args.refs))
+    refs = [str(Path(r).resolve()) for r in args.refs]
+    prof = new_profile(args.name, voice.embedding, vc.model_id, refs, voice.seconds, voice.f0_median, checkpoint=str(args.checkpoint or default_checkpoint()))
     path = save_profile(bank, prof, overwrite=args.overwrite)
     f0 = f", median F0 {prof.f0_median:.0f} Hz" if prof.f0_median else ""
     print(f"enrolled {args.name} from {len(args.refs)} file(s), {voice.speech_seconds:.1f} s of speech{f0}: {path}")
@@ -268,6 +138,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import shlex
 
+    from vckit.evaluation.metrics import check_eval_packages
+
+    check_eval_packages(plots=not args.no_plots)  # before any work: one line naming what to install
     from vckit.training.loop import pick_device
     from vckit.evaluation.run import EvalConfig, evaluate
 
@@ -334,38 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint")
     i.set_defaults(func=_cmd_info)
 
-    c = sub.add_parser("convert", help="convert a file, a folder or a manifest to another voice")
-    c.add_argument("source", help="an audio file, a folder of them, or a manifest (.jsonl / .txt / .csv)")
-    tgt = c.add_mutually_exclusive_group()
-    tgt.add_argument("--ref", nargs="+", help="reference recording(s) of the target voice (at least 1 s each)")
-    tgt.add_argument("--speaker", help="an enrolled speaker (see vckit enroll)")
-    c.add_argument("-o", "--output", required=True, help="output WAV, or a folder for a batch")
-    c.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
-    c.add_argument("--vocoder", default="hifigan", help="hifigan (default), griffinlim, or a path")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    c.add_argument("--vq", default="auto", type=_vq_choice, metavar="{auto,on,off,MIX}", help="content codes: the nearest codebook entries (on), the encoder's own (off), or a MIX between 0 and 1 of the way from the encoder's toward the nearest; auto: as the checkpoint says")
-    c.add_argument("--pitch-shift", type=_semitones, default=0.0, help="move the converted voice's register this many semitones (-24 to 24); through the F0 path where the model has one, else by shifting the source first")
-    c.add_argument("--match-pitch", action="store_true", help="models without an F0 path: shift the source so its median F0 matches the target's (models with one always do)")
-    c.add_argument("--sample-rate", type=_sample_rate, default=None, help="output sample rate, 4000 to 192000 Hz (default 22050)")
-    c.add_argument("--bank", default=None, help="speaker bank folder for --speaker (default: user data dir)")
-    c.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    c.set_defaults(func=_cmd_convert)
+    from vckit.cli_convert import add_parser as add_convert
 
-    st = sub.add_parser("stream", help="live conversion: the microphone to the speakers in another voice (or a file through the same path)")
-    tgt = st.add_mutually_exclusive_group()
-    tgt.add_argument("--ref", nargs="+", help="reference recording(s) of the target voice")
-    tgt.add_argument("--speaker", help="a speaker enrolled with the streaming model (vckit enroll --checkpoint stream)")
-    st.add_argument("--input", help="stream this file instead of the microphone (with --output)")
-    st.add_argument("--output", help="write the streamed file here (.wav)")
-    st.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
-    st.add_argument("--input-device", help="microphone: a number or name from --list-devices (default: the system's)")
-    st.add_argument("--output-device", help="speakers: a number or name from --list-devices (default: the system's)")
-    st.add_argument("--block-ms", type=_bounded(float, 1.0, 2000.0, "the block", "ms", "a number of ms"), default=None, help="audio converted per step, rounded up to whole model blocks (default one block, 69.7 ms: the shortest delay)")
-    st.add_argument("--pitch-shift", type=_semitones, default=0.0, help="semitones on top of the target's register (-24 to 24)")
-    st.add_argument("--checkpoint", default=None, help="a causal model folder (default: the shipped streaming model)")
-    st.add_argument("--bank", default=None, help="speaker bank folder for --speaker")
-    st.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    st.set_defaults(func=_cmd_stream)
+    add_convert(sub)
+
+    from vckit.cli_stream import add_parser as add_stream
+
+    add_stream(sub)
 
     e = sub.add_parser("enroll", help="store a speaker profile from reference recordings")
     e.add_argument("name")
@@ -420,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("vckit.api.references").setLevel(logging.ERROR)  # _said prints them as warning: lines
+    logging.getLogger("vckit.api.references").setLevel(logging.ERROR)  # cli_convert.said prints them as warning: lines
     if args.command in ("train", "train-sv", "train-vocoder"):
         logging.getLogger("vckit").setLevel(logging.INFO)
     try:

@@ -105,6 +105,22 @@ def list_profiles(bank: str | os.PathLike) -> list[SpeakerProfile]:
     return out
 
 
-def new_profile(name: str, embedding: torch.Tensor, model_id: str, refs: list[str], seconds: float, f0_median: float | None) -> SpeakerProfile:
+def new_profile(name: str, embedding: torch.Tensor, model_id: str, refs: list[str], seconds: float, f0_median: float | None, *, checkpoint: str = "") -> SpeakerProfile:
+    """A profile; ``checkpoint`` (the model folder that made ``embedding``) is kept so a refusal can name it."""
     meta = {"references": refs, "seconds": round(seconds, 2), "f0_median": f0_median, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if checkpoint:
+        meta["checkpoint"] = checkpoint
     return SpeakerProfile(check_name(name), embedding, model_id, meta)
+
+
+def check_profile_model(profile: SpeakerProfile, model_id: str, checkpoint: str = "") -> None:
+    """Raise :class:`VckitError` naming both models unless ``profile`` was enrolled with
+    the model whose weights hash to ``model_id`` (loaded from ``checkpoint``)."""
+    if not profile.model_id or not model_id or profile.model_id == model_id:
+        return
+    was = profile.meta.get("checkpoint", "")
+    old = f"{was} (weights {profile.model_id[:12]})" if was else f"the model with weights {profile.model_id[:12]}"
+    now = f"{checkpoint} (weights {model_id[:12]})" if checkpoint else f"the model with weights {model_id[:12]}"
+    again = f"vckit enroll {profile.name} REF.wav ..." + (f" --checkpoint {checkpoint}" if checkpoint else "")
+    back = f", or convert with --checkpoint {was}" if was else ""
+    raise VckitError(f"speaker {profile.name!r} was enrolled with {old}, but the loaded model is {now}: enroll it again with this one ({again}){back}")

@@ -127,25 +127,45 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> N
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise VckitError(f"manifest not found: {path}")
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                raise VckitError(f"{path}:{i} is not valid JSON") from None
-            if "path" not in r or "speaker" not in r:
-                raise VckitError(f"{path}:{i} needs 'path' and 'speaker'")
-            rows.append(r)
+    """The rows of a JSONL manifest; each needs "path" and "speaker"."""
+    rows = read_jsonl(path, ("path", "speaker"))
     if not rows:
         raise VckitError(f"manifest {path} is empty")
     return rows
 
+
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("path",)) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, one a line (blank and ``#`` lines skipped).
+
+    A line that is not valid JSON, not an object, or lacks a ``required`` key
+    (with a string "path") raises :class:`VckitError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VckitError(f"manifest not found: {path}")
+    rows = []
+    for i, line in enumerate(_text_lines(path), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VckitError(f"{path}:{i} is not valid JSON ({e.msg})") from None
+        if not isinstance(r, dict):
+            raise VckitError(f"{path}:{i} is not a JSON object: each line needs one, like {{\"path\": \"a.wav\"}}")
+        if any(k not in r for k in required) or not isinstance(r.get("path", ""), str):
+            raise VckitError(f"{path}:{i} needs {' and '.join(repr(k) for k in required)}" + (" (a string)" if "path" in r else ""))
+        rows.append(r)
+    return rows
+
+
+def _text_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise VckitError(f"{path} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise VckitError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 # -- any spec -------------------------------------------------------------
@@ -205,37 +225,62 @@ def _with_duration(r: dict[str, Any]) -> dict[str, Any] | None:
     return None if full is None else {**full, **r, "duration": full["duration"]}
 
 
-def _jsonl_path(manifest: Path, line_no: int, line: str) -> str:
-    """The "path" of one JSONL line, or one clear error naming the line."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        raise VckitError(f"{manifest}:{line_no} is not valid JSON") from None
-    if not isinstance(row, dict) or not isinstance(row.get("path"), str):
-        raise VckitError(f'{manifest}:{line_no} needs a "path"')
-    return row["path"]
+HEADER_NAMES = ("path", "file", "filename", "source", "audio", "wav")  # first columns a list's header row may name
 
 
 def source_files(spec: str | os.PathLike) -> list[Path] | None:
     """The audio files a batch conversion reads: every audio file of a folder, or
-    the paths a list names (``.jsonl`` with "path", ``.txt``/``.csv``/``.list``
-    one path a line, first column); None when ``spec`` is neither (one file)."""
+    the paths a list names (``.jsonl`` with "path"; ``.csv`` the first column;
+    ``.txt``/``.list`` one path a line; ``#`` lines are comments); None when
+    ``spec`` is neither (one file). Relative paths are taken as they are when
+    they exist, else relative to the list's folder. A ``.csv``/``.txt`` first
+    line that is a header (its first field ``path``, ``file``, ... and no such
+    file) is skipped; nothing else is.
+    """
     p = Path(spec)
     if p.is_dir():
         files = audio_files(p)
         if not files:
-            raise VckitError(f"no audio files in {p}")
+            raise VckitError(f"no audio files ({', '.join(AUDIO_EXTS)}) in {p}")
         return files
-    if p.suffix.lower() in LIST_EXTS and p.is_file():
-        out = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#") or line.lower().startswith("path"):
-                continue
-            path = _jsonl_path(p, i, line) if p.suffix.lower() == ".jsonl" else line.split(",")[0]
-            f = Path(path)
-            out.append(f if f.is_absolute() else (p.parent / f if not f.exists() else f))
-        if not out:
-            raise VckitError(f"manifest {p} lists no files")
-        return out
-    return None
+    if p.suffix.lower() not in LIST_EXTS or not p.is_file():
+        return None
+    if p.suffix.lower() == ".jsonl":
+        paths = [r["path"] for r in read_jsonl(p)]
+    else:
+        lines = [ln.strip() for ln in _text_lines(p)]
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        if p.suffix.lower() == ".csv":
+            lines = [(row[0].strip() if row else "") for row in csv.reader(lines)]
+        if lines and lines[0].lower() in HEADER_NAMES and not (p.parent / lines[0]).exists():
+            lines = lines[1:]
+        paths = [ln for ln in lines if ln]
+    out = [f if f.is_absolute() or f.exists() else p.parent / f for f in map(Path, paths)]
+    if not out:
+        raise VckitError(f"manifest {p} lists no files")
+    return out
+
+
+def output_paths(files: list[Path], spec: str | os.PathLike, out_dir: str | os.PathLike, suffix: str = ".wav") -> list[Path]:
+    """Where a batch conversion of ``files`` (from :func:`source_files`) writes each:
+    its path relative to the folder ``spec`` (for a list, to the files' common
+    folder) under ``out_dir``, so ``TM1/1.wav`` and ``SF1/1.wav`` stay apart, with
+    ``suffix``; two sources that would share a name (``a.wav``, ``a.flac``) get
+    ``a.wav`` and ``a_2.wav``."""
+    p = Path(spec)
+    if p.is_dir():
+        rels = [f.relative_to(p) for f in files]
+    else:
+        full = [Path(os.path.abspath(f)) for f in files]
+        root = os.path.commonpath([str(f.parent) for f in full]) if full else ""
+        rels = [f.relative_to(root) for f in full]
+    out, used = [], set()
+    for rel in rels:
+        rel = rel.with_suffix(suffix)
+        dst, k = rel, 1
+        while dst in used:
+            k += 1
+            dst = rel.with_name(f"{rel.stem}_{k}{suffix}")
+        used.add(dst)
+        out.append(Path(out_dir) / dst)
+    return out

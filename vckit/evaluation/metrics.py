@@ -64,6 +64,21 @@ def mel_cepstrum(wav: np.ndarray, order: int = MCEP_ORDER, alpha: float = MCEP_A
     return c @ _warp_matrix(n_fft, order, alpha).T
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def check_eval_packages(plots: bool = True) -> None:
+    """Raise :class:`VckitError` naming what ``vckit eval`` needs and cannot import:
+    librosa (MCD's DTW) and, for the plots, matplotlib. Called before any work."""
+    missing = [m for m in (("librosa", "matplotlib") if plots else ("librosa",)) if not _installed(m)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise VckitError(f"vckit eval needs {' and '.join(missing)}, which {verb} not installed: pip install -e '.[eval]'")
+
+
 def dtw_path(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Minimum-cost alignment ``(steps, 2)`` of frames ``x: (n, d)`` and ``y: (m, d)``
     (Euclidean cost, steps (1,1), (1,0), (0,1); librosa's DTW)."""

@@ -125,8 +125,10 @@ def evaluate(
     """
     import vckit
     from vckit.api import REPO_ROOT, default_checkpoint, load
+    from vckit.evaluation.metrics import check_eval_packages
     from vckit.models.verifier import load_verifier
 
+    check_eval_packages(plots=cfg.plots)
     say = progress or (lambda msg: log.info(msg))
     timer, t_start = _Timer(), time.perf_counter()
     torch.manual_seed(cfg.seed)

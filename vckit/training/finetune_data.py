@@ -43,13 +43,24 @@ def find_replay(replay: str, source_cfg: Config) -> tuple[Path, Path] | None:
         return None
     if replay == "auto":
         manifest, features = Path(source_cfg.data.train_manifest), Path(source_cfg.data.features)
-        found = manifest.is_file() and (features / "index.json").is_file()
-        log.info("replay: %s", f"{manifest} and {features}" if found else f"none ({manifest} or {features} is not here)")
-        return (manifest, features) if found else None
+        if manifest.is_file() and (features / "index.json").is_file():
+            log.info("replay: %s and %s", manifest, features)
+            return manifest, features
+        log.warning("replay skipped: the source model's training data (%s, %s) is not here, so fine-tuning cannot mix it "
+                    "into each batch and the model may drift for other voices; build it with: %s (or pass --replay none)",
+                    manifest, features, _prepare_command(manifest.parent, source_cfg))
+        return None
     folder = Path(replay)
     if not (folder / "train.jsonl").is_file() or not (folder / "features" / "index.json").is_file():
         raise VckitError(f"--replay {folder} is not a prepared cache (it needs train.jsonl and features/; run the recipe's prepare.py)")
     return folder / "train.jsonl", folder / "features"
+
+
+def _prepare_command(cache: Path, cfg: Config) -> str:
+    """The recipe command that builds the replay cache ``cache`` (e.g. ``cache/shared_dev``)."""
+    recipe = Path("recipes") / cache.name / "prepare.py"
+    flag = " --frame-features" if frame_features_needed(cfg) else ""
+    return f"python {recipe} --data ../shared/data --out {cache}{flag}" if cache.name else f"the recipe's prepare.py --out {cache}{flag}"
 
 
 def frame_features_needed(cfg: Config) -> tuple[str, ...]:

@@ -7,6 +7,8 @@ any audio is made (see :func:`vckit.models.vocoder.load_vocoder`).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -68,6 +70,8 @@ class Vocoder(nn.Module):
         chunk_frames: int = 512,
         overlap_frames: int = 16,
         context_frames: int | None = None,
+        *,
+        progress: Callable[[float], None] | None = None,
     ) -> torch.Tensor:
         """Vocode one utterance of any length in overlapping chunks.
 
@@ -81,17 +85,20 @@ class Vocoder(nn.Module):
             chunk_frames: frames per chunk; inputs no longer than this are vocoded whole.
             overlap_frames: frames shared (and cross-faded) by neighbouring chunks.
             context_frames: extra frames each side of a chunk, vocoded and discarded.
+            progress: called after each chunk with the share of frames done
+                (increasing, the last call 1.0).
 
         Returns:
             float32 waveform ``(frames * hop,)`` on the device of ``mel`` (an
             ordinary tensor: the work runs under ``torch.inference_mode``).
         """
         with torch.inference_mode():
-            out = self._vocode(mel, chunk_frames, overlap_frames, context_frames)
+            out = self._vocode(mel, chunk_frames, overlap_frames, context_frames, progress)
         return out.clone()  # a normal tensor, so callers may edit it in place
 
     def _vocode(
-        self, mel: torch.Tensor, chunk_frames: int, overlap_frames: int, context_frames: int | None
+        self, mel: torch.Tensor, chunk_frames: int, overlap_frames: int, context_frames: int | None,
+        progress: Callable[[float], None] | None = None,
     ) -> torch.Tensor:
         self.check_mel(mel, batched=False)
         if overlap_frames < 0 or chunk_frames <= 2 * overlap_frames:
@@ -106,7 +113,10 @@ class Vocoder(nn.Module):
         dev, hop, frames = self.device, self.hop_length, mel.shape[-1]
         mel = mel.float()
         if frames <= chunk_frames:
-            return self(mel[None].to(dev))[0].to(mel.device)
+            whole = self(mel[None].to(dev))[0].to(mel.device)
+            if progress is not None:
+                progress(1.0)
+            return whole
 
         out = torch.zeros(frames * hop, device=mel.device)
         start, prev_end = 0, 0
@@ -120,6 +130,8 @@ class Vocoder(nn.Module):
                 wav[:fade] *= ramp
                 out[start * hop : start * hop + fade] *= 1.0 - ramp
             out[start * hop : end * hop] += wav
+            if progress is not None:
+                progress(end / frames)
             if end == frames:
                 return out
             prev_end, start = end, end - overlap_frames

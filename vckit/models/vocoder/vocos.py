@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -164,11 +164,13 @@ class Vocos(Vocoder):
         chunk_frames: int = 512,
         overlap_frames: int = 16,
         context_frames: int | None = None,
+        *,
+        progress: Callable[[float], None] | None = None,
     ) -> torch.Tensor:
         """As :meth:`Vocoder.vocode`; the context defaults to :attr:`context_frames`, so a chunked
         result equals the whole-utterance one (up to float rounding)."""
         ctx = self.context_frames if context_frames is None else context_frames
-        return super().vocode(mel, chunk_frames, overlap_frames, ctx)
+        return super().vocode(mel, chunk_frames, overlap_frames, ctx, progress=progress)
 
     # -- loading --------------------------------------------------------------
     @classmethod
