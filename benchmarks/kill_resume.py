@@ -4,8 +4,10 @@
 
 Runs the kill/resume property of ``tests/test_reliability.py`` with many
 trials (CI runs two): each starts ``vckit train`` (tiny model, deterministic,
-a checkpoint every step, the last three kept), kills it with SIGKILL a random
-delay after a random step, checks that every folder named as a checkpoint
+a checkpoint every step, the last three kept), kills it with SIGKILL just
+before a random one of the run's checkpoint file-system steps (an fsync, a
+rename or a removal of some save or prune; no timer, so the same seed kills at
+the same moment on any machine), checks that every folder named as a checkpoint
 loads whole and equals the uninterrupted run's at that step, resumes with
 ``--resume`` and checks the final weights and optimiser state are bit-equal
 to the uninterrupted run's. Prints where the kills landed and what they cut.

@@ -182,11 +182,17 @@ def test_block_norm_output_ignores_a_per_channel_affine_change_of_its_input():
     assert not torch.allclose(h * gain + offset, h, atol=1e-2)
 
 
-def test_codes_ignore_a_per_channel_affine_change_before_the_output_norm():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_codes_ignore_a_per_channel_affine_change_before_the_output_norm(seed):
+    """Exact up to rounding once the output norm's eps is 0: with the default 1e-5, which a
+    channel of small variance feels, 19 of 100 seeds missed atol 1e-4 (worst 2.2e-4); with 0,
+    the worst of 100 seeds is 2.7e-6."""
+    torch.manual_seed(seed)
     enc = ContentEncoder(N_MELS, tiny_model_cfg((1, 2)).content).eval()
-    mel = log_mel_like(2, N_MELS, 64)
+    enc.norm.eps = 0.0
+    mel = log_mel_like(2, N_MELS, 64, seed=seed)
     ref = enc(mel)
-    g = torch.Generator().manual_seed(4)
+    g = torch.Generator().manual_seed(4 + seed)
     offset, gain = torch.randn(1, 8, 1, generator=g) * 3, torch.rand(1, 8, 1, generator=g) + 0.5
     handle = enc.out.register_forward_hook(lambda m, i, o: o * gain + offset)
     try:

@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -97,33 +96,67 @@ def end_process(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         proc.wait()
 
 
-def kill_at_random(args: list[str], run: Path, rng: random.Random, log: Path) -> tuple[int, float]:
-    """Start ``vckit train``, SIGKILL it a random delay (often mid-save) after a random
-    step's checkpoint appeared; returns (that step, the delay)."""
-    wait_for = rng.randint(0, STEPS - 2)
-    delay = rng.uniform(0, 0.08)
+# ``vckit train`` in a Python that counts the checkpoint module's file-system steps (each fsync,
+# rename and tree removal of a save or prune) and SIGKILLs itself just before step number
+# argv[1] (0: never; it writes how many there were to argv[2] on exit). A kill lands on a given
+# moment of a given save on any machine, however fast: nothing depends on a timer.
+KILL_AT_OP = """
+import os, shutil, signal, sys
+import vckit.checkpoint as ck
+at, count_file, n = int(sys.argv[1]), sys.argv[2], 0
+class Counted:
+    def __init__(self, mod, names):
+        self.mod, self.names = mod, names
+    def __getattr__(self, name):
+        f = getattr(self.mod, name)
+        if name not in self.names:
+            return f
+        def op(*a, **k):
+            global n
+            n += 1
+            if n == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return f(*a, **k)
+        return op
+ck.os, ck.shutil = Counted(os, {"fsync", "replace"}), Counted(shutil, {"rmtree"})
+from vckit.cli import main
+code = main(sys.argv[3:])
+open(count_file, "w").write(str(n))
+sys.exit(code)
+"""
+
+
+def train_killed_at(args: list[str], op: int, log: Path) -> subprocess.Popen:
+    """Run ``vckit train`` to its end, or to a SIGKILL before checkpoint step ``op`` (0: none)."""
     with open(log, "w") as f:
-        proc = subprocess.Popen([*vckit_command(), *args], stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_AT_OP, str(op), str(log.with_suffix(".ops")), *args], stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     try:
-        end = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < end:
-            if wait_for == 0 or max((int(p.name[5:]) for p in run.glob("step-?????????")), default=0) >= wait_for:
-                break
-            time.sleep(0.002)
-        time.sleep(delay)
+        proc.wait(timeout=300)
     finally:
         end_process(proc)
-    assert proc.returncode == -signal.SIGKILL, f"training ended by itself ({proc.returncode}) before the kill:\n{log.read_text()[-2000:]}"
-    return wait_for, delay
+    return proc
 
 
-def test_kill_9_at_random_moments_then_resume_matches_the_uninterrupted_run(tiny_cache, reference, tmp_path):
+@pytest.fixture(scope="module")
+def checkpoint_ops(tiny_cache: dict, tmp_path_factory: pytest.TempPathFactory) -> int:
+    """How many checkpoint file-system steps a whole trial run takes (the range the kills are drawn from)."""
+    folder = tmp_path_factory.mktemp("count")
+    proc = train_killed_at(train_args(tiny_cache, folder / "run"), 0, folder / "run.log")
+    assert proc.returncode == 0, (folder / "run.log").read_text()[-2000:]
+    return int((folder / "run.ops").read_text())
+
+
+def test_kill_9_at_random_moments_then_resume_matches_the_uninterrupted_run(tiny_cache, reference, checkpoint_ops, tmp_path):
     seed = int(os.environ.get("VCKIT_KILL_SEED", "0")) or (random.randrange(1 << 30) if TRIALS > 2 else 12345)
     rng = random.Random(seed)
+    assert checkpoint_ops >= 5 * STEPS  # each save syncs its files and folder and renames it into place
     for trial in range(TRIALS):
         run = tmp_path / f"trial{trial}"
         args = train_args(tiny_cache, run)
-        waited, delay = kill_at_random(args, run, rng, tmp_path / f"trial{trial}.log")
+        op = rng.randint(1, checkpoint_ops)  # before any fsync, rename or removal of any save or prune
+        log = tmp_path / f"trial{trial}.log"
+        proc = train_killed_at(args, op, log)
+        assert proc.returncode == -signal.SIGKILL, f"not killed at step {op} of {checkpoint_ops}:\n{log.read_text()[-2000:]}"
         survived = check_folder(run)
         cut_short = sorted(p.name.split(".", 1)[1] for p in run.glob("*.tmp-*"))  # a save or prune the kill interrupted
         for s in survived:  # each checkpoint the killed run left is the reference's of that step
@@ -138,7 +171,7 @@ def test_kill_9_at_random_moments_then_resume_matches_the_uninterrupted_run(tiny
         assert not list(run.glob("*.tmp-*"))  # whatever the kill cut short was cleaned up
         if REPORT:
             with open(REPORT, "a") as f:
-                f.write(json.dumps({"seed": seed, "trial": trial, "waited_for": waited, "delay": round(delay, 4), "survived": survived, "cut_short": cut_short, "ok": True}) + "\n")
+                f.write(json.dumps({"seed": seed, "trial": trial, "killed_before_op": op, "of_ops": checkpoint_ops, "survived": survived, "cut_short": cut_short, "ok": True}) + "\n")
 
 
 def test_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):

@@ -22,9 +22,10 @@ from vckit.errors import VckitError
 # 32 ms frames at 16 kHz, order 24, all-pass constant 0.41 = pysptk's
 # ``mcepalpha(16000)``), in the closed form of ``pysptk.sp2mc``: log-periodogram
 # -> real cepstrum -> all-pass frequency warping (SPTK ``freqt``). It needs only
-# numpy, so the tests and CI run it; ``tests/test_eval.py`` checks it against
-# pysptk where that is installed. Values follow the literature's trends but are
-# not identical to MCDs from WORLD envelopes: compare models with one tool.
+# numpy, so the tests and CI run it; ``tests/test_eval.py`` checks that it
+# recovers the known coefficients of a spectrum built from them. Values follow
+# the literature's trends but are not identical to MCDs from WORLD envelopes:
+# compare models with one tool.
 MCEP_SR = 16000
 MCEP_FFT = 512
 MCEP_HOP = 80  # 5 ms
@@ -58,9 +59,16 @@ def mel_cepstrum(wav: np.ndarray, order: int = MCEP_ORDER, alpha: float = MCEP_A
     if len(x) < n_fft:
         x = np.pad(x, (0, n_fft - len(x)))
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hamming(n_fft)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    c = np.fft.irfft(np.log(power + 1e-10), n=n_fft, axis=1)
-    c[:, 0] /= 2.0
+    return power_to_mcep(np.abs(np.fft.rfft(frames, axis=1)) ** 2 + 1e-10, order, alpha)
+
+
+def power_to_mcep(power: np.ndarray, order: int = MCEP_ORDER, alpha: float = MCEP_ALPHA) -> np.ndarray:
+    """Power spectra ``(frames, n_fft // 2 + 1)`` -> mel-cepstra ``(frames, order + 1)``
+    (``pysptk.sp2mc``): the ``c`` with ``log|X(w)| = sum_m c[m] cos(m b(w))``, where ``b`` is
+    the phase of the all-pass ``(z^-1 - alpha) / (1 - alpha z^-1)``."""
+    n_fft = 2 * (power.shape[-1] - 1)
+    c = np.fft.irfft(np.log(power), n=n_fft, axis=-1)
+    c[..., 0] /= 2.0
     return c @ _warp_matrix(n_fft, order, alpha).T
 
 
