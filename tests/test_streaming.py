@@ -149,6 +149,11 @@ class _FakeSoundDevice:
     def query_devices(self):
         return "  0 fake mic, ALSA (2 in, 0 out)"
 
+    def check_input_settings(self, **kw):
+        pass
+
+    check_output_settings = check_input_settings
+
     def Stream(self, **kw):
         raise self.PortAudioError("Error opening Stream: Device unavailable [PaErrorCode -9985]\nmore detail")
 
@@ -160,7 +165,7 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
     from vckit import cli
 
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as without the package
-    assert cli.main(["stream", "--ref", str(speech)]) == 1
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
     assert "pip install sounddevice" in capsys.readouterr().err
     monkeypatch.delitem(sys.modules, "sounddevice")
     real_import = builtins.__import__
@@ -171,7 +176,7 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_portaudio)
-    assert cli.main(["stream", "--ref", str(speech)]) == 1
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
     err = capsys.readouterr().err
     assert "PortAudio" in err and err.count("\n") == 1
     monkeypatch.setattr(builtins, "__import__", real_import)
@@ -182,4 +187,8 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
     assert cli.main(["stream", "--list-devices"]) == 0 and "fake mic" in capsys.readouterr().out
     assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: audio device: Error opening Stream: Device unavailable") and err.count("\n") == 1
+    assert err.startswith("reference: ") and err.splitlines()[-1].startswith("error: audio device: Error opening Stream: Device unavailable")
+    fake.check_output_settings = lambda **kw: (_ for _ in ()).throw(fake.PortAudioError("Invalid sample rate [PaErrorCode -9997]"))
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: audio device: Invalid sample rate") and "22050 Hz" in err and err.count("\n") == 1  # before any voice is made

@@ -86,7 +86,7 @@ SHIPPED = ("default", "stream")  # models in checkpoints/, loadable by name: "st
 def default_checkpoint(name: str = "default") -> Path:
     """A shipped model by name (``$VCKIT_CHECKPOINT`` overrides the default)."""
     env = os.environ.get("VCKIT_CHECKPOINT") if name == "default" else None
-    path = Path(env) if env else REPO_ROOT / "checkpoints" / name
+    path = Path(env) if env else DEFAULT_CHECKPOINT if name == "default" else DEFAULT_CHECKPOINT.parent / name
     if not path.exists():
         raise CheckpointError(f"the shipped model is not at {path}: install vckit from its source tree (pip install -e .) or pass a checkpoint path")
     return path
@@ -151,7 +151,12 @@ class Converter:
             from vckit.pitch import f0_track
 
             f0 = torch.from_numpy(f0_track(wav, cfg.sample_rate, hop=cfg.hop_length, n_frames=n)).to(self.device)[None]
-        if self.model.needs_phonetic:
+        if self.model.needs_phonetic and self.config.model.stream.causal:
+            from vckit.data.stream_features import streamed_hidden
+
+            # a causal model hears the teacher block by block, as in training and in a live stream
+            hidden = streamed_hidden(self.teacher, wav, cfg, n, self.config.model.stream)
+        elif self.model.needs_phonetic:
             hidden = self.teacher.frames(wav, cfg.sample_rate, n, cfg.hop_length).hidden
             phonetic = self.model.content_encoder.project_teacher(torch.from_numpy(hidden).to(self.device)[None])
         return Frames(mel, f0, phonetic)

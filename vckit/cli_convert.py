@@ -117,10 +117,16 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     output_format(out, args.sample_rate)
     if out.exists() and not args.overwrite:
         raise VckitError(f"{out} already exists (use --overwrite to replace it)")
-    vc, target, opts = _load(args)
+    from vckit.api import MIN_SOURCE_S, load
+    from vckit.audio import load_audio
+
+    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq)
+    rate = vc.config.mel.sample_rate
+    source = load_audio(args.source, rate, trim=False, min_seconds=MIN_SOURCE_S)  # a bad source fails before the voice is made
+    target, opts = _target(args, vc), dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
     bar, at = _bar(1.0, "", args.quiet or _seconds(src) <= LONG_SOURCE_S)
     try:
-        wav = vc.convert(args.source, target=target, progress=at, **opts)
+        wav = vc.convert(source, target=target, sr=rate, progress=at, **opts)
     finally:
         if bar is not None:
             bar.close()

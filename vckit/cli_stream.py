@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.input:
         live.sounddevice()  # a machine without PortAudio says so before the model loads
     vc = load(args.checkpoint or "stream", device="cpu")
+    if not args.input:  # a machine without PortAudio, or a device that cannot take the rate, says so before any work
+        live.check_devices(args.input_device, args.output_device, vc.sample_rate)
     stream = vc.stream(_target(args, vc), pitch_shift=args.pitch_shift, chunk_ms=args.block_ms)
     if args.input:
         from vckit.audio import load_audio

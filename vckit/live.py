@@ -68,6 +68,18 @@ def list_devices() -> str:
         raise VckitError(f"cannot list audio devices: {e}") from None
 
 
+def check_devices(input_device: str | int | None, output_device: str | int | None, sample_rate: int) -> None:
+    """One clear error, before any work, if the devices are missing or cannot take ``sample_rate`` mono."""
+    sd = sounddevice()
+    try:
+        sd.check_input_settings(device=_device(input_device), channels=1, dtype="float32", samplerate=sample_rate)
+        sd.check_output_settings(device=_device(output_device), channels=1, dtype="float32", samplerate=sample_rate)
+    except sd.PortAudioError as e:
+        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices; the devices must take {sample_rate} Hz mono)") from None
+    except ValueError as e:
+        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices)") from None
+
+
 def stream_file(stream: "Stream", wav: np.ndarray, *, callback: int = FILE_CALLBACK) -> tuple[np.ndarray, LiveReport]:
     """Push ``wav`` (float32 at the stream's rate) in ``callback``-sample pieces, as a sound card would.
 
