@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 STREAM_EVERY = 0.5  # seconds of microphone audio per chunk that the browser sends (Gradio's stream_every)
 TIME_LIMIT_S = 600  # longest recording, in seconds
+NO_FFMPEG = "this server has no ffmpeg, which Gradio needs to play the converted voice back: the conversion runs and is counted, but is not heard (apt-get install ffmpeg)"
+VOICE_CACHE = 16  # target voices of the streaming model kept between recordings
+PLAYER_QUEUE = 120  # chunks (a minute) held for a player that lags or never came
 PLAYER_IDLE_S = 30.0  # a player that gets no audio for this long ends (the browser went away mid-recording)
 LIVE_INTRO = """Speak into the microphone: what you say comes back in the target voice while you speak (use headphones,
 or the converted voice feeds back into the microphone). Press **Record** to start and **Stop** to end."""
@@ -100,6 +104,7 @@ class LiveSession:
     """One recording in one browser session: its stream, its counts and the converted audio for its player."""
 
     target: str = ""
+    rate: int = 22050  # the stream's sample rate, set when it opens
     stream: Any = None  # vckit.streaming.Stream; None before the first chunk and after the stop
     resampler: ChunkResampler | None = None
     error: str | None = None  # why this recording cannot stream (shown for each chunk, not retried)
@@ -111,7 +116,7 @@ class LiveSession:
     delay: str = ""  # the delay line, kept after the stream is dropped
 
     def __post_init__(self) -> None:
-        self.out: queue.Queue = queue.Queue()  # int16 chunks at the stream's rate, None at the end
+        self.out: queue.Queue = queue.Queue(PLAYER_QUEUE)  # (rate, int16 samples) for the player, None at the end
         self.lock = threading.Lock()  # one chunk at a time; the stop waits for a chunk in progress
 
 
@@ -139,7 +144,11 @@ class LiveDemo:
 
     def intro(self) -> str:
         missing = self.available()
-        return f"**{missing}**" if missing else LIVE_INTRO
+        if missing:
+            return f"**{missing}**"
+        if shutil.which("ffmpeg") is None:  # Gradio encodes the streamed playback with it
+            return LIVE_INTRO + "\n\n**" + NO_FFMPEG + "**"
+        return LIVE_INTRO
 
     def voice(self, choice: str | None, reference: str | None) -> tuple[Any, str]:
         """The target as a Voice of the streaming model (its own speaker encoder), and its name."""
@@ -174,6 +183,8 @@ class LiveDemo:
         voice = vc.voice(clips, sr=rate)
         with self._lock:
             self._voices[key] = (voice, name)
+            while len(self._voices) > VOICE_CACHE:  # uploads make new keys: the oldest go
+                self._voices.pop(next(iter(self._voices)))
         return voice, name
 
     # -- one recording ---------------------------------------------------------------
@@ -220,7 +231,7 @@ class LiveDemo:
             s.chunks += 1
             s.seconds_in += len(x) / int(rate)
             pcm = self._send(s, out)
-            return (s.stream.sample_rate, pcm), self.status(s)
+            return (s.rate, pcm), self.status(s)
 
     def stop(self, key: str) -> str:
         """The recording ended: the stream's last ``delay`` samples go to the player, then the stream is dropped."""
@@ -234,16 +245,14 @@ class LiveDemo:
     def play(self, key: str, idle_s: float = PLAYER_IDLE_S) -> Iterator[tuple[int, np.ndarray]]:
         """The converted audio of ``key``'s current recording, chunk by chunk, until it stops."""
         s = self.session(key)
-        rate = None
         while True:
             try:
-                pcm = s.out.get(timeout=idle_s)
+                item = s.out.get(timeout=idle_s)
             except queue.Empty:
                 return
-            if pcm is None:
+            if item is None:
                 return
-            rate = rate or (s.stream.sample_rate if s.stream is not None else 22050)
-            yield rate, pcm
+            yield item
 
     def forget(self, key: str) -> None:
         """The browser tab closed: end and drop its session."""
@@ -258,6 +267,7 @@ class LiveDemo:
         try:
             voice, s.target = self.voice(choice, reference)
             s.stream = self.service.stream_converter().stream(voice)
+            s.rate = s.stream.sample_rate
         except VckitError as e:
             s.error = hide_paths(str(e), (reference,))
         except Exception:
@@ -268,8 +278,20 @@ class LiveDemo:
         pcm = (np.clip(out, -1.0, 1.0) * 32767.0).astype(np.int16)
         s.samples_out += len(pcm)
         if len(pcm):
-            s.out.put(pcm)
+            self._offer(s, (s.rate, pcm))
         return pcm
+
+    @staticmethod
+    def _offer(s: LiveSession, item: tuple[int, np.ndarray] | None) -> None:
+        """Queue ``item`` for the player; when it does not keep up (or never came), the oldest audio goes."""
+        while True:
+            try:
+                return s.out.put_nowait(item)
+            except queue.Full:
+                try:
+                    s.out.get_nowait()
+                except queue.Empty:
+                    pass
 
     def _end(self, s: LiveSession) -> None:
         with s.lock:
@@ -283,7 +305,7 @@ class LiveDemo:
                 except VckitError as e:
                     log.info("live stream flush failed: %s", e)
             s.stream, s.resampler = None, None  # free the model state now: the session may live on until the tab closes
-            s.out.put(None)
+            self._offer(s, None)
 
     # -- what the page shows ------------------------------------------------------------
     def _delay_line(self, s: LiveSession) -> str:
@@ -302,8 +324,7 @@ class LiveDemo:
         if s.error is not None:
             return f"**Live conversion stopped:** {s.error}"
         state = "Stopped" if s.stopped else "Streaming"
-        sr = s.stream.sample_rate if s.stream is not None else 22050
-        lines = [f"**{state}: {s.seconds_in:.1f} s streamed** to the voice of *{s.target}* ({s.samples_out / sr:.1f} s sent back)."]
+        lines = [f"**{state}: {s.seconds_in:.1f} s streamed** to the voice of *{s.target}* ({s.samples_out / s.rate:.1f} s sent back)."]
         delay = self._delay_line(s)
         if delay:
             lines += ["", delay, "- the browser adds its own microphone and playback buffering on top (often 50 to 300 ms)"]
