@@ -3,6 +3,7 @@
     python demo.py                          # http://127.0.0.1:7860
     python demo.py --port 8080 --max-seconds 30 --vocoder griffinlim
     python demo.py --host 0.0.0.0 --share   # reachable from elsewhere (off by default)
+    python demo.py --stream-checkpoint runs/stream/ck   # another causal model for the Live tab
 
 Needs the demo extra: ``pip install -e '.[demo]'``. The logic lives in
 :mod:`vckit.demo.app` and :mod:`vckit.demo.page`; this file only reads
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=2, help="conversions run at the same time; later requests wait in the queue (default: 2)")
     ap.add_argument("--queue-size", type=int, default=32, help="most requests waiting in the queue (default: 32)")
     ap.add_argument("--checkpoint", default=None, help="model folder (default: the shipped checkpoints/default)")
+    ap.add_argument("--stream-checkpoint", default=None, help="causal model for the Live tab (default: the shipped checkpoints/stream)")
     ap.add_argument("--vocoder", choices=VOCODERS, default="hifigan", help="vocoder selected when the page opens (default: hifigan)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     ap.add_argument("--bank", default=None, help="enrolled-speaker folder (default: the user's vckit speaker bank)")
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from vckit.errors import VckitError
 
     try:
-        service = DemoService(args.checkpoint, args.device, args.vocoder, args.max_seconds, bank=args.bank)
+        service = DemoService(args.checkpoint, args.device, args.vocoder, args.max_seconds, bank=args.bank, stream_checkpoint=args.stream_checkpoint)
         service.warm_up()
     except VckitError as e:
         print(f"error: {e}", file=sys.stderr)

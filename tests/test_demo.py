@@ -334,7 +334,7 @@ def test_build_app(service: DemoService) -> None:
 def test_demo_help() -> None:
     out = subprocess.run([sys.executable, "demo.py", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
-    for opt in ("--host", "--port", "--share", "--max-seconds", "--concurrency", "--vocoder"):
+    for opt in ("--host", "--port", "--share", "--max-seconds", "--concurrency", "--vocoder", "--stream-checkpoint"):
         assert opt in out.stdout
     assert "share=True" not in out.stdout and "launch()" not in out.stdout
 

@@ -35,6 +35,8 @@ REFERENCE_CHOICE = "reference clip (upload or record)"
 EXAMPLE_PREFIX = "example voice: "
 ENROLLED_PREFIX = "enrolled: "
 REQUEST_MAX_AGE_S = 3600.0  # request folders older than this are removed by later requests
+STREAM_DIR = REPO_ROOT / "checkpoints" / "stream"
+NO_STREAM_MODEL = "live conversion needs the streaming model (checkpoints/stream), which this installation lacks: start the demo with --stream-checkpoint PATH to use another causal model"
 
 Progress = Callable[..., Any]
 
@@ -86,6 +88,7 @@ class DemoService:
     bank: Path | None = None
     examples_dir: Path = EXAMPLES_DIR
     workdir: Path | None = None
+    stream_checkpoint: str | os.PathLike | None = None  # the causal model of the live tab (default: checkpoints/stream)
     _converters: dict[str, Any] = field(default_factory=dict, repr=False)
     _judge: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -115,6 +118,27 @@ class DemoService:
                 self._converters[vocoder] = vckit.load(self.checkpoint, device=self.device, vocoder=vocoder)
             return self._converters[vocoder]
 
+    def stream_path(self) -> Path:
+        """The streaming model's folder; DemoError (with what to do) when there is none."""
+        path = Path(self.stream_checkpoint) if self.stream_checkpoint else STREAM_DIR
+        if not path.exists():
+            raise DemoError(NO_STREAM_MODEL if not self.stream_checkpoint else f"no streaming model at {path}")
+        return path
+
+    def stream_converter(self) -> Any:
+        """The causal :class:`vckit.Converter` that the live tab streams through, loaded on first use.
+
+        Raises:
+            DemoError: when there is no streaming model (``checkpoints/stream`` absent, no ``stream_checkpoint``).
+        """
+        path = self.stream_path()
+        with self._lock:
+            if "stream" not in self._converters:
+                import vckit
+
+                self._converters["stream"] = vckit.load(path, device=self.device, vocoder=self.default_vocoder)
+            return self._converters["stream"]
+
     def judge(self) -> tuple[Any, dict[str, Any]]:
         """The speaker-verification model and its metadata (threshold, EER)."""
         with self._lock:
@@ -125,9 +149,13 @@ class DemoService:
             return self._judge
 
     def warm_up(self) -> None:
-        """Load the default converter and the judge now rather than on the first request."""
+        """Load the default converter, the judge and (when there is one) the streaming model now rather than on the first request."""
         self.converter()
         self.judge()
+        try:
+            self.stream_converter()
+        except DemoError as e:
+            log.info("the live tab is off: %s", e)
 
     # -- targets ----------------------------------------------------------------
     def bank_dir(self) -> Path:

@@ -66,53 +66,59 @@ def handle_convert(
 INTRO = """# vckit voice conversion
 Speech from the **source** comes out in the voice of the **target**. Upload or record a source, then
 upload or record a reference clip of the target voice (at least 1 s of speech), or pick an example or
-enrolled voice. Or click one of the examples below. Runs the shipped model (`checkpoints/default`) offline."""
+enrolled voice. Or click one of the examples below. Runs the shipped model (`checkpoints/default`) offline.
+The **Live** tab converts the microphone while you speak (with the streaming model, `checkpoints/stream`)."""
 
 
 def build_app(service: DemoService) -> Any:
     """The Gradio Blocks page over ``service`` (not yet queued or launched)."""
     import gradio as gr
 
+    from vckit.demo.live_tab import build_live_tab
+
     choices = service.target_choices()
     with gr.Blocks(title="vckit voice conversion", delete_cache=(3600, 3600)) as app:
         gr.Markdown(INTRO)
-        with gr.Row():
-            source = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Source speech", elem_id="source-audio")
-            with gr.Column():
-                target = gr.Dropdown(choices, value=REFERENCE_CHOICE, label="Target voice", elem_id="target-choice")
-                reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip of the target voice", elem_id="reference-audio")
-        with gr.Accordion("Options", open=True):
+        with gr.Tab("Convert", id="convert"):
             with gr.Row():
-                vocoder = gr.Radio(list(VOCODERS), value=service.default_vocoder, label="Vocoder", info="hifigan: neural, natural; griffinlim: no neural vocoder, faster, buzzy")
-                pitch = gr.Radio(list(PITCH_MODES), value="none", label="Pitch handling", info="match F0: shift the source to the target's median F0 first")
-                semitones = gr.Slider(-12, 12, value=0, step=0.5, label="Manual shift (semitones)", interactive=False)
-        button = gr.Button("Convert", variant="primary", elem_id="convert-btn")
-        with gr.Row():
-            result = gr.Audio(type="filepath", format="wav", label="Converted speech", interactive=False, buttons=["download"], elem_id="result-audio")
-            report = gr.Markdown("The result and its speaker similarity will appear here.", elem_id="report")
-        mels = gr.Image(type="filepath", label="Log-mel spectrograms", show_label=False, interactive=False, elem_id="mels")
-        last = gr.State(None)  # the Markdown of the last good result, repeated under a later error
-        inputs = [source, target, reference, vocoder, pitch, semitones, last]
-        outputs = [result, mels, report, last]
+                source = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Source speech", elem_id="source-audio")
+                with gr.Column():
+                    target = gr.Dropdown(choices, value=REFERENCE_CHOICE, label="Target voice", elem_id="target-choice")
+                    reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip of the target voice", elem_id="reference-audio")
+            with gr.Accordion("Options", open=True):
+                with gr.Row():
+                    vocoder = gr.Radio(list(VOCODERS), value=service.default_vocoder, label="Vocoder", info="hifigan: neural, natural; griffinlim: no neural vocoder, faster, buzzy")
+                    pitch = gr.Radio(list(PITCH_MODES), value="none", label="Pitch handling", info="match F0: shift the source to the target's median F0 first")
+                    semitones = gr.Slider(-12, 12, value=0, step=0.5, label="Manual shift (semitones)", interactive=False)
+            button = gr.Button("Convert", variant="primary", elem_id="convert-btn")
+            with gr.Row():
+                result = gr.Audio(type="filepath", format="wav", label="Converted speech", interactive=False, buttons=["download"], elem_id="result-audio")
+                report = gr.Markdown("The result and its speaker similarity will appear here.", elem_id="report")
+            mels = gr.Image(type="filepath", label="Log-mel spectrograms", show_label=False, interactive=False, elem_id="mels")
+            last = gr.State(None)  # the Markdown of the last good result, repeated under a later error
+            inputs = [source, target, reference, vocoder, pitch, semitones, last]
+            outputs = [result, mels, report, last]
 
-        def on_convert(src, tgt, ref, voc, pitch_mode, semis, previous, progress=gr.Progress()):
-            audio, picture, text = handle_convert(service, src, tgt, ref, voc, pitch_mode, semis, progress=progress, warn=gr.Warning, previous=previous)
-            if audio is None:  # keep the previous result on the page
-                return gr.skip(), gr.skip(), text, previous
-            return audio, picture, text, text
+            def on_convert(src, tgt, ref, voc, pitch_mode, semis, previous, progress=gr.Progress()):
+                audio, picture, text = handle_convert(service, src, tgt, ref, voc, pitch_mode, semis, progress=progress, warn=gr.Warning, previous=previous)
+                if audio is None:  # keep the previous result on the page
+                    return gr.skip(), gr.skip(), text, previous
+                return audio, picture, text, text
 
-        button.click(on_convert, inputs, outputs, concurrency_id="convert")
-        target.change(lambda c: gr.update(visible=c == REFERENCE_CHOICE), target, reference, queue=False)
-        app.load(lambda: gr.update(choices=service.target_choices()), None, target, queue=False)  # voices enrolled since start
-        pitch.change(lambda m: gr.update(interactive=m == "manual semitones"), pitch, semitones, queue=False)
-        if service.examples:
-            ex = gr.Examples(
-                [[str(e.source), REFERENCE_CHOICE, str(e.reference)] for e in service.examples],
-                [source, target, reference],
-                example_labels=[e.label for e in service.examples],
-                label="Examples (one click converts)",
-            )
-            ex.load_input_event.then(on_convert, inputs, outputs, concurrency_id="convert")
+            button.click(on_convert, inputs, outputs, concurrency_id="convert")
+            target.change(lambda c: gr.update(visible=c == REFERENCE_CHOICE), target, reference, queue=False)
+            app.load(lambda: gr.update(choices=service.target_choices()), None, target, queue=False)  # voices enrolled since start
+            pitch.change(lambda m: gr.update(interactive=m == "manual semitones"), pitch, semitones, queue=False)
+            if service.examples:
+                ex = gr.Examples(
+                    [[str(e.source), REFERENCE_CHOICE, str(e.reference)] for e in service.examples],
+                    [source, target, reference],
+                    example_labels=[e.label for e in service.examples],
+                    label="Examples (one click converts)",
+                )
+                ex.load_input_event.then(on_convert, inputs, outputs, concurrency_id="convert")
+        with gr.Tab("Live", id="live", elem_id="live-tab"):
+            build_live_tab(gr, app, service)
     return app
 
 
