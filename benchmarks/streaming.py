@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=25, help="source utterances (25: the set of the shipped figures)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="also stream with the vocoder in bfloat16")
+    ap.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS (speechmos, the [eval] extra)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     def words(wav: np.ndarray) -> list[str]:
         return normalize_text(asr.transcribe(AF.resample(torch.from_numpy(wav), sr, 16000).numpy()))
 
+    def mos(wav: np.ndarray) -> float:
+        from quality import dnsmos
+
+        return dnsmos(AF.resample(torch.from_numpy(wav), sr, 16000).numpy())["ovrl_mos"]
+
     def emb(wav: np.ndarray) -> torch.Tensor:
         return judge(mel(wav)[None])
 
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     errs = {(v, c): [0, 0] for v in variants for c in CONDS}
     sims: dict[tuple[str, str], list[tuple[float, float]]] = {(v, c): [] for v in variants for c in CONDS}
     l1: dict[str, list[float]] = {v: [] for v in variants if v.startswith("streamed")}
+    mos_of: dict[str, list[float]] = {v: [] for v in variants}
     compute: dict[str, list[float]] = {v: [] for v in l1}
     delay = block = 0.0
     t0 = time.time()
@@ -106,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     errs[(v, cond)][0] += word_errors(ref_words, words(wav))
                     errs[(v, cond)][1] += len(ref_words)
                     e = emb(wav)
+                    if not args.no_dnsmos:
+                        mos_of[v].append(mos(wav))
                     sims[(v, cond)].append((float(F.cosine_similarity(e, target)), float(F.cosine_similarity(e, src_emb))))
                     if v in l1:
                         a, b = mel(wav), mel(outs["offline, same model"])
@@ -118,16 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         c = np.asarray(compute[v])
         res[f"compute_{v}"] = {"median_ms": float(np.median(c)), "p99_ms": float(np.percentile(c, 99)), "late_share": float((c > block).mean()), "blocks": len(c)}
         print(f"{v}: compute per block median {np.median(c):.1f} ms, 99th percentile {np.percentile(c, 99):.1f} ms, slower than the block {(c > block).mean():.1%} of {len(c)}")
-    print("| variant | WER cross | WER same | cos target (cross) | cos source (cross) | closer (cross) | mel L1 to offline |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | WER cross | WER same | cos target (cross) | cos source (cross) | closer (cross) | DNSMOS | mel L1 to offline |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for v in variants:
         r = {f"wer_{c}": errs[(v, c)][0] / max(1, errs[(v, c)][1]) for c in CONDS}
         cross = sims[(v, "cross")]
         r.update(cos_target_cross=float(np.mean([a for a, _ in cross])), cos_source_cross=float(np.mean([b for _, b in cross])), closer_cross=float(np.mean([a > b for a, b in cross])))
         if v in l1:
             r["mel_l1_to_offline"] = float(np.mean(l1[v]))
+        r["dnsmos"] = float(np.mean(mos_of[v])) if mos_of[v] else float("nan")
         res["variants"][v] = r
-        print(f"| {v} | {r['wer_cross']:.1%} | {r['wer_same']:.1%} | {r['cos_target_cross']:.3f} | {r['cos_source_cross']:.3f} | {r['closer_cross']:.0%} | {r.get('mel_l1_to_offline', float('nan')):.3f} |")
+        print(f"| {v} | {r['wer_cross']:.1%} | {r['wer_same']:.1%} | {r['cos_target_cross']:.3f} | {r['cos_source_cross']:.3f} | {r['closer_cross']:.0%} | {r['dnsmos']:.2f} | {r.get('mel_l1_to_offline', float('nan')):.3f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return 0

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-F0_WINDOW_S = 1.0  # input the F0 tracker reads per block
+F0_WINDOW_S = 0.5  # input the F0 tracker reads per block
 F0_HISTORY = 3000  # voiced frames kept for the running register estimate (~35 s)
 CROSSFADE = 128  # samples blended between a block's start and the previous block's guess
 
@@ -64,7 +64,7 @@ class Stream:
         pitch_shift: float = 0.0,
         blocks_per_chunk: int = 1,
         vocoder_lookahead: int = 2,
-        vocoder_context: int = 8,
+        vocoder_context: int = 4,
         vocoder_dtype: torch.dtype = torch.float32,
     ):
         model = converter.model

@@ -79,6 +79,7 @@ class PhoneticTeacher:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: a live stream's torch work needs the cores
         self.session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def run16k(self, wav16: np.ndarray) -> TeacherFrames:
