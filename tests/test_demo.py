@@ -349,6 +349,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -381,12 +390,7 @@ def demo_server(tmp_path: Path):
         wait_for_server(url, proc, log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 @pytest.fixture

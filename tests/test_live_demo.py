@@ -13,29 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from test_demo import CHROMIUM_ARGS, REPO_ROOT, free_port, wait_for_server
-from test_streaming import causal_config
+from test_demo import CHROMIUM_ARGS, REPO_ROOT, free_port, stop_server, wait_for_server
+from test_streaming import causal_checkpoint  # noqa: F401  (a fixture)
 from vckit.audio import load_audio, resample
 from vckit.demo.app import EXAMPLE_PREFIX, REFERENCE_CHOICE, DemoService
 from vckit.demo.live_tab import STREAM_EVERY, ChunkResampler, LiveDemo, to_mono_float
 
 BROWSER_RATE = 48000
-
-
-@pytest.fixture(scope="module")
-def causal_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small causal model (untrained, random teacher projection), as tests/test_streaming.py makes it."""
-    from vckit.checkpoint import save_checkpoint
-    from vckit.models.vc import build_model
-
-    cfg = causal_config()
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.content_encoder.teacher_proj.normal_(0, 0.1)
-    return save_checkpoint(tmp_path_factory.mktemp("causal") / "ck", cfg, model.state_dict(), step=1)
 
 
 @pytest.fixture(scope="module")
@@ -226,12 +211,7 @@ def test_browser_live_tab(sync_api, causal_checkpoint: Path, mic: np.ndarray, tm
         info = sf.info(str(tmp_path / "live.wav"))  # made by ffmpeg from the streamed chunks
         assert info.samplerate == 22050 and info.duration == pytest.approx(sent, abs=0.3)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 

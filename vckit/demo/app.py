@@ -163,6 +163,14 @@ class DemoService:
 
         return Path(self.bank) if self.bank else default_bank()
 
+    def example_voice(self, choice: str) -> tuple[list[str], str]:
+        """The reference clips and the speaker's name of an example-voice choice."""
+        label = choice[len(EXAMPLE_PREFIX) :]
+        ex = next((v for v in self.voices if v.label == label), None)
+        if ex is None:
+            raise DemoError(f"unknown example voice {label!r}")
+        return [str(r) for r in ex.references], label.split(" (")[0]
+
     def target_choices(self) -> list[str]:
         """What the target-voice menu offers: a reference clip, the example voices, the enrolled voices."""
         from vckit.speakers import list_profiles
@@ -188,11 +196,7 @@ class DemoService:
                     log.info("enrolled reference %s not usable for the picture", ref)
             return _Target(prof.embedding, name, _joined(clips, rate), prof.f0_median, clips=len(clips))
         if choice.startswith(EXAMPLE_PREFIX):
-            label = choice[len(EXAMPLE_PREFIX) :]
-            ex = next((v for v in self.voices if v.label == label), None)
-            if ex is None:
-                raise DemoError(f"unknown example voice {label!r}")
-            references, name = [str(r) for r in ex.references], label.split(" (")[0]
+            references, name = self.example_voice(choice)
         elif choice == REFERENCE_CHOICE:
             if not reference:
                 raise DemoError("no reference voice: upload or record a reference clip, or pick a voice from the menu")

@@ -161,11 +161,7 @@ class LiveDemo:
         rate = vc.config.mel.sample_rate
         svc = self.service
         if choice.startswith(EXAMPLE_PREFIX):
-            label = choice[len(EXAMPLE_PREFIX) :]
-            ex = next((v for v in svc.voices if v.label == label), None)
-            if ex is None:
-                raise DemoError(f"unknown example voice {label!r}")
-            refs, name = [str(r) for r in ex.references], label.split(" (")[0]
+            refs, name = svc.example_voice(choice)
         elif choice.startswith(ENROLLED_PREFIX):
             from vckit.speakers import load_profile
 
