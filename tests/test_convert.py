@@ -157,6 +157,23 @@ def test_a_profile_from_another_model_is_refused_naming_both(vckit_cli, files, t
     assert not (tmp_path / "o.wav").exists()
 
 
+def test_an_enrolled_voice_comes_back_through_the_api(files, tmp_path):
+    import vckit
+    from vckit.errors import VckitError
+
+    vc = vckit.load(CKPT, vocoder="griffinlim", device="cpu")
+    voice = vc.voice(files["ref1"])
+    bank = tmp_path / "bank"
+    save_profile(bank, new_profile("sf1", voice.embedding, vc.model_id, [str(files["ref1"])], voice.seconds, voice.f0_median))
+    back = vc.enrolled("sf1", bank)
+    torch.testing.assert_close(back.embedding, voice.embedding)
+    assert back.f0_median == pytest.approx(voice.f0_median) and back.model_id == vc.model_id
+    assert len(vc.convert(files["src"], target=back)) > 0
+    save_profile(bank, new_profile("ghost", torch.randn(128), "0123456789abcdef", [], 2.0, None))
+    with pytest.raises(VckitError, match="'ghost' was enrolled with the model with weights 0123456789ab"):
+        vc.enrolled("ghost", bank)
+
+
 def test_ref_and_speaker_together_or_neither(vckit_cli, files, tmp_path):
     neither = vckit_cli("convert", files["src"], "-o", tmp_path / "o.wav", *COMMON)
     assert "either --ref" in one_line_error(neither)

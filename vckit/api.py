@@ -102,6 +102,7 @@ class Converter:
         self.device = device
         self.model_id = model_id  # sha256 of the weights: enrolled embeddings belong to one model
         self._teacher = None  # the phonetic teacher, loaded on first use by models that read it
+        self.checkpoint: Path | None = None  # the folder it was loaded from (set by load)
 
     @property
     def sample_rate(self) -> int:
@@ -197,6 +198,18 @@ class Converter:
             reference_log.warning("%s", w)
         seconds, speech = sum(m.seconds for _, m in measures), sum(m.speech_seconds for _, m in measures)
         return Voice(torch.stack(embs).mean(0), f0_median, self.model_id, seconds, speech, warnings)
+
+    def enrolled(self, name: str, bank: str | os.PathLike | None = None) -> Voice:
+        """The :class:`Voice` of a speaker stored by ``vckit enroll`` (or ``finetune``), for :meth:`convert`.
+
+        Raises VckitError naming both models if it was enrolled with another one.
+        """
+        from vckit.speakers import check_profile_model, default_bank, load_profile
+
+        prof = load_profile(bank or default_bank(), name)
+        check_profile_model(prof, self.model_id, str(self.checkpoint or ""))
+        seconds = float(prof.meta.get("seconds") or 0.0)
+        return Voice(prof.embedding.to(self.device), prof.f0_median, prof.model_id, seconds, seconds)
 
     def embed_speaker(self, refs: AudioInput | Sequence[AudioInput], sr: int | None = None) -> torch.Tensor:
         """The speaker embedding ``(dim,)`` of :meth:`voice`."""
@@ -398,7 +411,9 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
     model_id = recorded or _weights_hash(path)
-    return Converter(model, config, voc, dev, model_id)
+    vc = Converter(model, config, voc, dev, model_id)
+    vc.checkpoint = path
+    return vc
 
 
 def _weights_hash(path: Path) -> str:

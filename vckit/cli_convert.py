@@ -52,14 +52,8 @@ def _vq_choice(value: str) -> bool | float | None:
 
 def _target(args: argparse.Namespace, vc):
     """The target :class:`~vckit.api.Voice` from --ref or --speaker."""
-    from vckit.api import Voice, default_checkpoint
-
     if args.speaker:
-        from vckit.speakers import check_profile_model, default_bank, load_profile
-
-        prof = load_profile(args.bank or default_bank(), args.speaker)
-        check_profile_model(prof, vc.model_id, str(args.checkpoint or default_checkpoint()))
-        return Voice(prof.embedding, prof.f0_median, prof.model_id)
+        return vc.enrolled(args.speaker, args.bank)
     return said(vc.voice(args.ref))
 
 
