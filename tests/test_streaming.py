@@ -192,3 +192,12 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
     assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: audio device: Invalid sample rate") and "22050 Hz" in err and err.count("\n") == 1  # before any voice is made
+
+
+def test_a_causal_model_converts_offline_from_the_features_it_streams(live, speech):
+    from vckit.audio import load_audio
+
+    wav = load_audio(speech, SR)[: SR * 2]
+    voice = live.voice(speech)
+    out = live.convert(wav, target=voice, sr=SR)  # whole-file conversion of a causal model: block-by-block teacher
+    assert len(out) == pytest.approx(len(wav), abs=256) and np.isfinite(out).all()

@@ -159,6 +159,7 @@ class Converter:
             hidden = streamed_hidden(self.teacher, wav, cfg, n, self.config.model.stream)
         elif self.model.needs_phonetic:
             hidden = self.teacher.frames(wav, cfg.sample_rate, n, cfg.hop_length).hidden
+        if self.model.needs_phonetic:
             phonetic = self.model.content_encoder.project_teacher(torch.from_numpy(hidden).to(self.device)[None])
         return Frames(mel, f0, phonetic)
 
