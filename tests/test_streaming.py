@@ -14,9 +14,9 @@ from vckit.models.vc import Frames, build_model
 SR = 22050
 
 
-def causal_config(**stream) -> Config:
+def causal_config(content_input: str = "phonetic", **stream) -> Config:
     return Config(model=ModelConfig(
-        content=ContentConfig(channels=32, blocks=2, kernel_size=3, downsample=(1, 2), dim=4, input="phonetic", input_dim=6),
+        content=ContentConfig(channels=32, blocks=2, kernel_size=3, downsample=(1, 2), dim=4, input=content_input, input_dim=6),
         speaker=SpeakerConfig(channels=32, blocks=2, kernel_size=3, dim=16),
         decoder=DecoderConfig(channels=32, blocks=2, kernel_size=3),
         f0=F0Config(enabled=True),
@@ -201,3 +201,26 @@ def test_a_causal_model_converts_offline_from_the_features_it_streams(live, spee
     voice = live.voice(speech)
     out = live.convert(wav, target=voice, sr=SR)  # whole-file conversion of a causal model: block-by-block teacher
     assert len(out) == pytest.approx(len(wav), abs=256) and np.isfinite(out).all()
+
+
+def test_a_model_reading_teacher_and_mel_streams_as_in_one_go(tmp_path, speech):
+    """The streaming model reads its block's own log-mel too: the same frames whatever the push sizes."""
+    import vckit
+    from vckit.audio import load_audio
+    from vckit.checkpoint import save_checkpoint
+
+    cfg = causal_config("phonetic+mel")
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.content_encoder.teacher_proj.normal_(0, 0.1)
+    vc = vckit.load(save_checkpoint(tmp_path / "ck", cfg, model.state_dict(), step=1), vocoder="griffinlim", device="cpu")
+    assert vc.model.content_encoder.inp.in_channels == 6 + 80
+    voice = vc.voice(speech)
+    wav = load_audio(speech, SR)[: SR + 777]
+    one = vc.stream(voice)
+    whole = np.concatenate([one.push(wav), one.flush()])
+    two = vc.stream(voice)
+    parts = [two.push(wav[i : i + 1000]) for i in range(0, len(wav), 1000)] + [two.flush()]
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-4)
+    assert np.abs(whole[one.delay :]).max() > 0

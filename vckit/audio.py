@@ -283,6 +283,18 @@ _MEL_CACHE: dict[MelConfig, MelSpectrogram] = {}
 MEL_CHUNK_FRAMES = 4096  # long inputs are analysed in slices of this many frames
 
 
+def log_mel_frames(wav: np.ndarray, cfg: MelConfig, first: int, frames: int) -> torch.Tensor:
+    """Mel frames ``[first, first + frames)`` of a stream ``(samples,)`` -> ``(n_mels, frames)``,
+    as :func:`log_mel` frames them; samples before the stream began count as silence."""
+    if cfg not in _MEL_CACHE:
+        _MEL_CACHE[cfg] = MelSpectrogram(cfg)
+    pad = (cfg.n_fft - cfg.hop_length) // 2
+    lo, hi = first * cfg.hop_length - pad, (first + frames - 1) * cfg.hop_length - pad + cfg.n_fft
+    piece = np.concatenate([np.zeros(max(0, -lo), np.float32), wav[max(0, lo) : hi]])
+    with torch.no_grad():
+        return _MEL_CACHE[cfg].to("cpu").analyse_padded(torch.from_numpy(piece)[None])[0]
+
+
 def log_mel(wav: np.ndarray | torch.Tensor, cfg: MelConfig, device: str | torch.device = "cpu") -> torch.Tensor:
     """Log-mel of one waveform ``(samples,)`` -> ``(n_mels, samples // hop)`` on ``device``.
 

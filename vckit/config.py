@@ -81,15 +81,15 @@ class ContentConfig:
     out_norm: bool = True  # instance-normalise the codes themselves
     noise_std: float = 0.0  # training-time Gaussian noise on the codes (AdaIN-VC samples with std 1)
     kl_weight: float = 0.0  # >0: penalise mean(codes**2) / 2, AdaIN-VC's KL term (use with out_norm false)
-    # what the encoder reads: "mel" (the log-mel) or "phonetic" (the phonetic teacher's last hidden
-    # layer, projected to input_dim whitened dims; the projection is part of the model's weights)
+    # what the encoder reads: "mel" (the log-mel), "phonetic" (the phonetic teacher's last hidden layer,
+    # projected to input_dim whitened dims; the projection is part of the model's weights) or both, "phonetic+mel"
     input: str = "mel"
     input_dim: int = 0
 
     def __post_init__(self) -> None:
-        if self.input not in ("mel", "phonetic"):
-            raise ConfigError(f"model.content.input must be mel or phonetic, got {self.input!r}")
-        if self.input == "phonetic" and self.input_dim <= 0:
+        if self.input not in ("mel", "phonetic", "phonetic+mel"):
+            raise ConfigError(f"model.content.input must be mel, phonetic or phonetic+mel, got {self.input!r}")
+        if self.input != "mel" and self.input_dim <= 0:
             raise ConfigError("model.content.input phonetic needs model.content.input_dim (the projected teacher dims)")
 
 

@@ -179,12 +179,18 @@ class Stream:
             start = max(0, end - self.context)
             hidden.append(window_hidden(self.converter.teacher, self._input(start, end), self.sample_rate, start, np.arange(lo, lo + self.model_block), hop))
         phon = self.model.content_encoder.project_teacher(torch.from_numpy(np.concatenate(hidden)).to(dev)[None])
+        mel_in = None
+        if self.model.cfg.content.input == "phonetic+mel":  # the block's own log-mel frames, as log_mel frames them
+            from vckit.audio import log_mel_frames
+
+            lo = (first - 4) * hop  # a frame's window starts (n_fft - hop) / 2 = 384 samples before it
+            mel_in = log_mel_frames(self._input(lo, self._block_end(first)), self.converter.config.mel, 4, self.block)[None].to(dev)
         f_lo = max(0, first - round(F0_WINDOW_S * self.sample_rate / hop))
         end = self._block_end(first)
         f0 = f0_track(self._input(f_lo * hop, end), self.sample_rate, hop=hop, n_frames=(end - f_lo * hop) // hop)[first - f_lo : first - f_lo + self.block]
         shift = self._register_shift(f0)
         f0_t = torch.from_numpy(np.ascontiguousarray(f0, dtype=np.float32)).to(dev)[None]
-        mel = self.model.convert(Frames(None, f0_t, phon), self.voice.embedding[None].to(dev), f0_shift=shift, state=self._state)[0].float().cpu()
+        mel = self.model.convert(Frames(mel_in, f0_t, phon), self.voice.embedding[None].to(dev), f0_shift=shift, state=self._state)[0].float().cpu()
         self._frames_done += self.block
         self._mel = torch.cat([self._mel, mel], dim=-1)
         self._vocode()

@@ -33,8 +33,8 @@ class ContentEncoder(nn.Module):
             raise ValueError(f"content.downsample needs {cfg.blocks} strides, got {len(cfg.downsample)}")
         self.cfg = cfg
         self.hop = math.prod(cfg.downsample)
-        n_in = cfg.input_dim if cfg.input == "phonetic" else n_mels
-        if cfg.input == "phonetic":
+        n_in = {"mel": n_mels, "phonetic": cfg.input_dim}.get(cfg.input, cfg.input_dim + n_mels)
+        if cfg.input != "mel":
             from vckit.models.teacher import HIDDEN_DIM
 
             self.register_buffer("teacher_mean", torch.zeros(HIDDEN_DIM))

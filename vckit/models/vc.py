@@ -128,7 +128,7 @@ class VoiceConversionModel(nn.Module):
 
     @property
     def needs_phonetic(self) -> bool:
-        return self.cfg.content.input == "phonetic"
+        return self.cfg.content.input != "mel"
 
     def f0_features(self, f0: torch.Tensor) -> torch.Tensor:
         """F0 (B, T) in Hz, 0 = unvoiced -> decoder input (B, 2, T): normalised log-F0 (0 where unvoiced) and voicing."""
@@ -147,9 +147,10 @@ class VoiceConversionModel(nn.Module):
         """Frames (or a log-mel) -> the content codes (B, dim, ceil(T / hop)).
         ``state``: a causal model's stream state (see :meth:`convert`)."""
         x = x if isinstance(x, Frames) else Frames(x)
-        inp = x.phonetic if self.needs_phonetic else self.normalize(x.mel)
-        if inp is None:
+        kind = self.cfg.content.input
+        if kind != "mel" and x.phonetic is None:
             raise ValueError("this model reads phonetic features: pass them (Frames.phonetic)")
+        inp = {"mel": lambda: self.normalize(x.mel), "phonetic": lambda: x.phonetic}.get(kind, lambda: torch.cat([x.phonetic, self.normalize(x.mel)], dim=1))()
         codes = self.content_encoder(inp, state)
         out = ContentCodes(codes=codes, continuous=codes)
         if self.cfg.content.kl_weight > 0:

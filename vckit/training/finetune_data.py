@@ -65,7 +65,7 @@ def _prepare_command(cache: Path, cfg: Config) -> str:
 
 def frame_features_needed(cfg: Config) -> tuple[str, ...]:
     """The per-frame arrays the model of ``cfg`` reads besides the mels (``f0``, ``phonetic``)."""
-    return tuple(n for n, on in (("f0", cfg.model.f0.enabled), ("phonetic", cfg.model.content.input == "phonetic")) if on)
+    return tuple(n for n, on in (("f0", cfg.model.f0.enabled), ("phonetic", cfg.model.content.input != "mel")) if on)
 
 
 def source_projection(source: str | os.PathLike, sd: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -118,7 +118,7 @@ class Trainer(TrainingLoop):
         need = []
         if cfg.model.f0.enabled:
             need.append("f0")
-        if cfg.model.content.input == "phonetic":
+        if cfg.model.content.input != "mel":
             need.append("phonetic")
         if cfg.model.phonetic_head.enabled and cfg.train.phonetic_kl > 0:
             need += ["posteriors_idx", "posteriors_p"]
