@@ -109,6 +109,10 @@ def test_a_stream_in_random_blocks_equals_one_push_and_keeps_the_length(live, sp
     assert np.abs(whole[: one.delay]).max() == 0.0 and np.abs(whole[one.delay :]).max() > 0.0
     with pytest.raises(VckitError, match="flushed"):
         one.push(wav[:100])
+    stereo = live.stream(voice)
+    assert len(stereo.push(np.stack([wav[:3000], wav[:3000]], axis=1))) == 3000  # (n, channels) mixed to mono
+    with pytest.raises(VckitError, match="shape"):
+        stereo.push(np.zeros((2, 2, 2), np.float32))
 
 
 def test_two_streams_share_no_state(live, speech):

@@ -124,7 +124,11 @@ class Stream:
         """Input ``(n,)`` float at :attr:`sample_rate` -> the next ``n`` output samples."""
         if self._finished:
             raise VckitError("this stream was flushed: start a new one with vc.stream(voice)")
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim == 2:  # (samples, channels), as sound cards and soundfile give them: mixed to mono
+            x = x.mean(axis=1)
+        if x.ndim != 1:
+            raise VckitError(f"push takes samples (n,) or (n, channels), got shape {x.shape}")
         if not np.isfinite(x).all():
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         self._buf = np.concatenate([self._buf, np.clip(x, -1.0, 1.0)])
