@@ -49,6 +49,20 @@ F0_HISTORY = 3000  # voiced frames kept for the running register estimate (~35 s
 CROSSFADE = 128  # samples blended between a block's start and the previous block's guess
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively (a CPU with AVX512-BF16 or AMX; CUDA): there
+    the vocoder of a stream runs in bfloat16, elsewhere emulated bfloat16 could be slower."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 class Stream:
     """One live conversion; make it with :meth:`vckit.api.Converter.stream`.
 
