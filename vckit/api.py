@@ -119,33 +119,12 @@ class Converter:
         return self._teacher
 
     def stream(self, voice: "Voice | AudioInput | Sequence[AudioInput]", *, pitch_shift: float = 0.0, chunk_ms: float | None = None, bf16: bool | None = None):
-        """A live conversion into ``voice`` (:class:`vckit.streaming.Stream`): ``push(samples)`` and ``flush()``.
-
-        Needs a causal model (``vckit.load("stream")``). ``chunk_ms`` rounds
-        up to a whole number of the model's blocks (default: one block, the
-        shortest delay); longer chunks cost less per second but add delay.
-        ``bf16`` runs the vocoder in bfloat16; by default it does so on CPUs
-        with native bfloat16 (benchmarks/streaming.py: 36 against 44 ms a block,
-        the same words, voice and DNSMOS).
-        """
+        """A live conversion into ``voice``, ``push(samples)`` and ``flush()``: see :meth:`vckit.streaming.Stream.open`."""
         from vckit.streaming import Stream
 
-        block_ms = 1000.0 * self.config.model.stream.block_frames * self.config.mel.hop_length / self.config.mel.sample_rate
-        if chunk_ms is not None and not 0 < chunk_ms <= 2000:
-            raise VckitError(f"chunk_ms must be between 0 and 2000, got {chunk_ms}")
-        per = max(1, round(chunk_ms / block_ms)) if chunk_ms else 1
-        return Stream(self, voice, pitch_shift=pitch_shift, blocks_per_chunk=per, vocoder_dtype=torch.bfloat16 if (self._auto_bf16() if bf16 is None else bf16) else torch.float32)
-
-    def _auto_bf16(self) -> bool:
-        from vckit.streaming import native_bf16
-
-        return native_bf16(self.device) and self.vocoder.name != "griffinlim"  # the phase search stays in float32
+        return Stream.open(self, voice, pitch_shift=pitch_shift, chunk_ms=chunk_ms, bf16=bf16)
 
     # -- features ------------------------------------------------------------
-    def _mel(self, src: AudioInput, sr: int | None, *, trim: bool, min_seconds: float, what: str | None) -> torch.Tensor:
-        wav = load_audio(src, self.config.mel.sample_rate, sr, trim=trim, min_seconds=min_seconds, what=what)
-        return log_mel(wav, self.config.mel, self.device)[None]  # (1, n_mels, frames)
-
     def _frames(self, wav: np.ndarray) -> "Frames":
         """What the model reads of a waveform at the mel rate: the log-mel and,
         where the model needs them, the F0 and the phonetic teacher's features."""
