@@ -75,9 +75,9 @@ def check_devices(input_device: str | int | None, output_device: str | int | Non
         sd.check_input_settings(device=_device(input_device), channels=1, dtype="float32", samplerate=sample_rate)
         sd.check_output_settings(device=_device(output_device), channels=1, dtype="float32", samplerate=sample_rate)
     except sd.PortAudioError as e:
-        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices; the devices must take {sample_rate} Hz mono)") from None
+        raise _device_error(e, f"; the devices must take {sample_rate} Hz mono") from None
     except ValueError as e:
-        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices)") from None
+        raise _device_error(e) from None
 
 
 def stream_file(stream: "Stream", wav: np.ndarray, *, callback: int = FILE_CALLBACK) -> tuple[np.ndarray, LiveReport]:
@@ -128,9 +128,9 @@ def run_devices(
     except KeyboardInterrupt:
         pass
     except sd.PortAudioError as e:
-        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices; a busy device or one that cannot take {stream.sample_rate} Hz gives this)") from None
+        raise _device_error(e, f"; a busy device or one that cannot take {stream.sample_rate} Hz gives this") from None
     except ValueError as e:  # sounddevice: no such device, or an ambiguous name
-        raise VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices)") from None
+        raise _device_error(e) from None
     return LiveReport(time.time() - t_start, stream.block_ms, stream.delay_ms, times, late[0])
 
 
@@ -138,6 +138,11 @@ def _device(spec: str | int | None) -> str | int | None:
     if spec is None:
         return None
     return int(spec) if isinstance(spec, str) and spec.isdigit() else spec
+
+
+def _device_error(e: Exception, hint: str = "") -> VckitError:
+    """One line for a device PortAudio or sounddevice refused, pointing at --list-devices."""
+    return VckitError(f"audio device: {_first_line(e)} (see vckit stream --list-devices{hint})")
 
 
 def _first_line(e: Exception) -> str:

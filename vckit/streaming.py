@@ -121,6 +121,7 @@ class Stream:
         self._pending = [np.zeros(self.delay, np.float32)]  # output not yet returned
         self._guess = np.zeros(0, np.float32)  # previous block's audio past its last emitted sample
         self._voiced: list[float] = []
+        self._returned = 0  # output samples handed out so far
         self._finished = False
 
     @classmethod
@@ -186,8 +187,6 @@ class Stream:
         return self._take(n + self.delay - self._returned)
 
     # -- inside ---------------------------------------------------------------------
-    _returned = 0
-
     def _take(self, n: int) -> np.ndarray:
         out = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending = [out[n:]]
