@@ -195,7 +195,9 @@ class Stream:
 
     def _block_end(self, first: int) -> int:
         """Input samples needed before the block starting at frame ``first`` can be converted."""
-        return (first + self.block - 1) * self.hop + self.hop // 2 + self.look
+        from vckit.models.teacher import block_end
+
+        return block_end(first, self.block, self.hop, self.look)
 
     def _input(self, lo: int, hi: int) -> np.ndarray:
         """Input samples ``[lo, hi)`` (zeros before the stream began)."""
@@ -205,14 +207,14 @@ class Stream:
 
     @torch.inference_mode()
     def _step(self) -> None:
-        from vckit.models.teacher import window_hidden
+        from vckit.models.teacher import block_end, window_hidden
         from vckit.models.vc import Frames
         from vckit.pitch import f0_track
 
         first, hop, dev = self._frames_done, self.hop, self.converter.device
         hidden = []
         for lo in range(first, first + self.block, self.model_block):  # one teacher run per model block, as in training
-            end = self._block_end(lo) - (self.block - self.model_block) * hop
+            end = block_end(lo, self.model_block, hop, self.look)
             start = max(0, end - self.context)
             hidden.append(window_hidden(self.converter.teacher, self._input(start, end), self.sample_rate, start, np.arange(lo, lo + self.model_block), hop))
         phon = self.model.content_encoder.project_teacher(torch.from_numpy(np.concatenate(hidden)).to(dev)[None])

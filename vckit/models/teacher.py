@@ -126,6 +126,12 @@ class PhoneticTeacher:
         return TeacherFrames(resample_frames(t50.hidden, times), resample_frames(t50.log_probs, times))
 
 
+def block_end(first: int, block_frames: int, hop_length: int, lookahead: int) -> int:
+    """The last input sample heard for the block of mel frames ``[first, first + block_frames)``:
+    ``lookahead`` samples past its last frame's centre. Training features and the live stream both use it."""
+    return (first + block_frames - 1) * hop_length + hop_length // 2 + lookahead
+
+
 def block_ends(n_frames: int, block_frames: int, hop_length: int, lookahead: int) -> list[tuple[int, int, int]]:
     """Blocks of a stream as ``(first frame, end frame, last input sample heard)``.
 
@@ -135,7 +141,7 @@ def block_ends(n_frames: int, block_frames: int, hop_length: int, lookahead: int
     out = []
     for lo in range(0, n_frames, block_frames):
         hi = min(n_frames, lo + block_frames)
-        out.append((lo, hi, (lo + block_frames - 1) * hop_length + hop_length // 2 + lookahead))
+        out.append((lo, hi, block_end(lo, block_frames, hop_length, lookahead)))
     return out
 
 
@@ -171,4 +177,4 @@ def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)]) if len(x) else np.zeros((n, x.shape[1]), np.float32)
 
 
-__all__ = ["PhoneticTeacher", "TeacherFrames", "resample_frames", "block_ends", "window_hidden", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]
+__all__ = ["PhoneticTeacher", "TeacherFrames", "resample_frames", "block_end", "block_ends", "window_hidden", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]
