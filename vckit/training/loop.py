@@ -284,6 +284,10 @@ class TrainingLoop:
                     break
             if saved_at != self.step:
                 self.save()
+            if self.dist.world > 1 and dist.is_initialized():
+                # the ranks leave together (train() then tears the group down): a rank that tore it
+                # down while rank 0 still saved made gloo abort at exit
+                dist.barrier()
         finally:
             if bar:
                 bar.close()
