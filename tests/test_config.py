@@ -179,3 +179,31 @@ def test_old_configs_with_removed_keys_still_load(caplog):
     assert "num_workers is no longer used" in caplog.text
     with pytest.raises(ConfigError, match="unknown config key"):
         from_dict(Config, {"train": {"num_workers": 4, "not_a_key": 1}})
+
+
+def test_a_config_starts_from_its_base_and_overrides_key_by_key(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "base.yaml").write_text("model:\n  content:\n    dim: 8\n    channels: 64\ntrain:\n  lr: 0.001\n  batch_size: 4\n")
+    (tmp_path / "conf" / "variant.yaml").write_text("base: base.yaml\nmodel:\n  content:\n    dim: 32\ntrain:\n  batch_size: 8\n")
+    cfg = load_config(tmp_path / "conf" / "variant.yaml", ["train.lr=0.01"])
+    assert (cfg.model.content.dim, cfg.model.content.channels) == (32, 64)
+    assert (cfg.train.batch_size, cfg.train.lr) == (8, 0.01)
+    (tmp_path / "conf" / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="base chain"):
+        load_config(tmp_path / "conf" / "loop.yaml")
+    (tmp_path / "conf" / "missing.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "conf" / "missing.yaml")
+
+
+def test_the_background_config_is_the_shipped_one_trained_for_ever():
+    """recipes/shared_dev/conf/forever.yaml: the shipped model's config, with only the run's length and saving changed."""
+    import dataclasses
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    forever = load_config(repo / "recipes/shared_dev/conf/forever.yaml")
+    shipped = Config.from_dict(json.loads((repo / "checkpoints/default/config.json").read_text())["config"])
+    assert dataclasses.replace(forever.model, n_speakers=shipped.model.n_speakers) == shipped.model
+    assert forever.mel == shipped.mel and forever.data == shipped.data
+    assert forever.train.time_budget == 0 and forever.train.steps >= 10**7 and 0 < forever.train.ckpt_minutes <= 30

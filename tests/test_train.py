@@ -222,3 +222,61 @@ def test_a_model_with_every_new_part_trains_and_resumes(make_config, featured_ca
 def test_a_cache_without_the_features_a_model_needs_is_refused(make_config):
     with pytest.raises(VckitError, match="f0"):
         Trainer(make_config("model.f0.enabled=true"), device="cpu")
+
+
+def test_resume_with_init_from_warm_starts_once_then_resumes(make_config, tmp_path):
+    """``--resume --init-from X``: the first start takes X's weights, every later one the run's own."""
+    from vckit.checkpoint import latest_checkpoint
+
+    Trainer(make_config("train.steps=3", out_dir=tmp_path / "donor"), device="cpu").run(progress=False)
+    donor = latest_checkpoint(tmp_path / "donor")
+    _, donor_sd, _ = load_checkpoint(donor)
+    cfg = make_config("train.steps=5", "train.ckpt_every=2", out_dir=tmp_path / "bg")
+    first = Trainer(cfg, device="cpu", resume=True, init_from=str(donor))
+    assert first.step == 0
+    for k, v in first.model.state_dict().items():
+        torch.testing.assert_close(v, donor_sd[k], msg=k)
+    first.run(max_steps=2, progress=False)
+    trained = {k: v.clone() for k, v in first.model.state_dict().items()}
+    again = Trainer(cfg, device="cpu", resume=True, init_from=str(donor))
+    assert again.step == 2
+    for k, v in again.model.state_dict().items():
+        torch.testing.assert_close(v, trained[k], msg=k)
+
+
+def test_threads_file_sets_the_cpu_threads_and_a_bad_one_is_ignored(make_config, tmp_path, caplog):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "THREADS").write_text("1\n")
+    torch.set_num_threads(2)
+    Trainer(make_config("train.steps=2", "train.log_every=1", out_dir=out), device="cpu").run(progress=False)
+    assert torch.get_num_threads() == 1
+    (out / "THREADS").write_text("all of them")
+    torch.set_num_threads(2)
+    with caplog.at_level("WARNING"):
+        Trainer(make_config("train.steps=2", "train.log_every=1", out_dir=out), device="cpu").run(progress=False)
+    assert torch.get_num_threads() == 2
+    assert "whole number of threads" in caplog.text
+
+
+def test_ckpt_minutes_saves_by_wall_time_and_cpu_time_is_kept(make_config, tmp_path):
+    out = tmp_path / "m"
+    trainer = Trainer(make_config("train.steps=3", "train.ckpt_every=1000", "train.ckpt_minutes=1e-9", "train.keep_last=10", out_dir=out), device="cpu")
+    trainer.run(progress=False)
+    assert [p.name for p in list_checkpoints(out)] == ["step-000000001", "step-000000002", "step-000000003"]
+    resumed = Trainer(make_config("train.steps=3", out_dir=out), device="cpu", resume=True)
+    assert resumed.cpu_seconds == pytest.approx(trainer.cpu_seconds) and resumed.cpu_seconds > 0
+
+
+def test_bf16_autocast_trains_with_the_discriminator(make_config, featured_cache):
+    overrides = [
+        f"data.features={featured_cache}", "data.augment.pitch_bins=0", "train.batch_size=4", "data.segment_frames=32",
+        "model.f0.enabled=true", "model.content.input=phonetic", "model.content.input_dim=16",
+        "model.discriminator.enabled=true", "model.discriminator.channels=8", "model.discriminator.layers=2",
+        "train.mel_gan=0.1", "train.feature_matching=0.3", "train.gan_on_conversions=true", "train.amp=bf16",
+    ]
+    trainer = Trainer(make_config("train.steps=3", *overrides), device="cpu")
+    history = record_losses(trainer)
+    trainer.run(progress=False)
+    assert all(math.isfinite(h["loss/total"]) and math.isfinite(h["gan/d"]) for h in history)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast: the weights stay fp32

@@ -253,6 +253,7 @@ class TrainConfig:
     log_every: int = 50
     valid_every: int = 1000
     ckpt_every: int = 1000
+    ckpt_minutes: float = 0.0  # >0: also checkpoint after this many wall minutes since the last save
     keep_last: int = 3
 
 
@@ -349,8 +350,20 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "") -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, cls: Any = Config) -> Any:
-    """Read a YAML or JSON config file, apply ``key.sub=value`` overrides, build ``cls`` (default :class:`Config`)."""
-    path = Path(path)
+    """Read a YAML or JSON config file, apply ``key.sub=value`` overrides, build ``cls`` (default :class:`Config`).
+
+    A file may start from another: ``base: other.yaml`` (relative to its own
+    folder) is read first and this file's values override it, key by key, so a
+    recipe variant is a few lines over one base configuration.
+    """
+    d = _read_config_dict(Path(path), ())
+    for ov in overrides or []:
+        apply_override(d, ov)
+    return cls.from_dict(d) if cls is Config else from_dict(cls, d)
+
+
+def _read_config_dict(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The nested dict of one config file, its ``base:`` chain merged under it."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text()
@@ -368,9 +381,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: Any =
             raise ConfigError(f"config {path} is not valid JSON: {e}") from None
     if not isinstance(d, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
-    for ov in overrides or []:
-        apply_override(d, ov)
-    return cls.from_dict(d) if cls is Config else from_dict(cls, d)
+    base = d.pop("base", None)
+    if base is None:
+        return d
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: base must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"config {path}: its base chain comes back to {base_path}")
+    return _merged(_read_config_dict(base_path, (*seen, path.resolve())), d)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values put in, section by section (lists and scalars are replaced whole)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def apply_override(d: dict[str, Any], override: str) -> None:

@@ -116,6 +116,7 @@ class TrainingLoop:
     out_dir: Path
     step: int
     elapsed: float
+    cpu_seconds: float = 0.0  # the process's CPU time in training steps, over all resumes (all threads)
     writer: Any = None
     _stop: bool = False
 
@@ -151,6 +152,7 @@ class TrainingLoop:
             "sampler": samplers,
             "world": self.dist.world,
             "elapsed": self.elapsed,
+            "cpu_seconds": self.cpu_seconds,
             "best": self.best,
         }
 
@@ -158,6 +160,7 @@ class TrainingLoop:
         """The inverse of :meth:`_loop_state`, for this rank."""
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
         self.best = dict(state.get("best", {}))
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state["rng_cuda"]:
@@ -178,7 +181,7 @@ class TrainingLoop:
         """The checkpoint to resume from (None, with a warning, when the run has none yet)."""
         ck = latest_checkpoint(self.out_dir)
         if ck is None:
-            log.warning("no checkpoint in %s: starting from scratch", self.out_dir)
+            log.warning("no checkpoint in %s yet: this run starts afresh", self.out_dir)
         return ck
 
     def train_step(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
@@ -250,21 +253,24 @@ class TrainingLoop:
             bar = tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         t0 = time.time()
         last: dict[str, float] = {}
-        saved_at = self.step
+        saved_at, saved_time = self.step, time.time()
+        self._follow_threads_file()
         self.set_train_mode()
         name, key = self.progress_key
         try:
             while self.step < end and not (t.time_budget > 0 and self.elapsed >= t.time_budget):
-                t_step = time.time()
+                t_step, c_step = time.time(), time.process_time()
                 stats = self.train_step()
                 self.elapsed += time.time() - t_step
+                self.cpu_seconds += time.process_time() - c_step
                 if bar:
                     bar.update(1)
                 if self.step % t.log_every == 0 or self.step == end:
                     last = {k: float(v) for k, v in stats.items()}
                     if not math.isfinite(last[self.loss_key]):
                         raise VckitError(f"training diverged at step {self.step} (loss is {last[self.loss_key]}); lower train.lr")
-                    self._log(last, "train/")
+                    self._log({**last, "cpu_hours": self.cpu_seconds / 3600}, "train/")
+                    log.debug("step %d %s=%.4f cpu_h=%.3f", self.step, key, last[key], self.cpu_seconds / 3600)
                     if bar:
                         bar.set_postfix({name: f"{last[key]:.3f}"}, refresh=False)
                 if self.step % t.valid_every == 0 and self.dist.main:
@@ -274,11 +280,13 @@ class TrainingLoop:
                     self.after_validate()
                     if v:
                         log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+                    self._follow_threads_file()
                 timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
                 stop = self._agree_stop(self._stop or timed_out)
-                if self.step % t.ckpt_every == 0 or stop:
+                due = t.ckpt_minutes > 0 and self._agree_stop(time.time() - saved_time > 60 * t.ckpt_minutes)
+                if self.step % t.ckpt_every == 0 or stop or due:
                     self.save()
-                    saved_at = self.step
+                    saved_at, saved_time = self.step, time.time()
                 if stop:
                     log.info("stopping at step %d (%s)", self.step, "time limit" if timed_out else "signal")
                     break
@@ -296,6 +304,30 @@ class TrainingLoop:
             for s, h in old.items():
                 signal.signal(s, h)
         return last
+
+    def _follow_threads_file(self) -> None:
+        """Set torch's CPU threads to the number in ``<out_dir>/THREADS``, when that file exists.
+
+        A long CPU run can so be given one core while someone works on the
+        machine and all of them when they stop (``echo 2 > runs/x/THREADS``),
+        without a restart. A bad value is logged once and ignored.
+        """
+        path = self.out_dir / "THREADS"
+        if self.device.type != "cpu" or not path.is_file():
+            return
+        text = path.read_text().strip()
+        try:
+            n = int(text)
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            if text != getattr(self, "_bad_threads", None):
+                log.warning("%s should hold a whole number of threads, not %r: ignored", path, text)
+                self._bad_threads = text
+            return
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+            log.info("step %d: now %d CPU threads (%s)", self.step, n, path)
 
     @staticmethod
     def _in_main_thread() -> bool:

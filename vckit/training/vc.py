@@ -94,15 +94,16 @@ class Trainer(TrainingLoop):
         self.step = 0
         self.elapsed = 0.0  # training seconds over all resumes
         self.best: dict[str, float] = {}
-        if resume:
-            self._resume()
-        elif init_from:
+        # --resume goes on from the run's own last checkpoint; where there is none yet,
+        # --init-from (if given) warm-starts it, so one command serves a run's every start
+        resumed = self._resume() if resume else False
+        if not resumed and init_from:
             _, sd, _ = load_checkpoint(init_from, self.device)
             own = self.model.state_dict()
             sd = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
             self.model.load_state_dict(sd, strict=False)
             log.info("initialised %d tensors from %s", len(sd), init_from)
-        if not resume and self.model.needs_phonetic:
+        if not resumed and self.model.needs_phonetic:
             self._set_projection()
         self.net: torch.nn.Module = self.model
         if self.dist.world > 1:
@@ -160,10 +161,11 @@ class Trainer(TrainingLoop):
         )
         return self._saved(path)
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Load the run's last checkpoint; False when it has none yet."""
         ck = self._latest()
         if ck is None:
-            return
+            return False
         cfg_ck, sd, meta = load_checkpoint(ck, self.device)
         if cfg_ck.model != self.cfg.model or cfg_ck.mel != self.cfg.mel:
             raise VckitError(f"{ck} was trained with another model or mel config; use a new out_dir or the same config")
@@ -175,6 +177,7 @@ class Trainer(TrainingLoop):
             self.disc_opt.load_state_dict(state["discriminator_optimizer"])
         self._restore_loop_state(state)
         log.info("resumed from %s at step %d", ck, self.step)
+        return True
 
     # one step ---------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -232,16 +235,19 @@ class Trainer(TrainingLoop):
         real, fake = out.target * m, out.pred * m
         conv = out.converted * m if out.converted is not None else None
         fakes = fake if conv is None else torch.cat([fake, conv])  # conversions have no target: judged, not matched
-        d_real, _ = self.disc(real)
-        d_fake, _ = self.disc(fakes.detach())
+        amp = autocast_for(self.device, t.amp)  # the discriminator runs in the model's precision
+        with amp:
+            d_real, _ = self.disc(real)
+            d_fake, _ = self.disc(fakes.detach())
         d_loss = discriminator_loss(d_real, d_fake)
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self.disc_opt.step()
         if self.step < t.gan_start_step:
             return loss, {"gan/d": d_loss.detach()}
-        d_real, f_real = self.disc(real)
-        d_fake, f_fake = self.disc(fakes)
+        with autocast_for(self.device, t.amp):
+            d_real, f_real = self.disc(real)
+            d_fake, f_fake = self.disc(fakes)
         n = fake.shape[0]
         g, fm = generator_loss(d_fake), feature_matching_loss(f_real, [f[:n] for f in f_fake])
         return loss + t.mel_gan * g + t.feature_matching * fm, {"gan/d": d_loss.detach(), "gan/g": g.detach(), "gan/fm": fm.detach()}

@@ -89,6 +89,7 @@ class VocoderTrainConfig:
     log_every: int = 50
     valid_every: int = 2000
     ckpt_every: int = 2000
+    ckpt_minutes: float = 0.0  # >0: also checkpoint after this many wall minutes since the last save
     keep_last: int = 3
 
 
