@@ -111,7 +111,7 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict
 @pytest.fixture
 def make_config(tiny_cache: dict, tmp_path: Path):
     """``make_config(*overrides, out_dir=...)``: the tiny config via ``load_config`` and ``key=value`` overrides."""
-    from vckit.config import load_config
+    from vckit.config_files import load_config
 
     def make(*overrides: str, out_dir: Path | None = None):
         out = out_dir or tmp_path / "run"

@@ -7,7 +7,8 @@ import json
 import pytest
 import yaml
 
-from vckit.config import Config, MelConfig, ModelConfig, VQConfig, apply_override, from_dict, load_config, to_dict
+from vckit.config import Config, MelConfig, ModelConfig, VQConfig, from_dict, to_dict
+from vckit.config_files import apply_override, load_config
 from vckit.errors import ConfigError
 
 

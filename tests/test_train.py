@@ -280,3 +280,31 @@ def test_bf16_autocast_trains_with_the_discriminator(make_config, featured_cache
     trainer.run(progress=False)
     assert all(math.isfinite(h["loss/total"]) and math.isfinite(h["gan/d"]) for h in history)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast: the weights stay fp32
+
+
+def test_ema_is_kept_resumed_and_exported(make_config, tmp_path):
+    from vckit.checkpoint import latest_checkpoint
+    from vckit.models.vc import export_for_inference
+
+    cfg = make_config("train.steps=4", "train.ckpt_every=2", "train.ema=0.5", out_dir=tmp_path / "e")
+    trainer = Trainer(cfg, device="cpu")
+    start = {k: v.clone() for k, v in trainer.ema.items()}
+    trainer.run(max_steps=2, progress=False)
+    weights = trainer.model.state_dict()
+    moved = [k for k in start if not torch.equal(start[k], weights[k].float())]
+    assert moved
+    for k in moved:  # the average lies between where the run started and where it is
+        assert not torch.equal(trainer.ema[k], weights[k].float())
+    resumed = Trainer(cfg, device="cpu", resume=True)
+    for k, v in trainer.ema.items():
+        torch.testing.assert_close(resumed.ema[k], v, msg=k)
+    ck = latest_checkpoint(tmp_path / "e")
+    out = export_for_inference(ck, tmp_path / "ship", dtype=torch.float32, ema=True)
+    _, shipped, meta = load_checkpoint(out)
+    k = next(k for k in moved if k in shipped)
+    torch.testing.assert_close(shipped[k], trainer.ema[k])
+    assert "moving average" in meta["weights"]
+    plain = Trainer(make_config("train.steps=2", out_dir=tmp_path / "p"), device="cpu")
+    plain.run(progress=False)
+    with pytest.raises(VckitError, match="moving average"):
+        export_for_inference(latest_checkpoint(tmp_path / "p"), tmp_path / "ship2", ema=True)

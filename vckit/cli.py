@@ -15,7 +15,7 @@ from vckit.errors import VckitError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from vckit.config import load_config
+    from vckit.config_files import load_config
     from vckit.training.vc import train
 
     cfg = load_config(args.config, args.set)
@@ -26,7 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sv(args: argparse.Namespace) -> int:
-    from vckit.config import load_config
+    from vckit.config_files import load_config
     from vckit.models.verifier import SVConfig
     from vckit.training.verifier import train_sv
 

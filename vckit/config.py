@@ -8,11 +8,9 @@ features and its vocoder can never disagree silently. Unknown keys are errors.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from vckit.errors import ConfigError
@@ -248,6 +246,9 @@ class TrainConfig:
     gan_on_conversions: bool = False  # also judge each segment decoded in another item's voice (and F0 register)
     amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
     compile: bool = False
+    # >0: also keep an exponential moving average of the weights with this decay per step (in train_state.pt;
+    # `export_for_inference(..., ema=True)` ships it): at a constant learning rate it averages the step noise out
+    ema: float = 0.0
     seed: int = 1234
     deterministic: bool = False
     log_every: int = 50
@@ -347,91 +348,3 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - defensive
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None, cls: Any = Config) -> Any:
-    """Read a YAML or JSON config file, apply ``key.sub=value`` overrides, build ``cls`` (default :class:`Config`).
-
-    A file may start from another: ``base: other.yaml`` (relative to its own
-    folder) is read first and this file's values override it, key by key, so a
-    recipe variant is a few lines over one base configuration.
-    """
-    d = _read_config_dict(Path(path), ())
-    for ov in overrides or []:
-        apply_override(d, ov)
-    return cls.from_dict(d) if cls is Config else from_dict(cls, d)
-
-
-def _read_config_dict(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """The nested dict of one config file, its ``base:`` chain merged under it."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            d = yaml.load(text, Loader=_yaml_loader()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
-    else:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config {path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
-    base = d.pop("base", None)
-    if base is None:
-        return d
-    if not isinstance(base, str):
-        raise ConfigError(f"config {path}: base must be the path of another config file, got {base!r}")
-    base_path = (path.parent / base).resolve()
-    if base_path in seen or base_path == path.resolve():
-        raise ConfigError(f"config {path}: its base chain comes back to {base_path}")
-    return _merged(_read_config_dict(base_path, (*seen, path.resolve())), d)
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over``'s values put in, section by section (lists and scalars are replaced whole)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def apply_override(d: dict[str, Any], override: str) -> None:
-    """Set ``a.b.c=value`` in nested dict ``d``; the value is parsed as YAML."""
-    import yaml
-
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like key.sub=value")
-    key, raw = override.split("=", 1)
-    parts = key.strip().split(".")
-    cur = d
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-        if not isinstance(cur, dict):
-            raise ConfigError(f"override {override!r}: {p} is not a section")
-    cur[parts[-1]] = yaml.load(raw, Loader=_yaml_loader())
-
-
-def _yaml_loader() -> Any:
-    """PyYAML's safe loader, reading ``1e-4`` as a number (YAML 1.2) rather than a string (YAML 1.1)."""
-    import re
-
-    import yaml
-
-    global _LOADER
-    if _LOADER is None:
-
-        class Loader(yaml.SafeLoader):
-            pass
-
-        number = r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+"
-        Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{number}$"), list("-+0123456789."))
-        _LOADER = Loader
-    return _LOADER
-
-
-_LOADER: Any = None

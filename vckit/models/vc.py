@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vckit.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from vckit.checkpoint import check_state_dict, load_checkpoint, load_train_state, save_checkpoint
 from vckit.config import Config, MelConfig, ModelConfig
 from vckit.errors import CheckpointError
 from vckit.models.classifier import SpeakerClassifier, grad_reverse
@@ -309,10 +309,20 @@ def build_model(config: Config, state_dict: dict[str, torch.Tensor] | None = Non
     return model
 
 
-def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
+def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None, *, ema: bool = False) -> Path:
     """Copy a training checkpoint without the adversary, the phonetic head or the
-    training state, weights cast to ``dtype``, their sha256 recorded in config.json."""
+    training state, weights cast to ``dtype``, their sha256 recorded in config.json.
+
+    ``ema``: ship the moving average of the weights that the run kept
+    (``train.ema``) instead of its last weights.
+    """
     config, sd, meta = load_checkpoint(src)
+    if ema:
+        avg = load_train_state(src).get("ema")
+        if avg is None:
+            raise CheckpointError(f"{src} kept no moving average of its weights (train.ema was 0)")
+        sd = {**sd, **{k: v.to(sd[k].dtype) for k, v in avg.items() if k in sd}}
+        extra = {**(extra or {}), "weights": f"moving average (decay {config.train.ema})"}
     sd = {k: v for k, v in sd.items() if not k.startswith(TRAINING_ONLY)}
     keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
     keep.update(extra or {})

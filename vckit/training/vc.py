@@ -91,6 +91,7 @@ class Trainer(TrainingLoop):
 
             self.disc = MelDiscriminator(cfg.model.discriminator).to(self.device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=t.lr, betas=t.betas)
+        self.ema: dict[str, torch.Tensor] | None = None  # train.ema's average of the weights (fp32)
         self.step = 0
         self.elapsed = 0.0  # training seconds over all resumes
         self.best: dict[str, float] = {}
@@ -105,6 +106,8 @@ class Trainer(TrainingLoop):
             log.info("initialised %d tensors from %s", len(sd), init_from)
         if not resumed and self.model.needs_phonetic:
             self._set_projection()
+        if t.ema > 0 and self.ema is None:  # a new run, or one saved before it kept an average
+            self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items() if v.is_floating_point()}
         self.net: torch.nn.Module = self.model
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -151,6 +154,8 @@ class Trainer(TrainingLoop):
         if self.disc is not None:
             state["discriminator"] = self.disc.state_dict()
             state["discriminator_optimizer"] = self.disc_opt.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema
         path = save_checkpoint(
             step_folder(self.out_dir, self.step),
             self.cfg,
@@ -175,6 +180,8 @@ class Trainer(TrainingLoop):
         if self.disc is not None and "discriminator" in state:
             self.disc.load_state_dict(state["discriminator"])
             self.disc_opt.load_state_dict(state["discriminator_optimizer"])
+        if self.cfg.train.ema > 0 and "ema" in state:
+            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
         self._restore_loop_state(state)
         log.info("resumed from %s at step %d", ck, self.step)
         return True
@@ -208,9 +215,18 @@ class Trainer(TrainingLoop):
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self._update_ema()
         self.step += 1
         stats.update({"loss/total": loss.detach(), "grad_norm": gn.detach(), "lr": torch.tensor(lr), "adv/weight": torch.tensor(adv_w)})
         return stats  # tensors: converted to floats only when logged
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- ema + (1 - decay) * (weights - ema), over every floating tensor of the model."""
+        names = list(self.ema)
+        sd = self.model.state_dict()
+        torch._foreach_lerp_([self.ema[k] for k in names], [sd[k].float() for k in names], 1.0 - self.cfg.train.ema)
 
     def _batch(self) -> dict[str, torch.Tensor]:
         aug, seg = self.cfg.data.augment, self.cfg.data.segment_frames

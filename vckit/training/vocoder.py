@@ -29,7 +29,8 @@ import torch.distributed as dist
 
 from vckit.audio import MelSpectrogram
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, load_train_state, read_folder, read_weights, step_folder
-from vckit.config import MelConfig, from_dict, load_config, to_dict
+from vckit.config import MelConfig, from_dict, to_dict
+from vckit.config_files import load_config
 from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.vocoder.discriminators import (
     DiscriminatorConfig,
