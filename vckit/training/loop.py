@@ -160,7 +160,7 @@ class TrainingLoop:
         """The inverse of :meth:`_loop_state`, for this rank."""
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
-        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
+        self.cpu_seconds = float(state.get("cpu_seconds", self.elapsed))  # runs saved before it was kept: their training seconds
         self.best = dict(state.get("best", {}))
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state["rng_cuda"]:
