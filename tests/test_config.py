@@ -147,6 +147,8 @@ def test_shipped_recipe_configs_load():
 
     root = Path(__file__).resolve().parents[1]
     for p in sorted((root / "recipes" / "shared_dev" / "conf").glob("*.yaml")):
+        if p.name == "phone_student.yaml":
+            continue  # not a VC model's config: tests/test_phone_student.py loads it
         cfg = load_config(p)
         assert Config.from_dict(cfg.to_dict()) == cfg
 

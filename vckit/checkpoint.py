@@ -42,6 +42,7 @@ KINDS = {
     "vc": ("vckit-checkpoint", "vckit checkpoint"),
     "vocoder": ("vckit-fast-vocoder", "fast vocoder"),
     "verifier": ("vckit-speaker-verification", "speaker-verification model"),
+    "phone_student": ("vckit-phone-student", "phone student"),
 }
 FORMAT = KINDS["vc"][0]
 CONFIG_FILE = "config.json"
@@ -130,7 +131,7 @@ def write_folder(
     dtype: torch.dtype | None = None,
     record_sha256: bool = False,
 ) -> Path:
-    """Write a checkpoint folder of ``kind`` (``vc``, ``vocoder``, ``verifier``) atomically; return its path.
+    """Write a checkpoint folder of ``kind`` (a key of :data:`KINDS`) atomically; return its path.
 
     ``meta`` goes into ``config.json`` after the format keys; ``weights`` maps
     file names (``model.safetensors`` first) to state dicts. ``dtype`` (e.g.

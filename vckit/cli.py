@@ -55,6 +55,23 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_student(args: argparse.Namespace) -> int:
+    import torch
+
+    from vckit.training.phone_student import export, load_student_config, train
+
+    if args.export:
+        out = export(args.export[0], args.export[1], torch.float32 if args.fp32 else torch.float16)
+        print(f"exported {args.export[0]} -> {out}")
+        return 0
+    if not args.config:
+        raise VckitError("train-student needs --config (or --export CHECKPOINT DEST)")
+    last = train(load_student_config(args.config, args.set), resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.quiet)
+    if last:
+        print(" ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -203,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fp32", action="store_true", help="with --export: keep float32 weights (default float16)")
     v.set_defaults(func=_cmd_train_vocoder)
 
+    ps = sub.add_parser("train-student", help="train the phone student (log-mels -> the phonetic teacher's posteriors), or export one for shipping")
+    ps.add_argument("--config", help="recipes/shared_dev/conf/phone_student.yaml")
+    ps.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. model.lookahead_frames=3")
+    ps.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in train.out_dir")
+    ps.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop (and save) after S seconds of wall time")
+    ps.add_argument("--max-steps", type=int, default=None, help="stop at this step (the schedule still follows train.steps)")
+    ps.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ps.add_argument("--quiet", action="store_true", help="no progress bar")
+    ps.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DEST"), help="export a step folder (or a run's latest) for shipping")
+    ps.add_argument("--fp32", action="store_true", help="with --export: keep float32 weights (default float16)")
+    ps.set_defaults(func=_cmd_train_student)
+
     i = sub.add_parser("info", help="print a checkpoint's config, parameter counts and steps")
     i.add_argument("checkpoint")
     i.set_defaults(func=_cmd_info)
@@ -269,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vckit.api.references").setLevel(logging.ERROR)  # cli_convert.said prints them as warning: lines
-    if args.command in ("train", "train-sv", "train-vocoder"):
+    if args.command in ("train", "train-sv", "train-vocoder", "train-student"):
         logging.getLogger("vckit").setLevel(logging.INFO)
     try:
         return args.func(args)
