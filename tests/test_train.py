@@ -12,7 +12,7 @@ import torch
 from vckit.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, step_folder
 from vckit.errors import VckitError
 from vckit.training.losses import adversarial_weight, masked_l1
-from vckit.training.vc import Trainer, lr_at
+from vckit.training.vc import Trainer, frames_of, lr_at
 
 
 def record_losses(trainer: Trainer) -> list[dict[str, float]]:
@@ -308,3 +308,33 @@ def test_ema_is_kept_resumed_and_exported(make_config, tmp_path):
     plain.run(progress=False)
     with pytest.raises(VckitError, match="moving average"):
         export_for_inference(latest_checkpoint(tmp_path / "p"), tmp_path / "ship2", ema=True)
+
+
+def test_phone_loss_trains_the_decoder_through_a_frozen_student(make_config, featured_cache, tmp_path):
+    from vckit.models.phone_student import PhoneStudent, PhoneStudentConfig, save_student
+
+    student = PhoneStudent(PhoneStudentConfig(channels=8, blocks=1, lookahead_frames=2))
+    folder = save_student(tmp_path / "student", student)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    overrides = [
+        f"data.features={featured_cache}", "data.augment.pitch_bins=0", "train.batch_size=4", "data.segment_frames=32",
+        "model.f0.enabled=true", "model.discriminator.enabled=true", "model.discriminator.channels=8", "model.discriminator.layers=2",
+        "train.mel_gan=0.1", "train.gan_on_conversions=true", f"train.phone_student={folder}", "train.phone_loss=1.0",
+    ]
+    trainer = Trainer(make_config("train.steps=3", *overrides), device="cpu")
+    history = record_losses(trainer)
+    trainer.run(progress=False)
+    assert all(math.isfinite(h["loss/phone_student"]) and h["loss/phone_student"] > 0 for h in history)
+    for k, v in trainer.student.state_dict().items():  # frozen: only the decoder learns from it
+        torch.testing.assert_close(v, before[k].to(v.dtype), msg=k)
+    # a gradient reaches the decoder from the student's loss alone
+    trainer.model.zero_grad(set_to_none=True)
+    batch = trainer._batch()
+    out = trainer.model(frames_of(batch), batch["ref"], convert=True)
+    trainer._phone_loss(out, batch).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.decoder.parameters())
+    with pytest.raises(VckitError, match="normalised otherwise"):
+        other = save_student(tmp_path / "other", PhoneStudent(PhoneStudentConfig(channels=8, blocks=1, mel_mean=-4.0)))
+        Trainer(make_config("train.steps=3", *overrides[:-2], f"train.phone_student={other}", "train.phone_loss=1.0"), device="cpu")
+    with pytest.raises(VckitError, match="phone_student"):
+        Trainer(make_config("train.steps=3", *overrides[:-2], "train.phone_loss=1.0"), device="cpu")

@@ -240,6 +240,11 @@ class TrainConfig:
     content_invariance: float = 0.0
     invariance_bins: float = 3.0  # the shift: uniform 1..this many mel bins, either direction
     phonetic_kl: float = 0.0  # >0 (with model.phonetic_head): soft cross-entropy to the teacher's frame posteriors
+    # >0 (with phone_student, a folder made by `vckit train-student`): soft cross-entropy of the frozen student's
+    # posteriors of the decoded mels (reconstructions, and conversions when the run makes them) to the teacher's
+    # posteriors of the source, so the decoder is told directly when a phone is lost
+    phone_loss: float = 0.0
+    phone_student: str = ""
     mel_gan: float = 0.0  # >0 (with model.discriminator): least-squares adversarial loss on the decoded mel
     feature_matching: float = 0.0  # L1 between the discriminator's features of decoded and real mels
     gan_start_step: int = 0  # the discriminator trains from the start; the decoder feels it from this step

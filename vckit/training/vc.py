@@ -92,6 +92,7 @@ class Trainer(TrainingLoop):
             self.disc = MelDiscriminator(cfg.model.discriminator).to(self.device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=t.lr, betas=t.betas)
         self.ema: dict[str, torch.Tensor] | None = None  # train.ema's average of the weights (fp32)
+        self.student = self._load_student() if t.phone_loss > 0 else None
         self.step = 0
         self.elapsed = 0.0  # training seconds over all resumes
         self.best: dict[str, float] = {}
@@ -124,7 +125,7 @@ class Trainer(TrainingLoop):
             need.append("f0")
         if cfg.model.content.input != "mel":
             need.append("phonetic")
-        if cfg.model.phonetic_head.enabled and cfg.train.phonetic_kl > 0:
+        if (cfg.model.phonetic_head.enabled and cfg.train.phonetic_kl > 0) or cfg.train.phone_loss > 0:
             need += ["posteriors_idx", "posteriors_p"]
         missing = [k for k in need if k not in self.store.extra]
         if missing:
@@ -135,6 +136,32 @@ class Trainer(TrainingLoop):
             _check_stream_features(cfg)
         if cfg.model.f0.enabled and cfg.data.augment.pitch_bins > 0:
             log.warning("data.augment.pitch_bins > 0 moves the mel but not the F0 the decoder reads: set it to 0 for models with an F0 path")
+
+    def _load_student(self) -> torch.nn.Module:
+        """The frozen phone student of ``train.phone_student``, which must read the decoder's units."""
+        from vckit.models.phone_student import load_student
+
+        t, m = self.cfg.train, self.cfg.model
+        if not t.phone_student:
+            raise VckitError("train.phone_loss > 0 needs train.phone_student: a folder made by vckit train-student")
+        student, _ = load_student(t.phone_student, self.device)
+        if (student.cfg.mel_mean, student.cfg.mel_std, student.cfg.n_mels) != (m.mel_mean, m.mel_std, self.cfg.mel.n_mels):
+            raise VckitError(f"the phone student {t.phone_student} reads mels normalised otherwise than this model's decoder emits them")
+        return student
+
+    def _phone_loss(self, out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The student's soft cross-entropy to the source's teacher posteriors, over the reconstructions and the conversions."""
+        from vckit.data.frame_features import dense_posteriors
+        from vckit.models.phonetic_head import soft_cross_entropy
+
+        decoded = out.pred if out.converted is None else torch.cat([out.pred, out.converted])
+        target = dense_posteriors(batch["posteriors_idx"], batch["posteriors_p"], self.student.cfg.classes)
+        mask = batch["mask"]
+        if out.converted is not None:
+            target, mask = torch.cat([target, target]), torch.cat([mask, mask])
+        with autocast_for(self.device, self.cfg.train.amp):
+            logits = self.student(decoded)
+        return soft_cross_entropy(logits, target, mask)
 
     def _set_projection(self) -> None:
         """Copy the cache's teacher projection into the model, which carries it to conversion."""
@@ -208,6 +235,10 @@ class Trainer(TrainingLoop):
                 convert=self.disc is not None and t.gan_on_conversions,
             )
         loss, stats = model_losses(out, batch, cfg)
+        if self.student is not None:
+            phone = self._phone_loss(out, batch)
+            loss = loss + t.phone_loss * phone
+            stats["loss/phone_student"] = phone.detach()
         if self.disc is not None:
             loss, gan_stats = self._gan_step(out, batch, loss)
             stats.update(gan_stats)
