@@ -234,6 +234,8 @@ def test_resume_with_init_from_warm_starts_once_then_resumes(make_config, tmp_pa
     cfg = make_config("train.steps=5", "train.ckpt_every=2", out_dir=tmp_path / "bg")
     first = Trainer(cfg, device="cpu", resume=True, init_from=str(donor))
     assert first.step == 0
+    _, _, donor_meta = load_checkpoint(donor)  # the lineage's CPU hours go on from the donor's
+    assert donor_meta["training_cpu_hours"] > 0 and first.cpu_seconds == pytest.approx(3600 * donor_meta["training_cpu_hours"])
     for k, v in first.model.state_dict().items():
         torch.testing.assert_close(v, donor_sd[k], msg=k)
     first.run(max_steps=2, progress=False)

@@ -4,7 +4,9 @@
 #   echo 2 > runs/forever/THREADS                    # both cores while nobody works (read every 20 steps)
 #   echo 1 > runs/forever/THREADS                    # one core while you work
 #   kill $(cat runs/forever/pid)                     # stops after the step and saves a checkpoint
-# It resumes runs/forever's last checkpoint; where there is none, it warm-starts from checkpoints/default.
+# It resumes runs/forever's last checkpoint. Where there is none (a fresh machine: runs/ is not in git), it
+# warm-starts from recipes/shared_dev/resume_point, the run's averaged weights as the last session left them
+# (python recipes/shared_dev/resume_point.py writes it before a session ends), else from checkpoints/default.
 # Needs the cache: python recipes/shared_dev/prepare.py --data ../shared/data --out cache/shared_dev --frame-features
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +19,8 @@ fi
 [ -f "$out/THREADS" ] || echo 1 > "$out/THREADS"
 vckit=".venv/bin/vckit"
 [ -x "$vckit" ] || vckit="vckit"
-nohup "$vckit" -v train --config recipes/shared_dev/conf/forever.yaml --resume --init-from checkpoints/default --quiet "$@" >> "$out/train.log" 2>&1 &
+init=checkpoints/default
+[ -f recipes/shared_dev/resume_point/config.json ] && init=recipes/shared_dev/resume_point
+nohup "$vckit" -v train --config recipes/shared_dev/conf/forever.yaml --resume --init-from "$init" --quiet "$@" >> "$out/train.log" 2>&1 &
 echo $! > "$out/pid"
 echo "background training started (pid $!, $(cat "$out/THREADS") thread(s)); log: $out/train.log"

@@ -100,7 +100,8 @@ class Trainer(TrainingLoop):
         # --init-from (if given) warm-starts it, so one command serves a run's every start
         resumed = self._resume() if resume else False
         if not resumed and init_from:
-            _, sd, _ = load_checkpoint(init_from, self.device)
+            _, sd, meta = load_checkpoint(init_from, self.device)
+            self.cpu_seconds = 3600 * float(meta.get("training_cpu_hours", 0.0))  # the lineage's count goes on
             own = self.model.state_dict()
             sd = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
             self.model.load_state_dict(sd, strict=False)
@@ -188,7 +189,7 @@ class Trainer(TrainingLoop):
             self.cfg,
             self.model.state_dict(),
             step=self.step,
-            extra={"speakers": self.sampler.speakers},
+            extra={"speakers": self.sampler.speakers, "training_cpu_hours": self.cpu_seconds / 3600},
             train_state=state,
         )
         return self._saved(path)
