@@ -43,18 +43,49 @@ sys.path.insert(0, str(REPO))
 CONDITIONS = ("cross", "same", "recon")
 
 
-def build_set(rows: list[dict[str, Any]], n: int = 30, seed: int = 0) -> list[dict[str, Any]]:
-    """Items ``{src, text, speaker, gender, cross: {...}, same: {...}, recon: {...}}``.
-
-    Each condition names the reference paths and one held-out path of the
-    target speaker to score against.
-    """
-    rng = random.Random(seed)
+def _pools(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[str], dict[str, Any]]:
+    """Utterances by speaker, the speakers with enough utterances to be targets, and each speaker's gender."""
     by_spk: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_spk.setdefault(r["speaker"], []).append(r)
-    many = {s: us for s, us in by_spk.items() if len(us) >= 4}  # 3 references + 1 held out
+    many = sorted(s for s, us in by_spk.items() if len(us) >= 4)  # 3 references + 1 held out
     gender = {s: us[0].get("gender") for s, us in by_spk.items()}
+    return by_spk, many, gender
+
+
+def _item(s: dict[str, Any], rng: random.Random, by_spk: dict[str, list[dict[str, Any]]], many: list[str], gender: dict[str, Any], avoid: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """One source with a target per condition (None when a condition has no candidate).
+
+    ``avoid`` maps a condition to a target speaker not to pick again when another may be.
+    """
+    item = {"src": s["path"], "text": s["text"], "speaker": s["speaker"], "gender": s.get("gender")}
+    for cond in CONDITIONS:
+        if cond == "recon":  # another utterance or more of the source speaker
+            pool = [s["speaker"]] if len(by_spk[s["speaker"]]) >= 2 else []
+        else:
+            pool = [t for t in many if t != s["speaker"] and (gender[t] == s.get("gender")) == (cond == "same")]
+            if avoid and len(pool) > 1:
+                pool = [t for t in pool if t != avoid.get(cond)]
+        if not pool:
+            return None
+        t = rng.choice(pool)
+        cands = [u for u in by_spk[t] if u["path"] != s["path"] and u.get("utt_id") != s.get("utt_id")]
+        rng.shuffle(cands)
+        if len(cands) < (1 if cond == "recon" else 4):
+            return None
+        item[cond] = {"speaker": t, "refs": [u["path"] for u in cands[:3]], "heldout": cands[-1]["path"]}
+    return item
+
+
+def build_set(rows: list[dict[str, Any]], n: int = 30, seed: int = 0) -> list[dict[str, Any]]:
+    """The fast set: items ``{src, text, speaker, gender, cross: {...}, same: {...}, recon: {...}}``.
+
+    Up to ``n`` sources (2-8 s, at most a third from one speaker); each
+    condition names the reference paths and one held-out path of the target
+    speaker to score against.
+    """
+    rng = random.Random(seed)
+    by_spk, many, gender = _pools(rows)
     srcs = [r for r in rows if r.get("text") and not r["corpus"].startswith("fsdd") and 2.0 <= r["duration"] <= 8.0]
     rng.shuffle(srcs)
     # at most a third of the set from one speaker, so no voice dominates
@@ -62,24 +93,62 @@ def build_set(rows: list[dict[str, Any]], n: int = 30, seed: int = 0) -> list[di
     for s in srcs:
         if len(items) >= n or count.get(s["speaker"], 0) >= cap:
             continue
-        item = {"src": s["path"], "text": s["text"], "speaker": s["speaker"], "gender": s.get("gender")}
-        for cond in CONDITIONS:
-            if cond == "recon":  # another utterance or more of the source speaker
-                pool = [s["speaker"]] if len(by_spk[s["speaker"]]) >= 2 else []
-            else:
-                pool = sorted(t for t in many if t != s["speaker"] and (gender[t] == s.get("gender")) == (cond == "same"))
-            if not pool:
-                break
-            t = rng.choice(pool)
-            cands = [u for u in by_spk[t] if u["path"] != s["path"] and u.get("utt_id") != s.get("utt_id")]
-            rng.shuffle(cands)
-            if len(cands) < (1 if cond == "recon" else 4):
-                break
-            item[cond] = {"speaker": t, "refs": [u["path"] for u in cands[:3]], "heldout": cands[-1]["path"]}
-        else:
+        item = _item(s, rng, by_spk, many, gender)
+        if item is not None:
             items.append(item)
             count[s["speaker"]] = count.get(s["speaker"], 0) + 1
     return items
+
+
+def build_wide_set(rows: list[dict[str, Any]], rounds: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """The wide set: every validation utterance with a transcript (1-20 s; the FSDD
+    digits, one word each, left out) as a source ``rounds`` times, each time
+    to other targets where there are others, so each condition holds at least
+    1,000 words. Items of one source share ``group`` (the bootstrap resamples
+    sources, not conversions)."""
+    rng = random.Random(seed)
+    by_spk, many, gender = _pools(rows)
+    srcs = sorted((r for r in rows if r.get("text") and not r["corpus"].startswith("fsdd") and 1.0 <= r["duration"] <= 20.0), key=lambda r: r["path"])
+    items = []
+    for s in srcs:
+        last: dict[str, str] = {}
+        for _ in range(rounds):
+            item = _item(s, rng, by_spk, many, gender, avoid=last)
+            if item is None:
+                break
+            item["group"] = s["path"]
+            last = {c: item[c]["speaker"] for c in CONDITIONS}
+            items.append(item)
+    return items
+
+
+def bootstrap(errors: list[tuple[int, int]], groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the pooled WER (sum of errors over sum of words), resampling groups (sources) with replacement."""
+    ids = sorted(set(groups))
+    by = {g: [0, 0] for g in ids}
+    for (e, w), g in zip(errors, groups):
+        by[g][0] += e
+        by[g][1] += w
+    arr = np.array([by[g] for g in ids], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(ids), size=(n, len(ids)))
+    sums = arr[pick].sum(axis=1)
+    wer = sums[:, 0] / np.maximum(sums[:, 1], 1)
+    return float(np.percentile(wer, 2.5)), float(np.percentile(wer, 97.5))
+
+
+def paired_bootstrap(a: list[tuple[int, int]], b: list[tuple[int, int]], groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """WER(b) - WER(a) on the same conversions, and its 95 % interval (resampling groups)."""
+    ids = sorted(set(groups))
+    idx = {g: i for i, g in enumerate(ids)}
+    arr = np.zeros((len(ids), 3))
+    for (ea, w), (eb, _), g in zip(a, b, groups):
+        arr[idx[g]] += (ea, eb, w)
+    rng = np.random.default_rng(seed)
+    sums = arr[rng.integers(0, len(ids), size=(n, len(ids)))].sum(axis=1)
+    diff = (sums[:, 1] - sums[:, 0]) / np.maximum(sums[:, 2], 1)
+    point = (arr[:, 1].sum() - arr[:, 0].sum()) / max(arr[:, 2].sum(), 1)
+    return float(point), float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
 
 
 def _store_mel(store: Any, index: dict[str, int], path: str) -> torch.Tensor:
@@ -132,7 +201,9 @@ def convert_set_cached(model: Any, store: Any, items: list[dict[str, Any]], devi
 
 
 def score(mels: dict[str, np.ndarray], items: list[dict[str, Any]], store: Any, asr: Any, judge: Any, vocoder: Any, sr: int, with_source: bool = False) -> dict[str, Any]:
-    """WER per condition and judge similarity of cross/same conversions."""
+    """WER per condition (with its 95 % bootstrap interval over sources) and
+    judge similarity of cross/same conversions; ``per_item`` keeps each
+    conversion's (errors, words) for paired comparisons later."""
     import torchaudio.functional as AF
 
     from moonshine_asr import normalize_text, word_errors
@@ -147,30 +218,46 @@ def score(mels: dict[str, np.ndarray], items: list[dict[str, Any]], store: Any, 
         return judge(mel.float()[None])
 
     res: dict[str, Any] = {}
-    errs = {c: [0, 0] for c in CONDITIONS + ("source",)}
+    per_item: dict[str, list[tuple[int, int]]] = {c: [] for c in CONDITIONS + ("source",)}
     sims = {c: [] for c in ("cross", "same")}
+    source_done: dict[str, tuple[int, int]] = {}
     for i, it in enumerate(items):
         ref = normalize_text(it["text"])
         src = _store_mel(store, index, it["src"])
         conds = list(CONDITIONS) + (["source"] if with_source else [])
         for cond in conds:
+            if cond == "source" and it["src"] in source_done:  # the wide set has each source more than once
+                per_item[cond].append(source_done[it["src"]])
+                continue
             mel = src if cond == "source" else torch.from_numpy(mels[f"{i}_{cond}"].astype(np.float32))
-            errs[cond][0] += word_errors(ref, words(mel))
-            errs[cond][1] += len(ref)
+            ew = (word_errors(ref, words(mel)), len(ref))
+            per_item[cond].append(ew)
+            if cond == "source":
+                source_done[it["src"]] = ew
             if cond in sims:
                 e = emb(mel)
                 ct = float(F.cosine_similarity(e, emb(_store_mel(store, index, it[cond]["heldout"]))))
                 cs = float(F.cosine_similarity(e, emb(src)))
                 sims[cond].append((ct, cs))
-    for c, (e, n) in errs.items():
-        if n:
-            res[f"wer_{c}"] = e / n
+    groups = [it.get("group", it["src"]) for it in items]
+    for c, ews in per_item.items():
+        if ews:
+            n_words = sum(w for _, w in ews)
+            res[f"wer_{c}"] = sum(e for e, _ in ews) / n_words
+            res[f"wer_{c}_ci95"] = bootstrap(ews, groups)
+            res[f"words_{c}"] = n_words
     for c, v in sims.items():
         res[f"cos_target_{c}"] = float(np.mean([a for a, _ in v]))
         res[f"cos_source_{c}"] = float(np.mean([b for _, b in v]))
         res[f"closer_{c}"] = float(np.mean([a > b for a, b in v]))
     res["items"] = len(items)
+    res["per_item"] = {c: v for c, v in per_item.items() if v}
     return res
+
+
+def _ci(r: dict[str, Any], cond: str) -> str:
+    lo, hi = r[f"wer_{cond}_ci95"]
+    return f"{r[f'wer_{cond}']:.1%} ({lo:.1%}-{hi:.1%})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", default=str(REPO / "cache/shared_dev/features"))
     ap.add_argument("--checkpoint", action="append", default=[], help="NAME=FOLDER or FOLDER; repeatable")
     ap.add_argument("--mels", action="append", default=[], help="NAME=NPZ made by convert_set; repeatable")
+    ap.add_argument("--set", dest="which", choices=["wide", "fast"], default="wide", help="wide: every validation source with text, twice (the set decisions are made on); fast: the old 25-source, 378-word set")
+    ap.add_argument("--against", default=None, help="a JSON written by --out on the same set: its first run is the baseline of the paired intervals (no need to score it again)")
     ap.add_argument("--bypass-vq", action="store_true", help="also score each checkpoint with its VQ skipped (a diagnostic: how many words the codebook costs)")
     ap.add_argument("--only-bypass", action="store_true", help="with --bypass-vq: score only the bypassed runs")
     ap.add_argument("--judge", default=str(REPO / "checkpoints/speaker_verification"))
-    ap.add_argument("-n", type=int, default=30, help="source utterances")
+    ap.add_argument("-n", type=int, default=30, help="source utterances (fast set)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -199,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     from vckit.models.verifier import load_verifier
 
     rows = read_manifest(args.manifest)
-    items = build_set(rows, args.n, args.seed)
+    items = build_wide_set(rows, seed=args.seed) if args.which == "wide" else build_set(rows, args.n, args.seed)
+    baseline = None
+    if args.against:
+        prev = json.loads(Path(args.against).read_text())
+        if [(it["src"], it["cross"]["speaker"], it["same"]["speaker"]) for it in prev["items"]] != [(it["src"], it["cross"]["speaker"], it["same"]["speaker"]) for it in items]:
+            ap.error(f"{args.against} was made on another set (give the same --set, --seed and manifest)")
+        baseline = next(iter(prev["results"].items()))
     store = FeatureStore.load(args.features)
     mel_cfg = MelConfig()
     vocoder = load_vocoder("hifigan", mel_cfg)
@@ -220,21 +315,37 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         with np.load(path) as z:
             runs.append((name, dict(z)))
-    table = {}
+    table = dict([baseline]) if baseline else {}
     for k, (name, mels) in enumerate(runs):
         t0 = time.time()
         with torch.no_grad():
-            table[name] = score(mels, items, store, asr, judge, vocoder, mel_cfg.sample_rate, with_source=k == 0)
+            table[name] = score(mels, items, store, asr, judge, vocoder, mel_cfg.sample_rate, with_source=k == 0 and baseline is None)
         table[name]["seconds"] = time.time() - t0
-        print(name, json.dumps(table[name]), flush=True)
-    src_wer = next((v["wer_source"] for v in table.values() if "wer_source" in v), None)
-    print(f"\n{len(items)} sources with text; vocoded sources (HiFi-GAN + ASR ceiling): WER {src_wer:.1%}" if src_wer is not None else "")
-    print("| variant | WER cross | WER same | WER recon | cos tgt (cross) | cos src (cross) | closer (cross) | closer (same) |")
+        print(name, json.dumps({k: v for k, v in table[name].items() if k != "per_item"}), flush=True)
+    src = next((v for v in table.values() if "wer_source" in v), None)
+    words = {c: next(iter(table.values()))[f"words_{c}"] for c in CONDITIONS} if table else {}
+    print(f"\n{args.which} set: {len(items)} conversions per condition from {len({it['src'] for it in items})} sources; words per condition: {words}")
+    if src is not None:
+        print(f"vocoded sources (HiFi-GAN + ASR ceiling): WER {_ci(src, 'source')}")
+    print("| variant | WER cross (95 % CI) | WER same | WER recon | cos tgt (cross) | cos src (cross) | closer (cross) | closer (same) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in table.items():
-        print(f"| {name} | {r['wer_cross']:.1%} | {r['wer_same']:.1%} | {r['wer_recon']:.1%} | {r['cos_target_cross']:.3f} | {r['cos_source_cross']:.3f} | {r['closer_cross']:.0%} | {r['closer_same']:.0%} |")
+        print(f"| {name} | {_ci(r, 'cross')} | {_ci(r, 'same')} | {_ci(r, 'recon')} | {r['cos_target_cross']:.3f} | {r['cos_source_cross']:.3f} | {r['closer_cross']:.0%} | {r['closer_same']:.0%} |")
+    if len(table) > 1:
+        (base_name, base), groups = next(iter(table.items())), [it.get("group", it["src"]) for it in items]
+        print(f"\npaired against {base_name} (WER difference, 95 % CI over sources; an interval wholly below 0 is a gain):")
+        for name, r in list(table.items())[1:]:
+            parts = []
+            for c in CONDITIONS:
+                d, lo, hi = paired_bootstrap(base["per_item"][c], r["per_item"][c], groups)
+                parts.append(f"{c} {d:+.1%} ({lo:+.1%} to {hi:+.1%})")
+            # the shipping rule: conversions (cross and same together) better beyond the interval
+            d, lo, hi = paired_bootstrap(base["per_item"]["cross"] + base["per_item"]["same"], r["per_item"]["cross"] + r["per_item"]["same"], groups + groups)
+            r["paired_conversions"] = [d, lo, hi]
+            parts.append(f"conversions {d:+.1%} ({lo:+.1%} to {hi:+.1%}){' GAIN' if hi < 0 else ''}")
+            print(f"  {name}: " + "; ".join(parts))
     if args.out:
-        Path(args.out).write_text(json.dumps({"items": items, "judge_eer": jmeta.get("eer"), "results": table}, indent=2))
+        Path(args.out).write_text(json.dumps({"set": args.which, "items": items, "judge_eer": jmeta.get("eer"), "results": table}, indent=1))
     return 0
 
 
