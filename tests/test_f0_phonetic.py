@@ -227,3 +227,49 @@ def test_virtual_speakers_copy_the_content_and_scale_the_f0(tiny_cache, tmp_path
     assert a.mel.shape == b.mel.shape and not torch.equal(a.mel, b.mel)
     torch.testing.assert_close(b.f0, a.f0 * 0.8, rtol=2e-3, atol=0.1)
     torch.testing.assert_close(b.phonetic, a.phonetic)
+
+
+def test_harmonic_prior_puts_peaks_at_the_harmonics_and_nothing_where_unvoiced():
+    from vckit.audio import mel_filterbank
+    from vckit.config import MelConfig
+    from vckit.pitch import harmonic_prior
+
+    cfg = MelConfig()
+    fb = mel_filterbank(cfg)
+    prior = harmonic_prior(torch.tensor([[200.0, 0.0, 120.0]]), fb, cfg.sample_rate, cfg.n_fft)
+    assert prior.shape == (1, cfg.n_mels, 3)
+    assert prior[0, :, 1].abs().max() == 0  # unvoiced: no comb
+    assert prior.max() <= 0 and prior.min() >= -1
+    # at 200 Hz, the band centred on a harmonic is far above the band between two
+    centres = (fb * torch.arange(fb.shape[1]) * cfg.sample_rate / cfg.n_fft).sum(1) / fb.sum(1)
+    on = int(torch.argmin((centres - 400.0).abs()))
+    off = int(torch.argmin((centres - 500.0).abs()))
+    assert prior[0, on, 0] > prior[0, off, 0] + 0.3
+    # the comb moves with F0: 120 Hz has a harmonic at 480 Hz, where 200 Hz has a gap
+    assert prior[0, off, 2] > prior[0, off, 0] + 0.3
+
+
+def test_a_decoder_warm_started_with_the_harmonic_prior_starts_where_it_was():
+    import dataclasses
+
+    from vckit.config import Config, ContentConfig, DecoderConfig, F0Config, ModelConfig, SpeakerConfig
+    from vckit.models.vc import Frames, build_model
+
+    small = ModelConfig(
+        content=ContentConfig(channels=16, blocks=2, dim=8, downsample=(1, 2)), speaker=SpeakerConfig(channels=16, blocks=1, dim=16),
+        decoder=DecoderConfig(channels=16, blocks=2), f0=F0Config(enabled=True),
+    )
+    torch.manual_seed(0)
+    plain = build_model(Config(model=small)).eval()
+    prior_cfg = Config(model=dataclasses.replace(small, f0=F0Config(enabled=True, harmonic_prior=True)))
+    with_prior = build_model(prior_cfg).eval()
+    missing, unexpected = with_prior.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["decoder.harm_in.bias", "decoder.harm_in.weight", "decoder.harm_late.bias", "decoder.harm_late.weight"] and not unexpected
+    mel, f0 = torch.randn(1, 80, 40), torch.full((1, 40), 150.0)
+    spk = plain.embed_speaker(mel)
+    x = Frames(mel, f0)
+    torch.testing.assert_close(with_prior.convert(x, spk, f0_shift=-5.0), plain.convert(x, spk, f0_shift=-5.0))
+    assert "filterbank" not in with_prior.state_dict()  # made from the mel config, not saved
+    # and the prior reaches the output once its layers are trained away from zero
+    torch.nn.init.normal_(with_prior.decoder.harm_late.weight)
+    assert not torch.allclose(with_prior.convert(x, spk, f0_shift=-5.0), plain.convert(x, spk, f0_shift=-5.0))

@@ -150,6 +150,9 @@ class F0Config:
     enabled: bool = False
     log_mean: float = 5.0  # log-F0 normalisation: (log f0 - log_mean) / log_std  (e^5 = 148 Hz)
     log_std: float = 0.4
+    # also give the decoder the log-mel of a harmonic comb at the (converted) F0, through the model's own
+    # filterbank (vckit.pitch.harmonic_prior), so it shapes an envelope over harmonics already in place
+    harmonic_prior: bool = False
 
 
 @dataclass(frozen=True)

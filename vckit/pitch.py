@@ -141,3 +141,28 @@ def shift_pitch(wav: np.ndarray, sr: int, semitones: float) -> np.ndarray:
     semitones = 12 * math.log2((shifted_rate + 0.25) / sr)
     out = AF.pitch_shift(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None], sr, n_steps=float(semitones), bins_per_octave=12)
     return out[0].numpy()
+
+
+def harmonic_prior(f0: torch.Tensor, filterbank: torch.Tensor, sample_rate: int, n_fft: int, floor_db: float = 60.0) -> torch.Tensor:
+    """The log-mel of a flat harmonic comb at ``f0``: where a voice at this F0 has its harmonics.
+
+    f0: (batch, frames) Hz, 0 = unvoiced; filterbank: (n_mels, n_fft // 2 + 1),
+    the model's own (:func:`vckit.audio.mel_filterbank`) -> (batch, n_mels,
+    frames), in units of ``floor_db`` below each frame's peak (0 at the peak,
+    -1 at the floor) and 0 where unvoiced. Each harmonic k * f0 (k >= 1, up
+    to the mel ceiling) is a Gaussian as wide as a Hann window's main lobe at
+    this ``n_fft``; each FFT bin takes its two nearest harmonics. In the low
+    mel bands, which are narrower than the spacing of a low voice's
+    harmonics, the comb shows as peaks and gaps: what a decoder must draw.
+    """
+    bin_hz = sample_rate / n_fft
+    sigma = 0.85 * bin_hz  # a Hann window's main lobe: half its height one bin from the peak
+    freqs = torch.arange(filterbank.shape[1], device=f0.device, dtype=torch.float32) * bin_hz
+    hz = f0.float().clamp(min=1.0)[..., None]  # (B, T, 1)
+    k = torch.floor(freqs / hz)  # the harmonic just below each bin (0: none below it)
+    below = freqs - k * hz
+    comb = (k >= 1).float() * torch.exp(-0.5 * (below / sigma) ** 2) + torch.exp(-0.5 * ((hz - below) / sigma) ** 2)
+    mel = torch.einsum("btf,mf->bmt", comb, filterbank.to(comb))
+    db = 20.0 * torch.log10(mel.clamp(min=1e-8))
+    db = db - db.amax(dim=1, keepdim=True)
+    return (db / floor_db).clamp(min=-1.0) * (f0 > 0).float()[:, None]

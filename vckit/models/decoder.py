@@ -73,10 +73,22 @@ class Decoder(nn.Module):
     ``f0_channels`` > 0, ``f0`` (batch, f0_channels, frames' * hop) enters
     twice: average-pooled to the codes' rate at the input, and at full rate
     before the last block, so harmonics follow the contour frame by frame.
+    With ``harmonic_channels`` > 0, ``f0`` has that many more channels after its own
+    ``f0_channels``: a harmonic prior (a log-mel comb), which enters the same two ways
+    through layers of its own that start at zero: a decoder warm-started
+    without it begins exactly where it was.
     """
 
     def __init__(
-        self, content_dim: int, spk_dim: int, n_mels: int, cfg: DecoderConfig, upsample: tuple[int, ...], f0_channels: int = 0, stream: StreamConfig | None = None
+        self,
+        content_dim: int,
+        spk_dim: int,
+        n_mels: int,
+        cfg: DecoderConfig,
+        upsample: tuple[int, ...],
+        f0_channels: int = 0,
+        stream: StreamConfig | None = None,
+        harmonic_channels: int = 0,
     ):
         super().__init__()
         self.cfg = cfg
@@ -96,6 +108,13 @@ class Decoder(nn.Module):
             self.f0_late = nn.Conv1d(f0_channels, cfg.channels, 1)
             nn.init.zeros_(self.f0_late.weight)
             nn.init.zeros_(self.f0_late.bias)
+        self.harmonic_channels = harmonic_channels
+        if harmonic_channels:
+            self.harm_in = nn.Conv1d(harmonic_channels, cfg.channels, 1)
+            self.harm_late = nn.Conv1d(harmonic_channels, cfg.channels, 1)
+            for conv in (self.harm_in, self.harm_late):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
     def forward(self, codes: torch.Tensor, spk: torch.Tensor, f0: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
         x = self.inp(codes)
@@ -103,11 +122,23 @@ class Decoder(nn.Module):
         if f0 is not None:
             n = codes.shape[-1] * self.hop
             full = F.pad(f0, (0, n - f0.shape[-1]), mode="replicate") if f0.shape[-1] < n else f0[..., :n]
-            x = x + self.f0_in(F.avg_pool1d(full, self.hop) if self.hop > 1 else full)
+            x = x + self._f0_in(F.avg_pool1d(full, self.hop) if self.hop > 1 else full)
         for i, blk in enumerate(self.blocks):
             if full is not None and i == self.full_rate_at:
-                x = x + self.f0_late(full)
+                x = x + self._f0_late(full)
             x = blk(x, spk, state)
         if full is not None and self.full_rate_at == len(self.blocks):
-            x = x + self.f0_late(full)
+            x = x + self._f0_late(full)
         return self.out(x)
+
+    def _f0_in(self, f0: torch.Tensor) -> torch.Tensor:
+        if not self.harmonic_channels:
+            return self.f0_in(f0)
+        k = f0.shape[1] - self.harmonic_channels
+        return self.f0_in(f0[:, :k]) + self.harm_in(f0[:, k:])
+
+    def _f0_late(self, f0: torch.Tensor) -> torch.Tensor:
+        if not self.harmonic_channels:
+            return self.f0_late(f0)
+        k = f0.shape[1] - self.harmonic_channels
+        return self.f0_late(f0[:, :k]) + self.harm_late(f0[:, k:])

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vckit.audio import mel_filterbank
 from vckit.checkpoint import check_state_dict, load_checkpoint, load_train_state, save_checkpoint
 from vckit.config import Config, MelConfig, ModelConfig
 from vckit.errors import CheckpointError
@@ -20,6 +21,7 @@ from vckit.models.decoder import Decoder
 from vckit.models.phonetic_head import PhoneticHead
 from vckit.models.quantizer import VectorQuantizer
 from vckit.models.speaker import SpeakerEncoder
+from vckit.pitch import harmonic_prior
 
 F0_CHANNELS = 2  # normalised log-F0 (0 where unvoiced) and voicing
 
@@ -101,7 +103,12 @@ class VoiceConversionModel(nn.Module):
         self.vq = VectorQuantizer(cfg.content.dim, cfg.vq) if cfg.vq.enabled else None
         self.speaker_encoder = SpeakerEncoder(n, cfg.speaker)
         f0_ch = F0_CHANNELS if cfg.f0.enabled else 0
-        self.decoder = Decoder(cfg.content.dim, cfg.speaker.dim, n, cfg.decoder, cfg.content.downsample, f0_channels=f0_ch, stream=cfg.stream)
+        harm_ch = n if cfg.f0.enabled and cfg.f0.harmonic_prior else 0
+        if harm_ch:  # not saved: made from the mel config, so checkpoints stay as they were
+            self.register_buffer("filterbank", mel_filterbank(mel), persistent=False)
+        self.decoder = Decoder(
+            cfg.content.dim, cfg.speaker.dim, n, cfg.decoder, cfg.content.downsample, f0_channels=f0_ch, stream=cfg.stream, harmonic_channels=harm_ch
+        )
         if self.decoder.hop != self.content_encoder.hop:
             raise ValueError("decoder upsampling does not mirror the content encoder's downsampling")
         self.classifier = (
@@ -131,10 +138,15 @@ class VoiceConversionModel(nn.Module):
         return self.cfg.content.input != "mel"
 
     def f0_features(self, f0: torch.Tensor) -> torch.Tensor:
-        """F0 (B, T) in Hz, 0 = unvoiced -> decoder input (B, 2, T): normalised log-F0 (0 where unvoiced) and voicing."""
+        """F0 (B, T) in Hz, 0 = unvoiced -> decoder input (B, 2, T): normalised log-F0 (0 where unvoiced) and voicing;
+        with ``f0.harmonic_prior``, (B, 2 + n_mels, T): then the log-mel comb of :func:`vckit.pitch.harmonic_prior`."""
         voiced = f0 > 0
         lf = torch.where(voiced, (torch.log(f0.float().clamp(min=1.0)) - self.cfg.f0.log_mean) / self.cfg.f0.log_std, torch.zeros_like(f0, dtype=torch.float32))
-        return torch.stack([lf, voiced.float()], dim=1)
+        feats = torch.stack([lf, voiced.float()], dim=1)
+        if self.cfg.f0.harmonic_prior:
+            comb = harmonic_prior(f0, self.filterbank, self.mel_cfg.sample_rate, self.mel_cfg.n_fft)
+            feats = torch.cat([feats, comb], dim=1)
+        return feats
 
     def _check(self, x: Frames) -> None:
         if self.needs_f0 and x.f0 is None:
