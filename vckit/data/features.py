@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from vckit.config import MelConfig, to_dict
+from vckit.data.manifest import read_manifest
 from vckit.errors import VckitError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,14 @@ class FeatureStore:
             if v.shape[0] != mels.shape[0]:
                 raise VckitError(f"feature cache {folder}: {k}.npy has {v.shape[0]} frames, mels.npy {mels.shape[0]}: compute the frame features again")
         return cls(mels, index["utterances"], cached, extra)
+
+    def utterances_in(self, manifest: str | os.PathLike) -> list[dict[str, Any]]:
+        """The cached utterances of the files a manifest lists (raises when it names none of them)."""
+        paths = {r["path"] for r in read_manifest(manifest)}
+        utts = [u for u in self.utterances if u["path"] in paths]
+        if not utts:
+            raise VckitError(f"none of the files in {manifest} are in the feature cache (run prepare.py again)")
+        return utts
 
     def subset(self, keep: list[dict[str, Any]]) -> "FeatureStore":
         return FeatureStore(self.mels, keep, self.mel, self.extra)

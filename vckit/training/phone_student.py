@@ -34,7 +34,6 @@ from vckit.config import DataConfig, MelConfig, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.data.features import FeatureStore, from_uint8
 from vckit.data.frame_features import dense_posteriors
-from vckit.data.manifest import read_manifest
 from vckit.data.sampling import SegmentSampler, augment
 from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.phone_student import PhoneStudent, PhoneStudentConfig, load_student, save_student
@@ -101,14 +100,6 @@ def load_student_config(path: str | os.PathLike, overrides: list[str] | None = N
 
 
 # -- data ------------------------------------------------------------------
-def _utterances(store: FeatureStore, manifest: str) -> list[dict[str, Any]]:
-    paths = {r["path"] for r in read_manifest(manifest)}
-    utts = [u for u in store.utterances if u["path"] in paths]
-    if not utts:
-        raise VckitError(f"none of the files in {manifest} are in the feature cache (run prepare.py again)")
-    return utts
-
-
 def load_store(features: str, mel: MelConfig | None = None, device: str | torch.device = "cpu") -> FeatureStore:
     """The feature cache with only the mels and the teacher's posteriors (what the student needs)."""
     store = FeatureStore.load(features, mel, device)
@@ -231,8 +222,8 @@ class StudentTrainer(TrainingLoop):
         self._setup(device)
         t = cfg.train
         self.store = load_store(cfg.data.features, cfg.mel, self.device)
-        self.train_utts = _utterances(self.store, cfg.data.train_manifest)
-        valid = _utterances(self.store, cfg.data.valid_manifest) if cfg.data.valid_manifest else []
+        self.train_utts = self.store.utterances_in(cfg.data.train_manifest)
+        valid = self.store.utterances_in(cfg.data.valid_manifest) if cfg.data.valid_manifest else []
         self.valid_utts = valid[: t.valid_utterances] if t.valid_utterances > 0 else valid
         self.sampler = SegmentSampler(self.store, self.train_utts, cfg.data.segment_frames, cfg.data.speaker_sampling_power, seed=t.seed + 1000 * self.dist.rank)
         self.model = PhoneStudent(cfg.model).to(self.device)

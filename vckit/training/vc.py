@@ -26,7 +26,6 @@ import torch.distributed as dist
 from vckit.checkpoint import load_checkpoint, load_train_state, save_checkpoint, step_folder
 from vckit.config import Config
 from vckit.data.features import FeatureStore
-from vckit.data.manifest import read_manifest
 from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batches
 from vckit.errors import VckitError
 from vckit.models.vc import Frames, build_model
@@ -53,14 +52,6 @@ def lr_at(step: int, cfg: Config, elapsed: float = 0.0) -> float:
 
 
 
-def _select(store: FeatureStore, manifest: str) -> list[dict[str, Any]]:
-    paths = {r["path"] for r in read_manifest(manifest)}
-    utts = [u for u in store.utterances if u["path"] in paths]
-    if not utts:
-        raise VckitError(f"none of the files in {manifest} are in the feature cache (run prepare.py again)")
-    return utts
-
-
 def frames_of(batch: dict[str, torch.Tensor]) -> Frames:
     """The model's per-frame inputs in a batch from :class:`SegmentSampler` or :func:`valid_batches`."""
     return Frames(batch["mel"], batch.get("f0"), batch.get("phonetic"))
@@ -75,8 +66,8 @@ class Trainer(TrainingLoop):
         self._setup(device)
         t = cfg.train
         self.store = FeatureStore.load(cfg.data.features, cfg.mel, self.device)
-        self.train_utts = _select(self.store, cfg.data.train_manifest)
-        self.valid_utts = _select(self.store, cfg.data.valid_manifest) if cfg.data.valid_manifest else []
+        self.train_utts = self.store.utterances_in(cfg.data.train_manifest)
+        self.valid_utts = self.store.utterances_in(cfg.data.valid_manifest) if cfg.data.valid_manifest else []
         self.sampler = SegmentSampler(self.store, self.train_utts, cfg.data.segment_frames, cfg.data.speaker_sampling_power, seed=t.seed + 1000 * self.dist.rank)
         n_spk = len(self.sampler.speakers)
         if cfg.model.n_speakers not in (0, n_spk):
