@@ -75,16 +75,19 @@ def trainer(args: argparse.Namespace, variant: str, extra: list[str]) -> Trainer
         sets.append("train.compile=true")
     cfg = load_config(args.config, sets)
     torch.manual_seed(0)
-    return Trainer(cfg, device="cpu", init_from=args.init_from or None)
+    return Trainer(cfg, device=args.device, init_from=args.init_from or None)
 
 
 def speed(tr: Trainer, seconds: float, warmup: int) -> dict:
-    for _ in range(warmup):  # oneDNN's first calls, compile
+    sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):  # oneDNN's first calls, cudnn autotune, compile
         tr.train_step()
+    sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         tr.train_step()
         n += 1
+    sync()
     dt = time.perf_counter() - t0
     t1 = time.perf_counter()
     for _ in range(5):
@@ -111,6 +114,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "recipes/shared_dev/conf/forever.yaml"))
     ap.add_argument("--init-from", default=str(REPO / "checkpoints/default"), help="warm start ('' for random weights)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     ap.add_argument("--variants", nargs="+", default=["fp32", "bf16"], help="fp32, bf16, fp32+compile, bf16+compile")
     ap.add_argument("--threads", nargs="+", type=int, default=[2])
     ap.add_argument("--batch", type=int, default=32, help="segments per step (the issue's reference: 32 x 128)")
