@@ -168,3 +168,17 @@ def vq_checkpoint(tmp_path_factory):
     ))
     torch.manual_seed(0)
     return save_checkpoint(tmp_path_factory.mktemp("vq") / "ck", cfg, build_model(cfg).state_dict(), step=1)
+
+
+def record_losses(trainer) -> list[dict[str, float]]:
+    """Make a trainer keep the statistics of every step it takes (in its ``run`` too)."""
+    history: list[dict[str, float]] = []
+    step = trainer.train_step
+
+    def recording() -> dict:
+        stats = step()
+        history.append({k: float(v) for k, v in stats.items()})
+        return stats
+
+    trainer.train_step = recording  # type: ignore[method-assign]
+    return history

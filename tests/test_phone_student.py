@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, record_losses
 from vckit.checkpoint import WEIGHTS_FILE, write_folder
 from vckit.cli import main as vckit_main
 from vckit.config import AugmentConfig, DataConfig, MelConfig, to_dict
@@ -149,15 +149,7 @@ def _config(cache: dict, out_dir: Path, **train) -> StudentConfig:
 def test_training_lowers_the_loss_learns_the_rule_and_resumes(rule_cache, tmp_path):
     trainer = StudentTrainer(_config(rule_cache, tmp_path / "run"), device="cpu")
     before = agreement(trainer.model, trainer.store, trainer.valid_utts)
-    history: list[dict[str, float]] = []
-    step = trainer.train_step
-
-    def recording() -> dict:
-        stats = step()
-        history.append({k: float(v) for k, v in stats.items()})
-        return stats
-
-    trainer.train_step = recording  # type: ignore[method-assign]
+    history = record_losses(trainer)
     trainer.run(progress=False)
     ce = np.array([h["loss/ce"] for h in history])
     assert len(ce) == 80 and ce[-10:].mean() < 0.5 * ce[:10].mean()

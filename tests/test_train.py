@@ -9,24 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import record_losses
 from vckit.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, step_folder
 from vckit.errors import VckitError
 from vckit.training.losses import adversarial_weight, masked_l1
 from vckit.training.vc import Trainer, frames_of, lr_at
-
-
-def record_losses(trainer: Trainer) -> list[dict[str, float]]:
-    """Make ``trainer`` keep the statistics of every step it takes (in :meth:`Trainer.run` too)."""
-    history: list[dict[str, float]] = []
-    step = trainer.train_step
-
-    def recording() -> dict:
-        stats = step()
-        history.append({k: float(v) for k, v in stats.items()})
-        return stats
-
-    trainer.train_step = recording  # type: ignore[method-assign]
-    return history
 
 
 def test_loss_falls_in_a_short_smoke_run(make_config, tmp_path):
