@@ -246,6 +246,21 @@ def test_threads_file_sets_the_cpu_threads_and_a_bad_one_is_ignored(make_config,
         Trainer(make_config("train.steps=2", "train.log_every=1", out_dir=out), device="cpu").run(progress=False)
     assert torch.get_num_threads() == 2
     assert "whole number of threads" in caplog.text
+    # a running job follows a change of the file at its next logged step, not only at its start
+    (out / "THREADS").unlink()
+    trainer = Trainer(make_config("train.steps=4", "train.log_every=1", "train.valid_every=1000", out_dir=tmp_path / "t2"), device="cpu")
+    step = trainer.train_step
+
+    def step_then_write() -> dict:
+        stats = step()
+        if trainer.step == 1:
+            (tmp_path / "t2" / "THREADS").write_text("1")
+        return stats
+
+    trainer.train_step = step_then_write  # type: ignore[method-assign]
+    torch.set_num_threads(2)
+    trainer.run(progress=False)
+    assert torch.get_num_threads() == 1
 
 
 def test_ckpt_minutes_saves_by_wall_time_and_cpu_time_is_kept(make_config, tmp_path):

@@ -273,6 +273,7 @@ class TrainingLoop:
                     log.debug("step %d %s=%.4f cpu_h=%.3f", self.step, key, last[key], self.cpu_seconds / 3600)
                     if bar:
                         bar.set_postfix({name: f"{last[key]:.3f}"}, refresh=False)
+                    self._follow_threads_file()
                 if self.step % t.valid_every == 0 and self.dist.main:
                     v = self.validate()
                     last.update(v)
@@ -280,7 +281,6 @@ class TrainingLoop:
                     self.after_validate()
                     if v:
                         log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
-                    self._follow_threads_file()
                 timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
                 stop = self._agree_stop(self._stop or timed_out)
                 due = t.ckpt_minutes > 0 and self._agree_stop(time.time() - saved_time > 60 * t.ckpt_minutes)
