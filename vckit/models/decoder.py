@@ -122,23 +122,19 @@ class Decoder(nn.Module):
         if f0 is not None:
             n = codes.shape[-1] * self.hop
             full = F.pad(f0, (0, n - f0.shape[-1]), mode="replicate") if f0.shape[-1] < n else f0[..., :n]
-            x = x + self._f0_in(F.avg_pool1d(full, self.hop) if self.hop > 1 else full)
+            x = x + self._f0_term(F.avg_pool1d(full, self.hop) if self.hop > 1 else full, late=False)
         for i, blk in enumerate(self.blocks):
             if full is not None and i == self.full_rate_at:
-                x = x + self._f0_late(full)
+                x = x + self._f0_term(full, late=True)
             x = blk(x, spk, state)
         if full is not None and self.full_rate_at == len(self.blocks):
-            x = x + self._f0_late(full)
+            x = x + self._f0_term(full, late=True)
         return self.out(x)
 
-    def _f0_in(self, f0: torch.Tensor) -> torch.Tensor:
+    def _f0_term(self, f0: torch.Tensor, *, late: bool) -> torch.Tensor:
+        """The F0 features through the input (``late=False``) or the full-rate layer, the harmonic prior through its own."""
+        conv = self.f0_late if late else self.f0_in
         if not self.harmonic_channels:
-            return self.f0_in(f0)
+            return conv(f0)
         k = f0.shape[1] - self.harmonic_channels
-        return self.f0_in(f0[:, :k]) + self.harm_in(f0[:, k:])
-
-    def _f0_late(self, f0: torch.Tensor) -> torch.Tensor:
-        if not self.harmonic_channels:
-            return self.f0_late(f0)
-        k = f0.shape[1] - self.harmonic_channels
-        return self.f0_late(f0[:, :k]) + self.harm_late(f0[:, k:])
+        return conv(f0[:, :k]) + (self.harm_late if late else self.harm_in)(f0[:, k:])

@@ -274,8 +274,7 @@ class Trainer(TrainingLoop):
         real, fake = out.target * m, out.pred * m
         conv = out.converted * m if out.converted is not None else None
         fakes = fake if conv is None else torch.cat([fake, conv])  # conversions have no target: judged, not matched
-        amp = autocast_for(self.device, t.amp)  # the discriminator runs in the model's precision
-        with amp:
+        with autocast_for(self.device, t.amp):  # the discriminator runs in the model's precision
             d_real, _ = self.disc(real)
             d_fake, _ = self.disc(fakes.detach())
         d_loss = discriminator_loss(d_real, d_fake)
