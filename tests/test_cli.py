@@ -28,8 +28,8 @@ REFERENCE = ("vcc2016", "TM1", "100001.wav")
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    """The CLI's error contract: exit 1, one line on stderr, no traceback."""
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    """The CLI's error contract: exit 2, one line on stderr, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -292,9 +292,9 @@ def test_eval_without_its_extra_fails_at_once(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(metrics, "_installed", lambda m: m not in ("librosa", "matplotlib"))
     monkeypatch.setattr(run, "load_data", lambda *a, **k: pytest.fail("eval started work"))
-    assert main(["eval", "--data", str(tmp_path), "-o", str(tmp_path / "report")]) == 1
+    assert main(["eval", "--data", str(tmp_path), "-o", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: vckit eval needs librosa and matplotlib, which are not installed: pip install -e '.[eval]'"
-    assert main(["eval", "--data", str(tmp_path), "-o", str(tmp_path / "report"), "--no-plots"]) == 1
+    assert main(["eval", "--data", str(tmp_path), "-o", str(tmp_path / "report"), "--no-plots"]) == 2
     assert "needs librosa, which is not installed" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()

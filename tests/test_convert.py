@@ -19,7 +19,7 @@ COMMON = ["--checkpoint", CKPT, "--vocoder", "griffinlim", "--device", "cpu"]
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]

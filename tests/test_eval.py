@@ -465,7 +465,7 @@ def test_clear_errors(tiny_eval, tmp_path, capsys, case, message):
     else:
         (tmp_path / "p.csv").write_text(f"source,target_speaker\n{json.loads((tiny_eval / 'data.jsonl').read_text().splitlines()[0])['path']},nobody\n")
         args += ["--pairs", tmp_path / "p.csv"]
-    assert run_eval(tiny_eval, *args) == 1  # later flags override the defaults given by run_eval
+    assert run_eval(tiny_eval, *args) == 2  # later flags override the defaults given by run_eval
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 

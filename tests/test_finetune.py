@@ -164,7 +164,7 @@ def test_cli_finetunes_several_speakers_then_converts(source, voices, tmp_path, 
     assert vckit_main(["convert", str(src), "--speaker", "sf1", "--bank", str(bank), "--checkpoint", str(out), "--vocoder", "griffinlim", "--device", "cpu", "-o", str(wav_out)]) == 0
     assert sf.info(str(wav_out)).duration > 1.0
     # again: refused, then replaced with --overwrite
-    assert vckit_main(args) == 1
+    assert vckit_main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert vckit_main(args + ["--overwrite", "--steps", "2"]) == 0
     assert read_meta(out)["finetune"]["steps_done"] == 2
@@ -197,7 +197,7 @@ def test_bad_input_is_one_clear_error(source, voices, tmp_path, data_dir, capsys
     with pytest.raises(ConfigError, match="parts to train"):
         FinetuneConfig(train=("decoder", "vocoder"))
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.finetune-*"))
-    assert vckit_main(["finetune", "--data", str(tmp_path / "empty"), "--speaker", "x", "--out", str(tmp_path / "o"), "--from", str(source)]) == 1
+    assert vckit_main(["finetune", "--data", str(tmp_path / "empty"), "--speaker", "x", "--out", str(tmp_path / "o"), "--from", str(source)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no readable audio") and "\n" not in err
 

@@ -420,7 +420,7 @@ def test_cli_refuses_bad_sources_in_one_line_and_writes_nothing(cli, tmp_path, b
     out = tmp_path / "out"
     out.mkdir()
     code, stdout, stderr = cli("convert", src, "--ref", DATA_DIR / "vcc2016" / "TM1" / "100001.wav", "-o", out / "x.wav")
-    assert code == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert only_names(out) == []
 
 

@@ -190,4 +190,4 @@ def test_the_cli_trains_and_exports_a_student(rule_cache, tmp_path, capsys):
     assert vckit_main(["train-student", "--export", str(tmp_path / "run"), str(tmp_path / "shipped")]) == 0
     student, meta = load_student(tmp_path / "shipped")
     assert student.cfg.lookahead_frames == 0 and meta["step"] == 4 and "sha256" in meta and meta["training"]["train"]["steps"] == 4
-    assert vckit_main(["train-student"]) == 1  # neither --config nor --export: one line, exit code 1
+    assert vckit_main(["train-student"]) == 2  # neither --config nor --export: one line, exit code 2

@@ -238,7 +238,7 @@ def test_full_disk_while_training_is_one_clear_line(tiny_cache, tmp_path):
     out = tmp_path / "run"
     args = train_args(tiny_cache, out, "train.steps=3", "train.ckpt_every=100")
     proc = subprocess.run([sys.executable, "-c", FULL_DISK.format(limit=50_000), *args], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: cannot write checkpoint") and "File too large" in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr

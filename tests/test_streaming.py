@@ -141,7 +141,7 @@ def test_vckit_stream_runs_a_file_through_the_live_path(causal_checkpoint, speec
     wav, sr = sf.read(out)
     assert sr == 22050 and len(wav) == len(load_audio(speech, 22050, trim=False))
     again = vckit_cli("stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech), "--input", str(speech), "--output", str(out))
-    assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
 
 
 class _FakeSoundDevice:
@@ -169,7 +169,7 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
     from vckit import cli
 
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as without the package
-    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 2
     assert "pip install sounddevice" in capsys.readouterr().err
     monkeypatch.delitem(sys.modules, "sounddevice")
     real_import = builtins.__import__
@@ -180,7 +180,7 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_portaudio)
-    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 2
     err = capsys.readouterr().err
     assert "PortAudio" in err and err.count("\n") == 1
     monkeypatch.setattr(builtins, "__import__", real_import)
@@ -189,11 +189,11 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
     fake = _FakeSoundDevice()
     monkeypatch.setattr(live, "sounddevice", lambda: fake)
     assert cli.main(["stream", "--list-devices"]) == 0 and "fake mic" in capsys.readouterr().out
-    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("reference: ") and err.splitlines()[-1].startswith("error: audio device: Error opening Stream: Device unavailable")
     fake.check_output_settings = lambda **kw: (_ for _ in ()).throw(fake.PortAudioError("Invalid sample rate [PaErrorCode -9997]"))
-    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 1
+    assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: audio device: Invalid sample rate") and "22050 Hz" in err and err.count("\n") == 1  # before any voice is made
 

@@ -1,17 +1,22 @@
 """The ``vckit`` command: a thin layer over the library.
 
-Errors reach the user as one line on stderr and a non-zero exit code.
+Errors reach the user as one line on stderr and a non-zero exit code:
+0 done; 1 a batch finished but some files failed (each is listed); 2 bad usage
+or input (argparse's own code, and every :class:`VckitError`); 3 a bug in vckit
+(one line, the traceback with ``-v``); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from vckit import __version__
-from vckit.errors import VckitError
+from vckit.errors import VckitError, reason
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -304,10 +309,19 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except VckitError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vckit info ... | head`: the reader has gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would complain
+        return 0
+    except Exception as e:  # a bug: one line for the user, the traceback for a report
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else "; rerun with -v for the traceback"
+        print(f"error: unexpected {type(e).__name__}: {reason(e)} (a bug in vckit; please report it{hint})", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -9,13 +9,76 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from vckit.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+# -- the values a setting may take -----------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting may take, checked by :func:`from_dict` (``None``: no bound).
+
+    Every ``int`` and ``float`` field of a config dataclass carries one, through
+    the aliases below (``batch_size: Size``), so a bad value from a YAML file,
+    a ``--set`` override or a checkpoint's config is one :class:`ConfigError`
+    that names the key and the allowed range.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is excluded
+    hi_open: bool = False
+    odd: bool = False
+
+    def admits(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return not self.odd or v % 2 == 1
+
+    def describe(self) -> str:
+        """The allowed range in words: ``>= 1``, ``in [0, 1)``, ``an odd number >= 1``, ``any finite number``."""
+        lo, hi = self.lo, self.hi
+        if lo is not None and hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+        elif lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {lo:g}"
+        elif hi is not None:
+            text = f"{'<' if self.hi_open else '<='} {hi:g}"
+        else:
+            text = "any finite number"
+        return f"an odd number {text}" if self.odd else text
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The values a text setting may take."""
+
+    values: tuple[Any, ...]
+
+    def describe(self) -> str:
+        return ", ".join("null" if v is None else str(v) for v in self.values)
+
+
+Size = Annotated[int, Range(1)]  # a count or width: at least 1
+Count = Annotated[int, Range(0)]  # steps, seeds, optional counts: 0 or more
+Kernel = Annotated[int, Range(1, odd=True)]  # a convolution kernel that keeps the length: odd
+Amount = Annotated[float, Range(0)]  # a loss weight, a budget, a level: 0 (off) or more
+Positive = Annotated[float, Range(0, lo_open=True)]  # a rate or scale: more than 0
+Probability = Annotated[float, Range(0, 1)]
+Fraction = Annotated[float, Range(0, 1, hi_open=True)]  # a decay or momentum: below 1
+Decibels = Annotated[float, Range(hi=0)]  # a level below full scale
+Real = Annotated[float, Range()]  # any finite number (a mean, a log-domain offset)
+Precision = Annotated[str, OneOf(("auto", "bf16", "fp16", "none"))]  # auto: bf16 on CUDA, full precision elsewhere
 
 
 @dataclass(frozen=True)
@@ -27,18 +90,18 @@ class MelConfig:
     STFT is not centred, so ``frames = len(wav) // hop`` for any length.
     """
 
-    sample_rate: int = 22050
-    n_fft: int = 1024
-    hop_length: int = 256
-    win_length: int = 1024
-    window: str = "hann"
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float = 8000.0
-    mel_scale: str = "slaney"
-    mel_norm: str | None = "slaney"
-    power: float = 1.0
-    log_floor: float = 1e-5
+    sample_rate: Size = 22050
+    n_fft: Size = 1024
+    hop_length: Size = 256
+    win_length: Size = 1024
+    window: Annotated[str, OneOf(("hann",))] = "hann"
+    n_mels: Size = 80
+    fmin: Amount = 0.0
+    fmax: Positive = 8000.0
+    mel_scale: Annotated[str, OneOf(("slaney", "htk"))] = "slaney"
+    mel_norm: Annotated[str | None, OneOf(("slaney", None))] = "slaney"
+    power: Annotated[float, Range(1, 2)] = 1.0  # 1 (magnitude) or 2 (power)
+    log_floor: Positive = 1e-5
 
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:
@@ -47,8 +110,6 @@ class MelConfig:
             raise ConfigError("mel: n_fft - hop_length must be even for symmetric padding")
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise ConfigError(f"mel: need 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}, {self.fmax}")
-        if self.window not in ("hann",):
-            raise ConfigError(f"mel: unsupported window {self.window!r} (only 'hann')")
         if self.power not in (1.0, 2.0):
             raise ConfigError(f"mel: power must be 1 (magnitude) or 2 (power), got {self.power}")
 
@@ -70,23 +131,25 @@ class MelConfig:
 class ContentConfig:
     """Content encoder: conv blocks with affine-free instance norm."""
 
-    channels: int = 256
-    blocks: int = 6
-    kernel_size: int = 5
-    downsample: tuple[int, ...] = (1, 2, 1, 1, 1, 1)  # stride of each block
-    dim: int = 8  # bottleneck size: the main knob between leak and loss of words
-    dropout: float = 0.0
+    channels: Size = 256
+    blocks: Size = 6
+    kernel_size: Kernel = 5
+    downsample: tuple[Size, ...] = (1, 2, 1, 1, 1, 1)  # stride of each block
+    dim: Size = 8  # bottleneck size: the main knob between leak and loss of words
+    dropout: Fraction = 0.0
     out_norm: bool = True  # instance-normalise the codes themselves
-    noise_std: float = 0.0  # training-time Gaussian noise on the codes (AdaIN-VC samples with std 1)
-    kl_weight: float = 0.0  # >0: penalise mean(codes**2) / 2, AdaIN-VC's KL term (use with out_norm false)
+    noise_std: Amount = 0.0  # training-time Gaussian noise on the codes (AdaIN-VC samples with std 1)
+    kl_weight: Amount = 0.0  # >0: penalise mean(codes**2) / 2, AdaIN-VC's KL term (use with out_norm false)
     # what the encoder reads: "mel" (the log-mel), "phonetic" (the phonetic teacher's last hidden layer,
     # projected to input_dim whitened dims; the projection is part of the model's weights) or both, "phonetic+mel"
-    input: str = "mel"
-    input_dim: int = 0
+    input: Annotated[str, OneOf(("mel", "phonetic", "phonetic+mel"))] = "mel"
+    input_dim: Count = 0
 
     def __post_init__(self) -> None:
-        if self.input not in ("mel", "phonetic", "phonetic+mel"):
-            raise ConfigError(f"model.content.input must be mel, phonetic or phonetic+mel, got {self.input!r}")
+        if len(self.downsample) != self.blocks:
+            raise ConfigError(
+                f"model.content.downsample must give one stride per block: {len(self.downsample)} strides for {self.blocks} blocks"
+            )
         if self.input != "mel" and self.input_dim <= 0:
             raise ConfigError("model.content.input phonetic needs model.content.input_dim (the projected teacher dims)")
 
@@ -94,36 +157,32 @@ class ContentConfig:
 @dataclass(frozen=True)
 class VQConfig:
     enabled: bool = False
-    codebook_size: int = 256
-    decay: float = 0.99
-    commitment: float = 0.25
-    weight: float = 1.0
-    dead_code_threshold: float = 1e-3  # restart codes whose EMA usage falls below this
+    codebook_size: Size = 256
+    decay: Fraction = 0.99
+    commitment: Amount = 0.25
+    weight: Amount = 1.0
+    dead_code_threshold: Amount = 1e-3  # restart codes whose EMA usage falls below this
     # False: outside training, decode the encoder's continuous codes (which the
     # commitment loss keeps near the codebook) instead of the nearest codes
     at_inference: bool = True
     # with at_inference: decode codes + inference_mix * (nearest - codes); 1 is the nearest codes,
     # between 0 and 1 a partial pull toward the codebook (the voice/words trade, measured in benchmarks)
-    inference_mix: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.inference_mix <= 1.0:
-            raise ConfigError(f"model.vq.inference_mix must be between 0 and 1, got {self.inference_mix}")
+    inference_mix: Probability = 1.0
 
 
 @dataclass(frozen=True)
 class SpeakerConfig:
-    channels: int = 256
-    blocks: int = 4
-    kernel_size: int = 5
-    dim: int = 128
+    channels: Size = 256
+    blocks: Size = 4
+    kernel_size: Kernel = 5
+    dim: Size = 128
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    channels: int = 256
-    blocks: int = 6
-    kernel_size: int = 5
+    channels: Size = 256
+    blocks: Size = 6
+    kernel_size: Kernel = 5
 
 
 @dataclass(frozen=True)
@@ -131,11 +190,11 @@ class ClassifierConfig:
     """Adversarial speaker classifier on the content codes (gradient reversal)."""
 
     enabled: bool = True
-    channels: int = 256
-    blocks: int = 3
-    weight: float = 0.1
-    warmup_steps: int = 2000  # weight ramps linearly from 0 after ``start_step``
-    start_step: int = 1000
+    channels: Size = 256
+    blocks: Size = 3
+    weight: Amount = 0.1
+    warmup_steps: Count = 2000  # weight ramps linearly from 0 after ``start_step``
+    start_step: Count = 1000
 
 
 @dataclass(frozen=True)
@@ -148,8 +207,8 @@ class F0Config:
     """
 
     enabled: bool = False
-    log_mean: float = 5.0  # log-F0 normalisation: (log f0 - log_mean) / log_std  (e^5 = 148 Hz)
-    log_std: float = 0.4
+    log_mean: Real = 5.0  # log-F0 normalisation: (log f0 - log_mean) / log_std  (e^5 = 148 Hz)
+    log_std: Positive = 0.4
     # also give the decoder the log-mel of a harmonic comb at the (converted) F0, through the model's own
     # filterbank (vckit.pitch.harmonic_prior), so it shapes an envelope over harmonics already in place
     harmonic_prior: bool = False
@@ -161,8 +220,8 @@ class PhoneticHeadConfig:
     frame posteriors (training only: phonetic distillation)."""
 
     enabled: bool = False
-    classes: int = 191
-    channels: int = 256
+    classes: Size = 191
+    channels: Size = 256
 
 
 @dataclass(frozen=True)
@@ -170,8 +229,8 @@ class DiscriminatorConfig:
     """A patch discriminator on log-mels against over-smoothing (training only)."""
 
     enabled: bool = False
-    channels: int = 64
-    layers: int = 4
+    channels: Size = 64
+    layers: Size = 4
 
 
 @dataclass(frozen=True)
@@ -180,16 +239,16 @@ class StreamConfig:
     worth ``norm_prior_frames``, and phonetic input made block by block (vckit.data.stream_features)."""
 
     causal: bool = False
-    norm_prior_frames: int = 16
-    block_frames: int = 6  # mel frames per block (a multiple of the content encoder's hop)
-    teacher_lookahead_ms: float = 40.0  # audio the teacher hears past the block's last frame centre
-    teacher_context_s: float = 2.0  # audio the teacher hears before it
+    norm_prior_frames: Size = 16
+    block_frames: Size = 6  # mel frames per block (a multiple of the content encoder's hop)
+    teacher_lookahead_ms: Amount = 40.0  # audio the teacher hears past the block's last frame centre
+    teacher_context_s: Positive = 2.0  # audio the teacher hears before it
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    mel_mean: float = -5.5  # input normalisation of log-mels
-    mel_std: float = 2.2
+    mel_mean: Real = -5.5  # input normalisation of log-mels
+    mel_std: Positive = 2.2
     content: ContentConfig = field(default_factory=ContentConfig)
     vq: VQConfig = field(default_factory=VQConfig)
     speaker: SpeakerConfig = field(default_factory=SpeakerConfig)
@@ -199,19 +258,23 @@ class ModelConfig:
     phonetic_head: PhoneticHeadConfig = field(default_factory=PhoneticHeadConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
-    n_speakers: int = 0  # training speakers, for the classifier; set by the trainer
+    n_speakers: Count = 0  # training speakers, for the classifier; set by the trainer
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Segment-level augmentation on cached log-mels, done on the device."""
 
-    gain_db: float = 6.0  # uniform +-
-    speed: float = 0.1  # time-stretch factor in [1-s, 1+s]
-    pitch_bins: float = 2.0  # shift along the mel axis, uniform +- bins
-    noise_prob: float = 0.3
-    noise_db: tuple[float, float] = (-70.0, -45.0)  # white-noise level in dBFS-like units
-    prob: float = 0.8  # chance a segment is augmented at all
+    gain_db: Amount = 6.0  # uniform +-
+    speed: Fraction = 0.1  # time-stretch factor in [1-s, 1+s]
+    pitch_bins: Amount = 2.0  # shift along the mel axis, uniform +- bins
+    noise_prob: Probability = 0.3
+    noise_db: tuple[Decibels, Decibels] = (-70.0, -45.0)  # white-noise level in dBFS-like units: low, high
+    prob: Probability = 0.8  # chance a segment is augmented at all
+
+    def __post_init__(self) -> None:
+        if self.noise_db[0] > self.noise_db[1]:
+            raise ConfigError(f"data.augment.noise_db must be [low, high], got {list(self.noise_db)}")
 
 
 @dataclass(frozen=True)
@@ -219,51 +282,51 @@ class DataConfig:
     train_manifest: str = "cache/shared_dev/train.jsonl"
     valid_manifest: str = "cache/shared_dev/valid.jsonl"
     features: str = "cache/shared_dev/features"
-    segment_frames: int = 128
-    speaker_sampling_power: float = 0.3  # 0: speakers uniform; 1: by amount of audio
+    segment_frames: Annotated[int, Range(8)] = 128
+    speaker_sampling_power: Annotated[float, Range(0, 1)] = 0.3  # 0: speakers uniform; 1: by amount of audio
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     out_dir: str = "runs/shared_dev"
-    batch_size: int = 32
-    steps: int = 100000
-    time_budget: float = 0.0  # >0: the LR schedule follows training seconds and the run ends after this many
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 1000
-    min_lr_ratio: float = 0.05  # cosine decay to lr * this
-    grad_clip: float = 3.0
-    spectral_convergence: float = 0.0
-    content_cycle: float = 0.0  # >0: L1 between the codes of a conversion to another voice and the source's codes
+    batch_size: Size = 32
+    steps: Size = 100000
+    time_budget: Amount = 0.0  # >0: the LR schedule follows training seconds and the run ends after this many
+    lr: Positive = 5e-4
+    weight_decay: Amount = 1e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.99)
+    warmup_steps: Count = 1000
+    min_lr_ratio: Probability = 0.05  # cosine decay to lr * this
+    grad_clip: Positive = 3.0
+    spectral_convergence: Amount = 0.0
+    content_cycle: Amount = 0.0  # >0: L1 between the codes of a conversion to another voice and the source's codes
     # >0: L1 between the codes of a segment and of the same segment shifted along the mel axis (a pitch
     # and formant change, as between voices), so the codes keep less of the register (ContentVec's idea)
-    content_invariance: float = 0.0
-    invariance_bins: float = 3.0  # the shift: uniform 1..this many mel bins, either direction
-    phonetic_kl: float = 0.0  # >0 (with model.phonetic_head): soft cross-entropy to the teacher's frame posteriors
+    content_invariance: Amount = 0.0
+    invariance_bins: Amount = 3.0  # the shift: uniform 1..this many mel bins, either direction
+    phonetic_kl: Amount = 0.0  # >0 (with model.phonetic_head): soft cross-entropy to the teacher's frame posteriors
     # >0 (with phone_student, a folder made by `vckit train-student`): soft cross-entropy of the frozen student's
     # posteriors of the decoded mels (reconstructions, and conversions when the run makes them) to the teacher's
     # posteriors of the source, so the decoder is told directly when a phone is lost
-    phone_loss: float = 0.0
+    phone_loss: Amount = 0.0
     phone_student: str = ""
-    mel_gan: float = 0.0  # >0 (with model.discriminator): least-squares adversarial loss on the decoded mel
-    feature_matching: float = 0.0  # L1 between the discriminator's features of decoded and real mels
-    gan_start_step: int = 0  # the discriminator trains from the start; the decoder feels it from this step
+    mel_gan: Amount = 0.0  # >0 (with model.discriminator): least-squares adversarial loss on the decoded mel
+    feature_matching: Amount = 0.0  # L1 between the discriminator's features of decoded and real mels
+    gan_start_step: Count = 0  # the discriminator trains from the start; the decoder feels it from this step
     gan_on_conversions: bool = False  # also judge each segment decoded in another item's voice (and F0 register)
-    amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
+    amp: Precision = "auto"
     compile: bool = False
     # >0: also keep an exponential moving average of the weights with this decay per step (in train_state.pt;
     # `export_for_inference(..., ema=True)` ships it): at a constant learning rate it averages the step noise out
-    ema: float = 0.0
-    seed: int = 1234
+    ema: Fraction = 0.0
+    seed: Count = 1234
     deterministic: bool = False
-    log_every: int = 50
-    valid_every: int = 1000
-    ckpt_every: int = 1000
-    ckpt_minutes: float = 0.0  # >0: also checkpoint after this many wall minutes since the last save
-    keep_last: int = 3
+    log_every: Size = 50
+    valid_every: Size = 1000
+    ckpt_every: Size = 1000
+    ckpt_minutes: Amount = 0.0  # >0: also checkpoint after this many wall minutes since the last save
+    keep_last: Size = 3
 
 
 @dataclass(frozen=True)
@@ -307,6 +370,14 @@ def to_dict(obj: Any) -> dict[str, Any]:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Annotated:
+        value = _coerce(args[0], value, where)
+        for rule in tp.__metadata__:
+            if isinstance(rule, Range) and not rule.admits(value):
+                raise ConfigError(f"{where} must be {rule.describe()}, got {value!r}")
+            if isinstance(rule, OneOf) and value not in rule.values:
+                raise ConfigError(f"{where} must be one of {rule.describe()}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -320,10 +391,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, where) for v in value)
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -344,8 +415,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def from_dict(cls: Any, d: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``d``; unknown keys and wrong types are errors."""
-    hints = typing.get_type_hints(cls)
+    """Build dataclass ``cls`` from ``d``; unknown keys, wrong types and values out of range are errors."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -356,3 +427,15 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "") -> Any:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - defensive
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
+
+
+def check_ranges(obj: Any, where: str = "") -> None:
+    """Check the fields of config dataclass ``obj`` (built directly, not by :func:`from_dict`) against their ranges."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key)
+        else:
+            _coerce(hints[f.name], list(value) if isinstance(value, tuple) else value, key)

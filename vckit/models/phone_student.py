@@ -25,14 +25,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
-from vckit.config import from_dict, to_dict
+from vckit.config import Count, Positive, Range, Real, Size, check_ranges, from_dict, to_dict
 from vckit.errors import CheckpointError, ConfigError
 from vckit.models.teacher import N_CLASSES
 
@@ -44,21 +44,20 @@ class PhoneStudentConfig:
     """The student network: an input convolution, ``blocks`` residual dilated
     convolutions (dilations cycle through ``dilations``) and a 1x1 output."""
 
-    n_mels: int = 80
-    channels: int = 128
-    blocks: int = 6
-    kernel: int = 5
-    dilations: tuple[int, ...] = (1, 2, 4)
-    lookahead_frames: int = WHOLE_UTTERANCE  # 0 causal, N frames, -1 whole utterance (symmetric)
-    classes: int = N_CLASSES
-    mel_mean: float = -5.5  # the units it reads: (log_mel - mel_mean) / mel_std, as the VC model's
-    mel_std: float = 2.2
+    n_mels: Size = 80
+    channels: Size = 128
+    blocks: Count = 6
+    kernel: Size = 5
+    dilations: tuple[Size, ...] = (1, 2, 4)
+    lookahead_frames: Annotated[int, Range(WHOLE_UTTERANCE)] = WHOLE_UTTERANCE  # 0 causal, N frames, -1 whole utterance (symmetric)
+    classes: Size = N_CLASSES
+    mel_mean: Real = -5.5  # the units it reads: (log_mel - mel_mean) / mel_std, as the VC model's
+    mel_std: Positive = 2.2
 
     def __post_init__(self) -> None:
-        if self.channels < 1 or self.blocks < 0 or self.kernel < 1 or not self.dilations or min(self.dilations) < 1:
-            raise ConfigError("model: phone student needs channels >= 1, blocks >= 0, kernel >= 1 and dilations >= 1")
-        if self.lookahead_frames < WHOLE_UTTERANCE:
-            raise ConfigError(f"model.lookahead_frames must be -1 (whole utterance), 0 (causal) or N > 0 frames, got {self.lookahead_frames}")
+        check_ranges(self, "model")
+        if not self.dilations:
+            raise ConfigError("model.dilations needs at least one dilation")
 
     @property
     def receptive_field(self) -> int:

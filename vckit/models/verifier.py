@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
-from vckit.config import AugmentConfig, MelConfig, SpeakerConfig, from_dict, to_dict
+from vckit.config import AugmentConfig, Amount, Count, MelConfig, Positive, Range, Size, SpeakerConfig, from_dict, to_dict
 from vckit.errors import CheckpointError, ConfigError
 from vckit.models.speaker import SpeakerEncoder
 
@@ -35,14 +35,14 @@ class SVConfig:
     valid_manifest: str = "cache/shared_dev/valid.jsonl"
     features: str = "cache/shared_dev/features"
     out_dir: str = "runs/speaker_verification"
-    segment_frames: int = 200
-    batch_size: int = 128
-    steps: int = 20000
-    time_budget: float = 0.0
-    lr: float = 2e-3
-    margin: float = 0.2
-    scale: float = 30.0
-    seed: int = 7
+    segment_frames: Annotated[int, Range(8)] = 200
+    batch_size: Size = 128
+    steps: Size = 20000
+    time_budget: Amount = 0.0
+    lr: Positive = 2e-3
+    margin: Amount = 0.2
+    scale: Positive = 30.0
+    seed: Count = 7
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(speed=0.0, pitch_bins=0.0))
 
 

@@ -34,12 +34,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from vckit.checkpoint import check_state_dict, load_checkpoint, read_meta, save_checkpoint
-from vckit.config import Config, DataConfig, TrainConfig, to_dict
+from vckit.config import Amount, Config, Count, DataConfig, Fraction, Positive, Range, Size, TrainConfig, check_ranges, to_dict
 from vckit.data.features import cache_features, merge_feature_caches, subset_feature_cache
 from vckit.data.manifest import read_manifest, write_manifest
 from vckit.data.prepare import spread_rows
@@ -61,33 +61,30 @@ MIN_REFERENCE_FRAMES = 100  # ~1.2 s after trimming: enough for Converter.embed_
 class FinetuneConfig:
     """How to fine-tune; the defaults fit about 5 minutes of audio in ~10 minutes on 2 CPU cores."""
 
-    steps: int = 500
-    batch_size: int = 16
-    segment_frames: int = 128
-    lr: float = 1e-4
-    warmup_steps: int = 50
+    steps: Size = 500
+    batch_size: Size = 16
+    segment_frames: Annotated[int, Range(8)] = 128
+    lr: Positive = 1e-4
+    warmup_steps: Count = 50
     train: tuple[str, ...] = ("speaker_encoder", "decoder")  # the parts that learn; the rest stay frozen
-    time_budget: float = 0.0  # >0: stop after this many training seconds (the LR schedule follows time)
+    time_budget: Amount = 0.0  # >0: stop after this many training seconds (the LR schedule follows time)
     augment: bool = False  # the training-time speed / mel-shift augmentation (makes virtual speakers)
     # with the content encoder frozen, feed the decoder the codes it reads at inference: the
     # continuous ones when the model skips its VQ at inference (model.vq.at_inference false)
     inference_codes: bool = True
-    min_seconds: float = 10.0  # refuse a speaker with less usable audio than this
+    min_seconds: Amount = 10.0  # refuse a speaker with less usable audio than this
     # mixed into each batch against forgetting: "auto" (the source model's own training data, when its
     # manifest and feature cache are on this machine), "" (none), or a prepared cache (train.jsonl + features/)
     replay: str = "auto"
-    replay_fraction: float = 0.5  # share of each batch drawn from the replay speakers
-    replay_minutes: float = 180.0  # at most this much replay audio, spread over its speakers
-    seed: int = 0
+    replay_fraction: Fraction = 0.5  # share of each batch drawn from the replay speakers
+    replay_minutes: Amount = 180.0  # at most this much replay audio, spread over its speakers
+    seed: Count = 0
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.train if p not in PARTS]
         if unknown or not self.train:
             raise ConfigError(f"finetune: parts to train must be some of {', '.join(PARTS)}, got {', '.join(self.train) or 'none'}")
-        if self.steps < 1 or self.batch_size < 1 or self.segment_frames < 8 or self.lr <= 0:
-            raise ConfigError("finetune: steps, batch_size and lr must be positive and segment_frames at least 8")
-        if not 0.0 <= self.replay_fraction < 1.0:
-            raise ConfigError(f"finetune: replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        check_ranges(self, "finetune")
 
 
 @dataclass

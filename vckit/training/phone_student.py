@@ -24,13 +24,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from vckit.checkpoint import latest_checkpoint, load_train_state, read_folder, step_folder
-from vckit.config import DataConfig, MelConfig, from_dict, to_dict
+from vckit.config import Amount, Count, DataConfig, Fraction, MelConfig, Positive, Precision, Probability, Range, Size, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.data.features import FeatureStore, from_uint8
 from vckit.data.frame_features import dense_posteriors
@@ -53,29 +53,29 @@ TARGETS = ("posteriors_idx", "posteriors_p")
 @dataclass(frozen=True)
 class StudentTrainConfig:
     out_dir: str = "runs/student/whole"
-    batch_size: int = 16
-    steps: int = 20000
-    time_budget: float = 0.0  # >0: the LR schedule follows training seconds and the run ends after this many
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05  # cosine decay to lr * this
-    grad_clip: float = 3.0
+    batch_size: Size = 16
+    steps: Size = 20000
+    time_budget: Amount = 0.0  # >0: the LR schedule follows training seconds and the run ends after this many
+    lr: Positive = 3e-3
+    weight_decay: Amount = 1e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.99)
+    warmup_steps: Count = 100
+    min_lr_ratio: Probability = 0.05  # cosine decay to lr * this
+    grad_clip: Positive = 3.0
     # decoded-looking input (decoder_like): the share of segments changed, the most weight each
     # neighbour gets in a 3-tap blur along time and along the mel axis, the most noise (normalised units)
-    decoded_prob: float = 0.5
-    decoded_blur: float = 0.2
-    decoded_noise: float = 0.1
-    amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
-    seed: int = 1234
+    decoded_prob: Probability = 0.5
+    decoded_blur: Annotated[float, Range(0, 0.5)] = 0.2
+    decoded_noise: Amount = 0.1
+    amp: Precision = "auto"
+    seed: Count = 1234
     deterministic: bool = False
-    log_every: int = 50
-    valid_every: int = 1000
-    valid_utterances: int = 64  # validation speakers' utterances the loop checks (0: all); benchmarks use all
-    ckpt_every: int = 1000
-    ckpt_minutes: float = 0.0
-    keep_last: int = 2
+    log_every: Size = 50
+    valid_every: Size = 1000
+    valid_utterances: Count = 64  # validation speakers' utterances the loop checks (0: all); benchmarks use all
+    ckpt_every: Size = 1000
+    ckpt_minutes: Amount = 0.0
+    keep_last: Size = 2
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,6 @@ class StudentConfig:
     def __post_init__(self) -> None:
         if self.model.n_mels != self.mel.n_mels:
             raise ConfigError(f"model.n_mels {self.model.n_mels} differs from mel.n_mels {self.mel.n_mels}")
-        if not 0.0 <= self.train.decoded_blur <= 0.5:
-            raise ConfigError(f"train.decoded_blur must be between 0 and 0.5, got {self.train.decoded_blur}")
 
 
 def load_student_config(path: str | os.PathLike, overrides: list[str] | None = None) -> StudentConfig:

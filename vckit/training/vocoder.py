@@ -23,13 +23,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.distributed as dist
 
 from vckit.audio import MelSpectrogram
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, load_train_state, read_folder, read_weights, step_folder
-from vckit.config import MelConfig, from_dict, to_dict
+from vckit.config import Amount, Count, Fraction, MelConfig, OneOf, Positive, Precision, Probability, Size, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.vocoder.discriminators import (
@@ -55,43 +56,43 @@ DISC_FILE = "discriminators.safetensors"
 @dataclass(frozen=True)
 class VocoderDataConfig:
     cache: str = "cache/vocoder"  # folder written by recipes/vocoder/prepare.py
-    segment: int = 8192  # samples per training segment (a multiple of hop_length)
-    gain_db: float = 3.0  # random gain, uniform +- (peak kept below 0.99)
-    valid_utterances: int = 8
-    valid_seconds: float = 5.0  # each validation utterance is cut to this
+    segment: Size = 8192  # samples per training segment (a multiple of hop_length)
+    gain_db: Amount = 3.0  # random gain, uniform +- (peak kept below 0.99)
+    valid_utterances: Count = 8
+    valid_seconds: Positive = 5.0  # each validation utterance is cut to this
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    mel_weight: float = 45.0
-    fm_weight: float = 2.0
-    adv_weight: float = 1.0
-    mrd_weight: float = 1.0  # weight of the resolution discriminators relative to the period ones
-    adversarial: str = "hinge"  # hinge or lsgan
-    mel_resolutions: tuple[tuple[int, int, int], ...] = ((512, 128, 40), (1024, 256, 80), (2048, 512, 128))  # n_fft, hop, n_mels
+    mel_weight: Amount = 45.0
+    fm_weight: Amount = 2.0
+    adv_weight: Amount = 1.0
+    mrd_weight: Amount = 1.0  # weight of the resolution discriminators relative to the period ones
+    adversarial: Annotated[str, OneOf(("hinge", "lsgan"))] = "hinge"
+    mel_resolutions: tuple[tuple[Size, Size, Size], ...] = ((512, 128, 40), (1024, 256, 80), (2048, 512, 128))  # n_fft, hop, n_mels
 
 
 @dataclass(frozen=True)
 class VocoderTrainConfig:
     out_dir: str = "runs/vocoder"
-    batch_size: int = 16
-    steps: int = 500_000
-    time_budget: float = 0.0  # >0: the LR decay follows training seconds and the run ends after this many
-    lr: float = 2e-4  # both optimisers
-    betas: tuple[float, float] = (0.8, 0.99)
-    weight_decay: float = 0.01
-    lr_final_ratio: float = 0.1  # exponential decay from lr to lr * this at the end of the run
-    grad_clip: float = 1000.0  # a guard against spikes; Adam is scale-invariant below it
-    disc_start_step: int = 0  # generator learns from the mel loss alone before this step
-    amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, none
+    batch_size: Size = 16
+    steps: Size = 500_000
+    time_budget: Amount = 0.0  # >0: the LR decay follows training seconds and the run ends after this many
+    lr: Positive = 2e-4  # both optimisers
+    betas: tuple[Fraction, Fraction] = (0.8, 0.99)
+    weight_decay: Amount = 0.01
+    lr_final_ratio: Probability = 0.1  # exponential decay from lr to lr * this at the end of the run
+    grad_clip: Positive = 1000.0  # a guard against spikes; Adam is scale-invariant below it
+    disc_start_step: Count = 0  # generator learns from the mel loss alone before this step
+    amp: Precision = "auto"
     compile: bool = False
-    seed: int = 1234
+    seed: Count = 1234
     deterministic: bool = False
-    log_every: int = 50
-    valid_every: int = 2000
-    ckpt_every: int = 2000
-    ckpt_minutes: float = 0.0  # >0: also checkpoint after this many wall minutes since the last save
-    keep_last: int = 3
+    log_every: Size = 50
+    valid_every: Size = 2000
+    ckpt_every: Size = 2000
+    ckpt_minutes: Amount = 0.0  # >0: also checkpoint after this many wall minutes since the last save
+    keep_last: Size = 3
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,6 @@ class VocoderConfig:
     def __post_init__(self) -> None:
         if self.data.segment % self.mel.hop_length or self.data.segment < 4 * self.mel.hop_length:
             raise ConfigError(f"data.segment must be a multiple of hop_length {self.mel.hop_length} and at least 4 hops")
-        if self.loss.adversarial not in ("hinge", "lsgan"):
-            raise ConfigError(f"loss.adversarial must be hinge or lsgan, got {self.loss.adversarial!r}")
         if self.train.amp == "fp16":
             raise ConfigError("train.amp fp16 needs a grad scaler the vocoder trainer does not have: use bf16 or none")
 

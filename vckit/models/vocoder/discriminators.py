@@ -19,13 +19,14 @@ of hidden activations used for feature matching.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from vckit.config import MelConfig
+from vckit.config import MelConfig, Range, Size
 from vckit.errors import ConfigError
 
 LRELU_SLOPE = 0.1
@@ -35,10 +36,10 @@ Output = tuple[torch.Tensor, list[torch.Tensor]]  # (logits (batch, n), hidden a
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    periods: tuple[int, ...] = (2, 3, 5, 7, 11)
-    period_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)  # HiFi-GAN's MPD widths
-    resolutions: tuple[tuple[int, int, int], ...] = ((2048, 512, 2048), (1024, 256, 1024), (512, 128, 512))  # n_fft, hop, win
-    resolution_channels: int = 32
+    periods: tuple[Annotated[int, Range(2)], ...] = (2, 3, 5, 7, 11)
+    period_channels: tuple[Size, ...] = (32, 128, 512, 1024, 1024)  # HiFi-GAN's MPD widths
+    resolutions: tuple[tuple[Size, Size, Size], ...] = ((2048, 512, 2048), (1024, 256, 1024), (512, 128, 512))  # n_fft, hop, win
+    resolution_channels: Size = 32
 
     def __post_init__(self) -> None:
         if not self.periods and not self.resolutions:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vckit.checkpoint import CONFIG_FILE, KINDS, WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
-from vckit.config import MelConfig, from_dict, to_dict
+from vckit.config import Amount, Kernel, MelConfig, Positive, Size, check_ranges, from_dict, to_dict
 from vckit.errors import CheckpointError, ConfigError
 from vckit.models.vocoder.base import Vocoder
 
@@ -48,19 +48,15 @@ PACKAGED_DIR = REPO_ROOT / "checkpoints" / "vocoder_fast"
 class VocosConfig:
     """The generator's architecture; the STFT geometry of the head is the mel config's."""
 
-    dim: int = 384  # backbone channels
-    intermediate_dim: int = 1152  # ConvNeXt inverted-bottleneck width
-    layers: int = 8
-    kernel_size: int = 7  # depthwise conv over frames
-    layer_scale: float = 0.0  # initial residual scale; 0 means 1 / layers
-    max_log_magnitude: float = 7.0  # predicted log-magnitudes are clamped here (e^7 ~ 1100)
+    dim: Size = 384  # backbone channels
+    intermediate_dim: Size = 1152  # ConvNeXt inverted-bottleneck width
+    layers: Size = 8
+    kernel_size: Kernel = 7  # depthwise conv over frames
+    layer_scale: Amount = 0.0  # initial residual scale; 0 means 1 / layers
+    max_log_magnitude: Positive = 7.0  # predicted log-magnitudes are clamped here (e^7 ~ 1100)
 
     def __post_init__(self) -> None:
-        for name in ("dim", "intermediate_dim", "layers", "kernel_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"generator.{name} must be >= 1, got {getattr(self, name)}")
-        if self.kernel_size % 2 == 0:
-            raise ConfigError(f"generator.kernel_size must be odd, got {self.kernel_size}")
+        check_ranges(self, "generator")
 
 
 def hann_window_padded(mel_config: MelConfig) -> torch.Tensor:
