@@ -79,6 +79,19 @@ def test_info_on_a_missing_checkpoint(vckit_cli, tmp_path):
     assert "checkpoint not found" in one_line_error(vckit_cli("info", tmp_path / "nope", timeout=60))
 
 
+def test_info_knows_the_shipped_models_by_name_and_a_closed_pipe_is_no_error(capsys):
+    from vckit.cli import main
+
+    assert main(["info", "stream"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoints/stream" in out.splitlines()[0] and "causal" in out
+    # `vckit info default | head -n 1`, with the reader gone before the first line (as head after its line)
+    proc = subprocess.Popen([*vckit_command(), "info", "default"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == "", err  # no BrokenPipeError traceback
+
+
 def test_train_with_a_bad_config_is_one_line(vckit_cli, tiny_cache, tmp_path):
     err = one_line_error(vckit_cli(*train_args(tiny_cache, tmp_path / "r", "train.stpes=3"), timeout=60))
     assert "train.stpes" in err

@@ -92,6 +92,13 @@ def default_checkpoint(name: str = "default") -> Path:
     return path
 
 
+def checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
+    """The folder of ``checkpoint``: a path, a shipped model's name (:data:`SHIPPED`), or None for the default."""
+    if checkpoint is None or (str(checkpoint) in SHIPPED and not Path(checkpoint).exists()):
+        return default_checkpoint(str(checkpoint or "default"))
+    return Path(checkpoint)
+
+
 class Converter:
     """A loaded model and vocoder. Create it with :func:`load`."""
 
@@ -380,10 +387,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     from vckit.training.loop import pick_device
 
     dev = pick_device(device)
-    if checkpoint is None or (str(checkpoint) in SHIPPED and not Path(checkpoint).exists()):
-        path = default_checkpoint(str(checkpoint or "default"))
-    else:
-        path = Path(checkpoint)
+    path = checkpoint_path(checkpoint)
     config, sd, meta = load_checkpoint(path, dev)  # checks the weights against a recorded sha256
     recorded = meta.get("sha256", {}).get("model.safetensors")
     if not recorded and path.resolve().parent == DEFAULT_CHECKPOINT.parent.resolve():

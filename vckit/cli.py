@@ -80,12 +80,14 @@ def _cmd_train_student(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
+    from vckit.api import checkpoint_path
     from vckit.checkpoint import load_checkpoint
     from vckit.models.vc import build_model, count_parameters
 
-    cfg, sd, meta = load_checkpoint(args.checkpoint)
+    path = checkpoint_path(args.checkpoint)
+    cfg, sd, meta = load_checkpoint(path)
     model = build_model(cfg, sd, for_training=any(k.startswith("classifier.") for k in sd))
-    print(f"checkpoint: {args.checkpoint}")
+    print(f"checkpoint: {path}")
     print(f"step: {meta.get('step', 0)}")
     if "speakers" in meta:
         print(f"training speakers: {len(meta['speakers'])}")
@@ -238,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=_cmd_train_student)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter counts and steps")
-    i.add_argument("checkpoint")
+    i.add_argument("checkpoint", help="a checkpoint folder, or a shipped model's name: default, stream")
     i.set_defaults(func=_cmd_info)
 
     from vckit.cli_convert import add_parser as add_convert
