@@ -123,6 +123,25 @@ def test_apply_override_parses_yaml_values():
     assert d == {"a": {"b": {"c": [1, 2]}, "d": False}, "e": 1.5}
 
 
+def test_an_empty_override_is_the_empty_string_as_prepare_py_suggests(tmp_path):
+    """`--set data.valid_manifest=''` reaches vckit as `data.valid_manifest=` once the shell has eaten the quotes."""
+    for given in ("data.valid_manifest=", "data.valid_manifest=''", "data.valid_manifest= "):
+        d: dict = {}
+        apply_override(d, given)
+        assert Config.from_dict(d).data.valid_manifest == ""
+
+
+def test_an_empty_validation_manifest_says_how_to_train_without_one(tmp_path):
+    from vckit.errors import VckitError
+    from vckit.training.loop import validation_utterances
+
+    empty = tmp_path / "valid.jsonl"
+    empty.write_text("")
+    with pytest.raises(VckitError, match=r"valid.jsonl is empty: .* --set data.valid_manifest=$"):
+        validation_utterances(store=None, manifest=str(empty))
+    assert validation_utterances(store=None, manifest="") == []
+
+
 def test_load_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")

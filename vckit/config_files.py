@@ -62,7 +62,10 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_override(d: dict[str, Any], override: str) -> None:
-    """Set ``a.b.c=value`` in nested dict ``d``; the value is parsed as YAML."""
+    """Set ``a.b.c=value`` in nested dict ``d``; the value is parsed as YAML.
+
+    An empty value (``key=``, or ``key=''`` after the shell has eaten the quotes)
+    is the empty string, which text settings read as "none"."""
     import yaml
 
     if "=" not in override:
@@ -74,7 +77,7 @@ def apply_override(d: dict[str, Any], override: str) -> None:
         cur = cur.setdefault(p, {})
         if not isinstance(cur, dict):
             raise ConfigError(f"override {override!r}: {p} is not a section")
-    cur[parts[-1]] = yaml.load(raw, Loader=_yaml_loader())
+    cur[parts[-1]] = yaml.load(raw, Loader=_yaml_loader()) if raw.strip() else ""
 
 
 def _yaml_loader() -> Any:

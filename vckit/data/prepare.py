@@ -50,10 +50,11 @@ def split_speakers(rows: list[dict[str, Any]], valid: Sequence[str] = (), n_vali
 def describe(name: str, rows: list[dict[str, Any]]) -> str:
     """One line: files, speakers (by gender where known) and minutes."""
     first = {r["speaker"]: r for r in rows}
-    genders = collections.Counter(r.get("gender") or "?" for r in first.values())
+    genders = collections.Counter(r.get("gender") or "unknown" for r in first.values())
     minutes = sum(float(r.get("duration", 0.0)) for r in rows) / 60
-    g = ", ".join(f"{k} {v}" for k, v in sorted(genders.items()))
-    return f"{name}: {len(rows)} files, {len(first)} speakers ({g}), {minutes:.1f} min"
+    known = {k: v for k, v in genders.items() if k != "unknown"}
+    g = f" ({', '.join(f'{k} {v}' for k, v in sorted(genders.items()))})" if known else ""  # nothing to say when no gender is known
+    return f"{name}: {len(rows)} files, {len(first)} speakers{g}, {minutes:.1f} min"
 
 
 def spread_rows(rows: list[dict[str, Any]], max_seconds: float) -> list[dict[str, Any]]:
@@ -105,7 +106,7 @@ def prepare(
     train, held = split_speakers(rows, valid, n_valid)
     write_manifest(train, out / "train.jsonl")
     write_manifest(held, out / "valid.jsonl")
-    lines = [describe("train", train), describe("valid", held) if held else "valid: none (train with --set data.valid_manifest='')"]
+    lines = [describe("train", train), describe("valid", held) if held else "valid: none (train with --set data.valid_manifest=)"]
     if features:
         from vckit.data.frame_features import remove_frame_features
 

@@ -71,6 +71,19 @@ def setup_distributed(device: str) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), dev
 
 
+def validation_utterances(store: Any, manifest: str) -> list[dict[str, Any]]:
+    """The cached utterances (:class:`vckit.data.features.FeatureStore`) of the validation manifest;
+    none when it is ``""`` (training without validation)."""
+    if not manifest:
+        return []
+    if Path(manifest).is_file() and not Path(manifest).read_text().strip():
+        raise VckitError(
+            f"the validation manifest {manifest} is empty: give one of held-out speakers, "
+            "or train without validation with --set data.valid_manifest="
+        )
+    return store.utterances_in(manifest)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """AdamW over ``model``'s parameters from ``cfg.train`` (lr, betas, weight_decay; no decay on biases and norms)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]

@@ -39,7 +39,7 @@ from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.phone_student import PhoneStudent, PhoneStudentConfig, load_student, save_student
 from vckit.models.phonetic_head import soft_cross_entropy
 from vckit.models.teacher import BLANK
-from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer
+from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
 from vckit.training.vc import lr_at
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class StudentTrainer(TrainingLoop):
         t = cfg.train
         self.store = load_store(cfg.data.features, cfg.mel, self.device)
         self.train_utts = self.store.utterances_in(cfg.data.train_manifest)
-        valid = self.store.utterances_in(cfg.data.valid_manifest) if cfg.data.valid_manifest else []
+        valid = validation_utterances(self.store, cfg.data.valid_manifest)
         self.valid_utts = valid[: t.valid_utterances] if t.valid_utterances > 0 else valid
         self.sampler = SegmentSampler(self.store, self.train_utts, cfg.data.segment_frames, cfg.data.speaker_sampling_power, seed=t.seed + 1000 * self.dist.rank)
         self.model = PhoneStudent(cfg.model).to(self.device)

@@ -30,7 +30,7 @@ from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batche
 from vckit.errors import VckitError
 from vckit.models.vc import Frames, build_model
 from vckit.training.losses import adversarial_weight, masked_l1, model_losses
-from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer
+from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Trainer(TrainingLoop):
         t = cfg.train
         self.store = FeatureStore.load(cfg.data.features, cfg.mel, self.device)
         self.train_utts = self.store.utterances_in(cfg.data.train_manifest)
-        self.valid_utts = self.store.utterances_in(cfg.data.valid_manifest) if cfg.data.valid_manifest else []
+        self.valid_utts = validation_utterances(self.store, cfg.data.valid_manifest)
         self.sampler = SegmentSampler(self.store, self.train_utts, cfg.data.segment_frames, cfg.data.speaker_sampling_power, seed=t.seed + 1000 * self.dist.rank)
         n_spk = len(self.sampler.speakers)
         if cfg.model.n_speakers not in (0, n_spk):
