@@ -338,3 +338,32 @@ def test_auto_replay_without_the_training_cache_warns_with_the_command(tmp_path,
     assert "python recipes/nowhere_dev/prepare.py --data ../shared/data --out cache/nowhere_dev --frame-features" in warning[0]
     caplog.clear()
     assert find_replay("", cfg) is None and not caplog.records  # --replay none: asked for, no warning
+
+
+def test_ctrl_c_keeps_what_was_learnt_until_then(source, voices, tmp_path, monkeypatch, capsys):
+    """The signal lands during step 4 of 30 (as Ctrl-C would): the model of those 4 steps is written and
+    enrolled, says it was interrupted, and the CLI exits 130 saying so."""
+    from vckit.training.finetune import FineTuner
+
+    step = FineTuner.train_step
+
+    def stopped_at_4(self):
+        stats = step(self)
+        if self.step == 4:
+            self._handle_signal(2, None)  # SIGINT, delivered as the loop's handler receives it
+        return stats
+
+    monkeypatch.setattr(FineTuner, "train_step", stopped_at_4)
+    out, bank = tmp_path / "ft", tmp_path / "bank"
+    res = finetune(source, voices / "sm1", out, speaker="me", config=FAST, bank=bank, device="cpu", progress=False)
+    assert res.interrupted and res.steps == 4 and res.checkpoint == out
+    meta = read_meta(out)
+    assert meta["finetune"]["steps_done"] == 4 and meta["finetune"]["interrupted"] is True
+    assert load_profile(bank, "me").model_id == vckit.load(out, device="cpu", vocoder="griffinlim").model_id
+
+    args = ["finetune", "--data", str(voices / "sf1"), "--speaker", "her", "--out", str(tmp_path / "cli"), "--from", str(source),
+            "--steps", "30", "--batch-size", "8", "--replay", "none", "--bank", str(bank), "--device", "cpu", "--quiet"]
+    assert vckit_main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after 4 of 30 steps: the model as it was then is written" in err and "Traceback" not in err
+    assert (tmp_path / "cli" / "config.json").is_file()

@@ -156,6 +156,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     print(f"wrote {res.checkpoint}")
     for name, path in res.profiles.items():
         print(f"enrolled {name}: {path}  (vckit convert SRC --checkpoint {res.checkpoint} --speaker {name} -o OUT.wav)")
+    if res.interrupted:
+        print(f"interrupted after {res.steps} of {cfg.steps} steps: the model as it was then is written and usable; "
+              "the same command with --overwrite trains it in full", file=sys.stderr)
+        return 130
     return 0
 
 

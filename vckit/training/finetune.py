@@ -101,6 +101,7 @@ class FinetuneResult:
     replay: str = ""  # the replayed manifest, if any
     replay_speakers: int = 0  # its speakers
     new_share: float = 1.0  # the new speakers' share of each batch
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: ``checkpoint`` holds the ``steps`` trained until then
 
 
 class FineTuner(Trainer):
@@ -314,15 +315,15 @@ def finetune(
         t0 = time.time()
         trainer.run(progress=progress)
         train_seconds = time.time() - t0
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+        if trainer.interrupted:  # what was learnt until the signal is kept: the trainer saved it, it ships below
+            log.warning("interrupted after %d of %d steps: writing the model as it is", trainer.step, ft.steps)
         after = trainer.recon_l1()
         log.info("self-reconstruction L1 on the new speakers: %.4f -> %.4f", before, after)
         assert trainer.saved is not None
         extra = {
             "name": f"{read_meta(source).get('name', source.name)}-finetuned",
             "finetuned_from": str(source),
-            "finetune": {**to_dict(ft), "seconds": {n: round(seconds[n], 1) for n in names}, "steps_done": trainer.step},
+            "finetune": {**to_dict(ft), "seconds": {n: round(seconds[n], 1) for n in names}, "steps_done": trainer.step, "interrupted": trainer.interrupted},
         }
         export_for_inference(trainer.saved, out, extra=extra)
         profiles = _enroll(out, index, names, bank, device, overwrite) if enroll else {}
@@ -341,6 +342,7 @@ def finetune(
         replay=str(replay[0]) if replay else "",
         replay_speakers=len(trainer.sampler.speakers) - len(names),
         new_share=trainer.new_share,
+        interrupted=trainer.interrupted,
     )
 
 
