@@ -46,9 +46,9 @@ def find_replay(replay: str, source_cfg: Config) -> tuple[Path, Path] | None:
         if manifest.is_file() and (features / "index.json").is_file():
             log.info("replay: %s and %s", manifest, features)
             return manifest, features
-        log.warning("replay skipped: the source model's training data (%s, %s) is not here, so fine-tuning cannot mix it "
-                    "into each batch and the model may drift for other voices; build it with: %s (or pass --replay none)",
-                    manifest, features, _prepare_command(manifest.parent, source_cfg))
+        log.warning("replay skipped: the source model's training data (%s, %s) is not on this machine, so fine-tuning "
+                    "learns from your audio alone and other voices may drift. %s; --replay none silences this",
+                    manifest, features, _replay_hint(manifest.parent, source_cfg))
         return None
     folder = Path(replay)
     if not (folder / "train.jsonl").is_file() or not (folder / "features" / "index.json").is_file():
@@ -56,11 +56,11 @@ def find_replay(replay: str, source_cfg: Config) -> tuple[Path, Path] | None:
     return folder / "train.jsonl", folder / "features"
 
 
-def _prepare_command(cache: Path, cfg: Config) -> str:
-    """The recipe command that builds the replay cache ``cache`` (e.g. ``cache/shared_dev``)."""
-    recipe = Path("recipes") / cache.name / "prepare.py"
+def _replay_hint(cache: Path, cfg: Config) -> str:
+    """Where a replay cache like ``cache`` (e.g. ``cache/shared_dev``) comes from: the model's own recipe and corpus."""
     flag = " --frame-features" if frame_features_needed(cfg) else ""
-    return f"python {recipe} --data ../shared/data --out {cache}{flag}" if cache.name else f"the recipe's prepare.py --out {cache}{flag}"
+    return (f"With the corpus the model was trained on, python recipes/{cache.name}/prepare.py --data CORPUS --out {cache}{flag} "
+            f"builds it (--replay CACHE names one elsewhere)")
 
 
 def frame_features_needed(cfg: Config) -> tuple[str, ...]:
