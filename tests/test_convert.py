@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -139,6 +140,9 @@ def test_enroll_list_and_convert_with_a_speaker(vckit_cli, files, tmp_path):
     assert "already enrolled" in one_line_error(again)
     listing = vckit_cli("speakers", "--bank", bank, timeout=60)
     assert listing.returncode == 0 and "sf1" in listing.stdout and "Hz" in listing.stdout
+    speech = float(re.search(r"([\d.]+) s of speech", proc.stdout).group(1))
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("sf1 "))
+    assert f"{speech:.1f} s" in row and "default" in row  # the speech enrol reported, and the model it was made with
     out = tmp_path / "o.wav"
     conv = vckit_cli("convert", files["src"], "--speaker", "sf1", "--bank", bank, "-o", out, "--match-pitch", *COMMON)
     assert conv.returncode == 0, conv.stderr
@@ -172,6 +176,20 @@ def test_an_enrolled_voice_comes_back_through_the_api(files, tmp_path):
     save_profile(bank, new_profile("ghost", torch.randn(128), "0123456789abcdef", [], 2.0, None))
     with pytest.raises(VckitError, match="'ghost' was enrolled with the model with weights 0123456789ab"):
         vc.enrolled("ghost", bank)
+
+
+def test_a_voice_enrolled_with_the_default_model_works_live(files, tmp_path):
+    """The profile keeps its reference files: the live model makes the voice anew from them."""
+    import vckit
+
+    default, live = vckit.load(CKPT, vocoder="griffinlim", device="cpu"), vckit.load("stream", vocoder="griffinlim", device="cpu")
+    voice = default.voice([files["ref1"], files["ref2"]])
+    bank = tmp_path / "bank"
+    save_profile(bank, new_profile("sf1", voice.embedding, default.model_id, [str(files["ref1"]), str(files["ref2"])], voice.seconds, voice.f0_median))
+    back = live.enrolled("sf1", bank)
+    assert back.model_id == live.model_id != default.model_id
+    torch.testing.assert_close(back.embedding, live.voice([files["ref1"], files["ref2"]]).embedding)
+    assert default.enrolled("sf1", bank).model_id == default.model_id  # and it still serves the default model
 
 
 def test_ref_and_speaker_together_or_neither(vckit_cli, files, tmp_path):

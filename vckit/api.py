@@ -196,11 +196,18 @@ class Converter:
     def enrolled(self, name: str, bank: str | os.PathLike | None = None) -> Voice:
         """The :class:`Voice` of a speaker stored by ``vckit enroll`` (or ``finetune``), for :meth:`convert`.
 
-        Raises VckitError naming both models if it was enrolled with another one.
+        A speaker enrolled with another model (the default, for the live one) is made anew for this
+        model from the reference clips the profile keeps. Raises VckitError naming both models when
+        none of those clips can be read.
         """
         from vckit.speakers import check_profile_model, default_bank, load_profile
 
         prof = load_profile(bank or default_bank(), name)
+        if prof.model_id and self.model_id and prof.model_id != self.model_id:
+            refs = [r for r in prof.meta.get("references", []) if os.path.isfile(r)]
+            if refs:
+                log.info("speaker %r was enrolled with another model: its voice is made for this one from its %d reference file(s)", name, len(refs))
+                return self.voice(refs)
         check_profile_model(prof, self.model_id, str(self.checkpoint or ""))
         seconds = float(prof.meta.get("seconds") or 0.0)
         return Voice(prof.embedding.to(self.device), prof.f0_median, prof.model_id, seconds, seconds)

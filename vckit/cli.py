@@ -103,7 +103,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
-    from vckit.api import default_checkpoint, load
+    from vckit.api import checkpoint_path, load
     from vckit.speakers import check_name, default_bank, new_profile, save_profile
 
     check_name(args.name)
@@ -115,7 +115,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
     voice = said(vc.voice(args.refs))
     refs = [str(Path(r).resolve()) for r in args.refs]
-    prof = new_profile(args.name, voice.embedding, vc.model_id, refs, voice.seconds, voice.f0_median, checkpoint=str(args.checkpoint or default_checkpoint()))
+    prof = new_profile(args.name, voice.embedding, vc.model_id, refs, voice.seconds, voice.f0_median, checkpoint=str(checkpoint_path(args.checkpoint)),
+                       speech_seconds=voice.speech_seconds)
     path = save_profile(bank, prof, overwrite=args.overwrite)
     f0 = f", median F0 {prof.f0_median:.0f} Hz" if prof.f0_median else ""
     print(f"enrolled {args.name} from {len(args.refs)} file(s), {voice.speech_seconds:.1f} s of speech{f0}: {path}")
@@ -130,9 +131,12 @@ def _cmd_speakers(args: argparse.Namespace) -> int:
     if not profs:
         print(f"no enrolled speakers in {bank} (add one with: vckit enroll NAME REF.wav ...)")
         return 0
+    print(f"{'name':<24} {'speech':>8}  {'F0':>7}  {'files':>5}  {'model':<24} created")
     for p in profs:
         f0 = f"{p.f0_median:.0f} Hz" if p.f0_median else "-"
-        print(f"{p.name:<24} {p.meta.get('seconds', 0):>7.1f} s  F0 {f0:>7}  {len(p.meta.get('references', []))} file(s)  {p.meta.get('created', '')}")
+        speech = p.meta.get("speech_seconds", p.meta.get("seconds", 0))  # profiles before 2026-12 kept the audio's seconds only
+        model = Path(p.meta["checkpoint"]).name if p.meta.get("checkpoint") else f"weights {p.model_id[:12]}" if p.model_id else "-"
+        print(f"{p.name:<24} {speech:>6.1f} s  {f0:>7}  {len(p.meta.get('references', [])):>5}  {model:<24} {p.meta.get('created', '')}")
     return 0
 
 

@@ -45,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     st = sub.add_parser("stream", help="live conversion: the microphone to the speakers in another voice (or a file through the same path)")
     tgt = st.add_mutually_exclusive_group()
     tgt.add_argument("--ref", nargs="+", help="reference recording(s) of the target voice")
-    tgt.add_argument("--speaker", help="a speaker enrolled with the streaming model (vckit enroll --checkpoint stream)")
+    tgt.add_argument("--speaker", help="an enrolled speaker (vckit enroll); one enrolled with another model is made anew from its reference files")
     st.add_argument("--input", help="stream this file instead of the microphone (with --output)")
     st.add_argument("--output", help="write the streamed file here (.wav)")
     st.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")

@@ -105,9 +105,13 @@ def list_profiles(bank: str | os.PathLike) -> list[SpeakerProfile]:
     return out
 
 
-def new_profile(name: str, embedding: torch.Tensor, model_id: str, refs: list[str], seconds: float, f0_median: float | None, *, checkpoint: str = "") -> SpeakerProfile:
-    """A profile; ``checkpoint`` (the model folder that made ``embedding``) is kept so a refusal can name it."""
+def new_profile(name: str, embedding: torch.Tensor, model_id: str, refs: list[str], seconds: float, f0_median: float | None, *,
+                checkpoint: str = "", speech_seconds: float | None = None) -> SpeakerProfile:
+    """A profile; ``checkpoint`` (the model folder that made ``embedding``) is kept so a refusal can name it.
+    ``seconds`` is the references' audio, ``speech_seconds`` the speech in it."""
     meta = {"references": refs, "seconds": round(seconds, 2), "f0_median": f0_median, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if speech_seconds is not None:
+        meta["speech_seconds"] = round(speech_seconds, 2)
     if checkpoint:
         meta["checkpoint"] = checkpoint
     return SpeakerProfile(check_name(name), embedding, model_id, meta)

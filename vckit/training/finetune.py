@@ -358,7 +358,8 @@ def _enroll(checkpoint: Path, index: dict[str, Any], names: list[str], bank: Pat
         utts = [u for u in index["utterances"] if u["speaker"] == name]
         refs = [u["path"] for u in utts if u["frames"] >= MIN_REFERENCE_FRAMES] or [max(utts, key=lambda u: u["frames"])["path"]]
         voice = vc.voice(refs)
-        prof = new_profile(name, voice.embedding, vc.model_id, [str(Path(r).resolve()) for r in refs], voice.seconds, voice.f0_median, checkpoint=str(Path(checkpoint).resolve()))
+        prof = new_profile(name, voice.embedding, vc.model_id, [str(Path(r).resolve()) for r in refs], voice.seconds, voice.f0_median, checkpoint=str(Path(checkpoint).resolve()),
+                           speech_seconds=voice.speech_seconds)
         prof.meta["finetuned"] = True
         paths[name] = save_profile(bank, prof, overwrite=overwrite)
     return paths
