@@ -228,3 +228,17 @@ def test_a_model_reading_teacher_and_mel_streams_as_in_one_go(tmp_path, speech):
     parts = [two.push(wav[i : i + 1000]) for i in range(0, len(wav), 1000)] + [two.flush()]
     np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-4)
     assert np.abs(whole[one.delay :]).max() > 0
+
+
+def test_the_live_report_says_when_the_machine_cannot_keep_up():
+    from vckit.live import LiveReport
+
+    def report(ms):
+        return LiveReport(seconds=10.0, block_ms=69.7, delay_ms=127.0, compute_ms=list(ms))
+
+    assert report([30.0] * 200).verdict() == "" and "\n" not in report([30.0] * 200).summary()
+    assert report([30.0] * 190 + [60.0] * 10).verdict().startswith("keeps up with little margin: the 99th percentile uses 86% of each block")
+    late = report([30.0] * 190 + [4219.0] * 10)
+    assert late.verdict().startswith("not reliable for live use on this machine: 1 block in 100 takes longer")
+    assert late.summary().splitlines()[1] == late.verdict()
+    assert report([90.0] * 200).verdict().startswith("too slow for live use on this machine: a block takes 1.3x its own duration")

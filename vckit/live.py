@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILE_CALLBACK = 512  # samples per push when a file plays the microphone (a typical sound-card buffer)
+MARGIN = 0.7  # the share of each block's duration that compute may take with a safe margin (issue 29's bar)
 
 
 @dataclasses.dataclass
@@ -37,12 +38,29 @@ class LiveReport:
     late: int = 0  # callbacks the sound card reported as over- or underflowing
 
     def summary(self) -> str:
+        """One line of figures, and a second with the verdict when the machine did not keep up with margin."""
         c = np.asarray(self.compute_ms) if self.compute_ms else np.zeros(1)
         line = (
             f"{self.seconds:.1f} s streamed: delay {self.delay_ms:.0f} ms, block {self.block_ms:.1f} ms, "
             f"compute per block median {np.median(c):.1f} ms, 99th percentile {np.percentile(c, 99):.1f} ms"
         )
-        return line + (f", {self.late} late callbacks" if self.late else "")
+        line += f", {self.late} late callbacks" if self.late else ""
+        verdict = self.verdict()
+        return f"{line}\n{verdict}" if verdict else line
+
+    def verdict(self) -> str:
+        """Empty when the 99th percentile of compute stays within ``MARGIN`` of the block; else what it means for live use."""
+        if not self.compute_ms:
+            return ""
+        median, p99 = float(np.median(self.compute_ms)), float(np.percentile(self.compute_ms, 99))
+        hint = ("another program may be using the cores; a longer block (--block-ms) costs delay but gives each block more time")
+        if median > self.block_ms:
+            return f"too slow for live use on this machine: a block takes {median / self.block_ms:.1f}x its own duration to convert, so the output would fall ever further behind ({hint})"
+        if p99 > self.block_ms:
+            return f"not reliable for live use on this machine: 1 block in 100 takes longer to convert than it lasts, so a sound card would drop audio ({hint})"
+        if p99 > MARGIN * self.block_ms:
+            return f"keeps up with little margin: the 99th percentile uses {p99 / self.block_ms:.0%} of each block"
+        return ""
 
 
 def sounddevice():
