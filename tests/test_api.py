@@ -162,13 +162,16 @@ def test_import_stays_light():
 
 # -- reference checks and the silence gate ------------------------------------------------
 def synthetic(kind: str, seconds: float = 4.0, sr: int = 16000) -> np.ndarray:
-    """White noise, a steady tone, or a sequence of major chords (a crude piece of music)."""
+    """White noise, a steady tone, a sine sweep, a vibrato tone, or a sequence of major chords (a crude piece of music)."""
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * sr)) / sr
     if kind == "noise":
         return (0.1 * rng.standard_normal(len(t))).astype(np.float32)
     if kind == "tone":
         return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    if kind in ("sweep", "vibrato"):  # 100 -> 600 Hz, logarithmic, over the clip; 200 Hz +- 50 Hz at 0.5 Hz
+        f = 100 * 6 ** (t / seconds) if kind == "sweep" else 200 + 50 * np.sin(np.pi * t)
+        return (0.3 * np.sin(2 * np.pi * np.cumsum(f) / sr)).astype(np.float32)
     beat = t % 0.5  # a new chord every half second, each note decaying
     roots = np.where((t // 0.5) % 2 == 0, 261.6, 220.0)
     x = sum(np.sin(2 * np.pi * roots * ratio * k * t) / k for ratio in (1, 1.26, 1.5) for k in range(1, 6))
@@ -183,7 +186,7 @@ def test_measure_speech_tells_speech_from_noise_and_music(files):
     speech = load_audio(files["ref_a"], sr)
     m = measure_speech(speech, sr)
     assert 0.6 * m.seconds < m.speech_seconds <= m.seconds and m.snr_db > 20
-    for kind in ("noise", "tone", "chords"):
+    for kind in ("noise", "tone", "sweep", "vibrato", "chords"):
         assert measure_speech(load_audio(synthetic(kind), sr, 16000), sr).speech_seconds < 0.2, kind
     noise = np.random.default_rng(1).standard_normal(len(speech)).astype(np.float32)
     noisy = speech + noise * np.sqrt(np.mean(speech**2) / np.mean(noise**2)) * 10 ** (-3 / 20)  # 3 dB SNR
@@ -191,7 +194,7 @@ def test_measure_speech_tells_speech_from_noise_and_music(files):
     assert n.snr_db < 12 < m.snr_db
 
 
-@pytest.mark.parametrize("kind", ["noise", "tone", "chords"])
+@pytest.mark.parametrize("kind", ["noise", "tone", "sweep", "chords"])
 def test_a_reference_without_speech_is_refused(vc, kind):
     from vckit.errors import NoSpeechError
 

@@ -275,3 +275,35 @@ def test_a_long_single_file_shows_a_progress_bar(vc, files, tmp_path, monkeypatc
     assert sf.info(str(out)).format == "OGG" and sf.info(str(out)).subtype == "VORBIS"
     assert main(["convert", str(files["src"]), "--ref", str(files["ref1"]), "-o", str(tmp_path / "q.wav"), "--quiet"]) == 0
     assert "converting" not in capsys.readouterr().err
+
+
+def test_the_cli_names_the_input_at_fault_before_loading_the_model(files, tmp_path, monkeypatch, capsys):
+    import soundfile
+
+    import vckit.api
+    from vckit.cli import main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was found")
+
+    monkeypatch.setattr(vckit.api, "load", no_load)
+    out = str(tmp_path / "o.wav")
+    assert main(["convert", str(files["src"]), "--ref", str(tmp_path / "missing.wav"), "-o", out]) == 2
+    assert capsys.readouterr().err.strip() == f"error: reference not found: {tmp_path / 'missing.wav'}"
+    assert main(["convert", str(files["src"]), "--speaker", "nobody", "--bank", str(tmp_path / "bank"), "-o", out]) == 2
+    assert "no enrolled speaker 'nobody'" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.float32), 22050)
+    assert main(["convert", str(empty), "--ref", str(files["ref1"]), "-o", out, *COMMON]) == 2
+    as_source = capsys.readouterr().err.strip()
+    assert main(["convert", str(files["src"]), "--ref", str(empty), "-o", out, *COMMON]) == 2
+    as_reference = capsys.readouterr().err.strip()
+    assert as_source == "error: source empty.wav is empty (0 samples)" and as_reference == "error: reference empty.wav is empty (0 samples)"
+
+    short = tmp_path / "short.wav"
+    x, sr = soundfile.read(str(files["src"]), dtype="float32")
+    soundfile.write(short, x[int(0.5 * sr) : int(0.7 * sr)], sr)
+    assert main(["convert", str(short), "--ref", str(files["ref1"]), "-o", out, *COMMON]) == 0
+    assert "warning: source short.wav is only 0.2 s long, too short to hold a word: converted anyway" in capsys.readouterr().err

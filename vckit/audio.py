@@ -195,8 +195,13 @@ def load_audio(
         float32 mono waveform ``(samples,)`` at ``target_sr``.
     """
     if isinstance(src, (str, os.PathLike)):
+        try:
+            wav, sr = read_audio(src, mono=True)
+        except UnreadableAudioError as e:
+            if what:  # say which input it was: "reference a.wav: audio file not found: ..."
+                raise UnreadableAudioError(f"{what}: {e}") from None
+            raise
         what = what or Path(src).name
-        wav, sr = read_audio(src, mono=True)
     else:
         what = what or "audio"
         if sr is None:

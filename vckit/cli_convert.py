@@ -15,6 +15,7 @@ from pathlib import Path
 from vckit.errors import VckitError
 
 LONG_SOURCE_S = 30.0  # a single source longer than this gets a progress bar
+SHORT_SOURCE_S = 0.5  # a source shorter than this is converted with a warning: hardly a word fits in it
 
 
 def bounded(cast, lo: float, hi: float, what: str, unit: str, kind: str):
@@ -48,6 +49,17 @@ def _vq_choice(value: str) -> bool | float | None:
     if not 0.0 <= mix <= 1.0:
         raise argparse.ArgumentTypeError(f"a mix must be between 0 and 1, got {value}")
     return mix
+
+
+def check_target(args: argparse.Namespace) -> None:
+    """What can be checked of --ref / --speaker before the model loads: the files exist, the speaker is enrolled."""
+    if args.speaker:
+        from vckit.speakers import default_bank, load_profile
+
+        load_profile(args.bank or default_bank(), args.speaker)  # "no enrolled speaker ..." in a blink, not after loading
+    for r in args.ref or []:
+        if not Path(r).is_file():
+            raise VckitError(f"reference not found: {r}")
 
 
 def _target(args: argparse.Namespace, vc):
@@ -94,6 +106,7 @@ def _seconds(path: Path) -> float:
 def _load(args: argparse.Namespace):
     from vckit.api import load
 
+    check_target(args)
     vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq)
     return vc, _target(args, vc), dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
 
@@ -114,9 +127,13 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     from vckit.api import MIN_SOURCE_S, load
     from vckit.audio import load_audio
 
+    check_target(args)
     vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq)
     rate = vc.config.mel.sample_rate
-    source = load_audio(args.source, rate, trim=False, min_seconds=MIN_SOURCE_S)  # a bad source fails before the voice is made
+    # a bad source fails before the voice is made
+    source = load_audio(args.source, rate, trim=False, min_seconds=MIN_SOURCE_S, what=f"source {src.name}")
+    if len(source) < SHORT_SOURCE_S * rate:
+        print(f"warning: source {src.name} is only {len(source) / rate:.1f} s long, too short to hold a word: converted anyway", file=sys.stderr)
     target, opts = _target(args, vc), dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
     bar, at = _bar(1.0, "", args.quiet or _seconds(src) <= LONG_SOURCE_S)
     try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vckit.cli_convert import _target, bounded, semitones
+from vckit.cli_convert import _target, bounded, check_target, semitones
 from vckit.errors import VckitError
 
 
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
         raise VckitError(f"{args.output} exists: pass --overwrite to replace it")
     if not args.input:
         live.sounddevice()  # a machine without PortAudio says so before the model loads
+    check_target(args)
     vc = load(args.checkpoint or "stream", device="cpu")
     if not args.input:  # a machine without PortAudio, or a device that cannot take the rate, says so before any work
         live.check_devices(args.input_device, args.output_device, vc.sample_rate)
