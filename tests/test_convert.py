@@ -209,7 +209,7 @@ def test_batch_keeps_going_past_a_bad_file_and_fails_at_the_end(vckit_cli, files
     assert proc.returncode == 1
     assert sorted(p.name for p in out.iterdir()) == ["200001.wav", "200002.wav"]
     assert all(sf.info(str(p)).samplerate == 16000 for p in out.iterdir())
-    assert "converted 2 of 3" in proc.stdout
+    assert proc.stdout.strip().endswith(f"converted 2 files into {out}; 1 failed (listed below)")
     assert "failed:" in proc.stderr and "broken.wav" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -224,13 +224,13 @@ def test_an_interrupted_batch_resumes_and_never_overwrites_unasked(vckit_cli, fi
     assert proc.returncode == 0, proc.stderr
     assert (out / "200001.wav").read_bytes() == b"mine"  # never overwritten silently
     assert sf.info(str(out / "200002.wav")).frames > 0
-    assert "converted 1 of 1 files" in proc.stdout and "skipped 1 existing" in proc.stdout
+    assert f"converted 1 file into {out}; 1 already in {out} left as they were (--overwrite converts them again)" in proc.stdout
     done = (out / "200002.wav").read_bytes()
     again = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", out, *COMMON)
-    assert again.returncode == 0 and "nothing to convert" in again.stdout and "skipped 2 existing" in again.stdout
+    assert again.returncode == 0 and f"nothing to convert: all 2 outputs are already in {out}" in again.stdout
     assert (out / "200002.wav").read_bytes() == done and (out / "200001.wav").read_bytes() == b"mine"
     forced = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", out, "--overwrite", *COMMON)
-    assert forced.returncode == 0 and "converted 2 of 2" in forced.stdout
+    assert forced.returncode == 0 and f"converted 2 files into {out}" in forced.stdout
     assert sf.info(str(out / "200001.wav")).frames > 0  # asked for: replaced
 
 
@@ -245,7 +245,7 @@ def test_a_folder_batch_mirrors_subfolders_in_the_format_asked(vckit_cli, data_d
         assert proc.returncode == 0, proc.stderr
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.flac")) == ["SF1/100002.flac", "TM1/100002.flac"]
     assert {sf.info(str(p)).format for p in out.rglob("*.flac")} == {"FLAC"}
-    assert "skipped 2 existing" in proc.stdout
+    assert f"nothing to convert: all 2 outputs are already in {out}" in proc.stdout
 
 
 def test_progress_rises_to_one_through_chunks_and_vocoder(vc, files, monkeypatch):
@@ -307,3 +307,25 @@ def test_the_cli_names_the_input_at_fault_before_loading_the_model(files, tmp_pa
     soundfile.write(short, x[int(0.5 * sr) : int(0.7 * sr)], sr)
     assert main(["convert", str(short), "--ref", str(files["ref1"]), "-o", out, *COMMON]) == 0
     assert "warning: source short.wav is only 0.2 s long, too short to hold a word: converted anyway" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_batch_says_what_is_done_and_how_to_go_on(files, tmp_path, monkeypatch, capsys):
+    import vckit.api
+    from vckit.cli import main
+
+    real, calls = vckit.api.Converter.convert, []
+
+    def interrupted_on_the_second(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(vckit.api.Converter, "convert", interrupted_on_the_second)
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("".join(json.dumps({"path": str(files[k])}) + "\n" for k in ("src", "src2", "ref2")))
+    out = tmp_path / "out"
+    assert main(["convert", str(manifest), "--ref", str(files["ref1"]), "-o", str(out), "--quiet", *COMMON]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"interrupted: converted 1 of 3 files into {out}; the same command again converts the other 2 and keeps what is done"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.wav")) == ["SM1/200001.wav"]

@@ -163,27 +163,40 @@ def _convert_batch(args: argparse.Namespace, files: list[Path], out: Path) -> in
             raise VckitError(f"no source files in {args.source} outside the output folder {out}")
     jobs = list(zip(files, output_paths(files, args.source, out, suffix)))
     todo = jobs if args.overwrite else [(f, dst) for f, dst in jobs if not dst.exists()]
-    skipped = f"; skipped {len(jobs) - len(todo)} existing (--overwrite converts them again)" if len(todo) < len(jobs) else ""
+    n_there = len(jobs) - len(todo)
+    there = f"{n_there} already in {out} left as they were (--overwrite converts them again)" if n_there else ""
     if not todo:
-        print(f"nothing to convert: all {len(jobs)} outputs are in {out}{skipped}")
+        print(f"nothing to convert: all {len(jobs)} outputs are already in {out} (--overwrite converts them again)")
         return 0
     vc, target, opts = _load(args)
     bar, at = _bar(len(todo), "files", args.quiet)
-    failures = []
+    failures, done = [], 0
     try:
         for i, (f, dst) in enumerate(todo):
             step = None if at is None else (lambda share, i=i: at(i + share))
             try:
                 wav = vc.convert(f, target=target, progress=step, **opts)
                 vc.save(dst, wav, overwrite=args.overwrite, sample_rate=args.sample_rate)
+                done += 1
             except VckitError as e:
                 failures.append((f, str(e)))
             if at is not None:
                 at(i + 1)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        left = len(todo) - done - len(failures)
+        print(f"interrupted: converted {done} of {len(todo)} files into {out}; the same command again converts the other {left}"
+              + ("" if args.overwrite else " and keeps what is done"), file=sys.stderr)
+        return 130
     finally:
         if bar is not None:
             bar.close()
-    print(f"converted {len(todo) - len(failures)} of {len(todo)} files into {out}{skipped}")
+    parts = [f"converted {done} file{'s' if done != 1 else ''} into {out}"]
+    parts += [f"{len(failures)} failed (listed below)"] if failures else []
+    parts += [there] if there else []
+    print("; ".join(parts))
     for f, msg in failures:
         print(f"failed: {f}: {msg}", file=sys.stderr)
     return 1 if failures else 0
