@@ -139,10 +139,13 @@ def test_convert_to_example_voice(service: DemoService, male: Path) -> None:
 
 def test_pitch_handling(service: DemoService, male: Path, male_short: Path, female: Path) -> None:
     # the shift shown: the register move of the F0 path (0 for models without one) plus the manual semitones
-    base = service.convert(str(male), REFERENCE_CHOICE, str(female), pitch_mode="none").pitch_shift
-    manual = service.convert(str(male), REFERENCE_CHOICE, str(female), pitch_mode="manual semitones", semitones=3).pitch_shift
-    assert manual == pytest.approx(base + 3.0)
-    assert base == 0.0 or base > 2  # with an F0 path, a male source goes up toward the female register
+    none = service.convert(str(male), REFERENCE_CHOICE, str(female), pitch_mode="none")
+    base = none.pitch_shift
+    manual = service.convert(str(male), REFERENCE_CHOICE, str(female), pitch_mode="manual semitones", semitones=3)
+    assert manual.pitch_shift == pytest.approx(base + 3.0)
+    assert base > 2 and none.register_shift == base  # the shipped model's F0 path: a male source goes up toward the female register
+    assert f"pitch: moved {base:+.1f} semitones to the target's register by the model itself" in none.summary
+    assert "then +3.0 semitones as asked" in manual.summary
     matched = service.convert(str(male_short), REFERENCE_CHOICE, str(female), pitch_mode="match F0")
     assert matched.pitch_shift > 2  # a male source is shifted up towards a female voice
     assert "semitones" in matched.summary

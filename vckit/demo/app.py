@@ -54,10 +54,11 @@ class Result:
     mels: Path  # PNG: source, reference and result side by side
     seconds: float  # length of the converted audio
     similarity: dict[str, float | None]  # judge cosine of the result "to_reference" and "to_source"
-    pitch_shift: float  # semitones the source was shifted
+    pitch_shift: float  # semitones the source was shifted: the model's own register move plus what was asked for
     summary: str  # Markdown for the page
     elapsed: float = 0.0
     warnings: tuple[str, ...] = ()  # about the reference audio (little speech, noisy, short)
+    register_shift: float = 0.0  # of pitch_shift, what a model with an F0 path moved by itself (to the target's register)
 
 
 @dataclass
@@ -263,8 +264,10 @@ class DemoService:
             shift = vc.pitch_offset(src, tgt.refs if tgt.refs is not None else tgt.embedding, sr=rate, target_f0=tgt.f0)
         step(0.35, desc="converting")
         wav = vc.convert(src, tgt.embedding, sr=rate, pitch_shift=shift, target_f0=tgt.f0)
+        register = 0.0
         if vc.model.needs_f0:  # the F0 path always moves the source's contour to the target's register: show by how much
-            shift += vc.pitch_offset(src, tgt.embedding, sr=rate, target_f0=tgt.f0)
+            register = vc.pitch_offset(src, tgt.embedding, sr=rate, target_f0=tgt.f0)
+            shift += register
         self._prune()
         out_dir = Path(tempfile.mkdtemp(prefix="req-", dir=self.workdir))
         audio = vc.save(out_dir / f"vckit_{_safe(_stem(source))}_to_{_safe(tgt.name)}.wav", wav)
@@ -273,7 +276,7 @@ class DemoService:
         step(0.9, desc="drawing the spectrograms")
         mels = self._picture(vc, src, tgt, wav, out_dir / "mels.png")
         seconds = len(wav) / vc.sample_rate
-        res = Result(audio, mels, seconds, sims, shift, "", time.perf_counter() - t0, tgt.warnings)
+        res = Result(audio, mels, seconds, sims, shift, "", time.perf_counter() - t0, tgt.warnings, register_shift=register)
         res.summary = self.summary(res, tgt, vocoder or self.default_vocoder)
         step(1.0, desc="done")
         return res
@@ -327,13 +330,13 @@ class DemoService:
         def num(x: float | None) -> str:
             return "n/a" if x is None else f"{x:.2f}"
 
-        shift = f"{res.pitch_shift:+.1f} semitones" if res.pitch_shift else "none"
+        shift = _pitch_words(res.pitch_shift, res.register_shift)
         clips = f"{tgt.clips} clips" if tgt.clips != 1 else "1 clip"
         speech = f", {tgt.speech_seconds:.1f} s of speech" if tgt.speech_seconds is not None else ""
         lines = [
             f"**Closer to the target than to the source: {verdict}**",
             "",
-            f"Converted {res.seconds:.1f} s to the voice of *{tgt.name}* ({clips}{speech}) with {vocoder} in {res.elapsed:.1f} s; pitch shift: {shift}.",
+            f"Converted {res.seconds:.1f} s to the voice of *{tgt.name}* ({clips}{speech}) with {vocoder} in {res.elapsed:.1f} s; pitch: {shift}.",
         ]
         lines += [""] + [f"- warning: {w}" for w in res.warnings] if res.warnings else []
         return "\n".join(
@@ -378,3 +381,12 @@ def _joined(clips: list[np.ndarray], rate: int) -> np.ndarray | None:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:40] or "audio"
+
+
+def _pitch_words(total: float, register: float) -> str:
+    """How the pitch was moved, in words: the model's own move to the target's register, and what was asked for."""
+    asked = total - register
+    if not register:
+        return f"shifted {asked:+.1f} semitones" if asked else "not shifted"
+    own = f"moved {register:+.1f} semitones to the target's register by the model itself (it follows the target's F0)"
+    return own + (f", then {asked:+.1f} semitones as asked" if abs(asked) >= 0.05 else "")

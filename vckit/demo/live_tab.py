@@ -366,7 +366,9 @@ def build_live_tab(gr: Any, app: Any, service: DemoService, stream_every: float 
 
     # the player runs for the whole recording, beside the chunks: its own unlimited group, so it never blocks them
     started = mic.start_recording(on_begin, None, status, queue=False)
-    started.then(on_play, None, out, concurrency_limit=None, concurrency_id="live-player", show_progress="hidden")
+    if shutil.which("ffmpeg") is not None:  # Gradio encodes the playback with it: without, each chunk would be a traceback and an
+        # error toast; the conversion still runs and is counted, and the intro says why nothing plays
+        started.then(on_play, None, out, concurrency_limit=None, concurrency_id="live-player", show_progress="hidden")
     mic.stream(on_chunk, [mic, target, reference], status, stream_every=stream_every, time_limit=TIME_LIMIT_S, concurrency_id="live", show_progress="hidden")
     mic.stop_recording(on_stop, None, status, queue=False)
     target.change(lambda c: gr.update(visible=c == REFERENCE_CHOICE), target, reference, queue=False)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from vckit.demo.app import PITCH_MODES, REFERENCE_CHOICE, VOCODERS, DemoService, Progress
+from vckit.demo.app import MAX_SEMITONES, PITCH_MODES, REFERENCE_CHOICE, VOCODERS, DemoService, Progress
 from vckit.errors import VckitError
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,9 @@ def build_app(service: DemoService) -> Any:
             with gr.Accordion("Options", open=True):
                 with gr.Row():
                     vocoder = gr.Radio(list(VOCODERS), value=service.default_vocoder, label="Vocoder", info="hifigan: neural, natural; griffinlim: no neural vocoder, faster, buzzy")
-                    pitch = gr.Radio(list(PITCH_MODES), value="none", label="Pitch handling", info="match F0: shift the source to the target's median F0 first")
-                    semitones = gr.Slider(-12, 12, value=0, step=0.5, label="Manual shift (semitones)", interactive=False)
+                    pitch = gr.Radio(list(PITCH_MODES), value="none", label="Pitch handling",
+                                     info="match F0: shift the source to the target's median F0 first (a model with an F0 path, as the default, always does this itself)")
+                    semitones = gr.Slider(-MAX_SEMITONES, MAX_SEMITONES, value=0, step=0.5, label="Manual shift (semitones)", interactive=False)
             button = gr.Button("Convert", variant="primary", elem_id="convert-btn")
             with gr.Row():
                 result = gr.Audio(type="filepath", format="wav", label="Converted speech", interactive=False, buttons=["download"], elem_id="result-audio")
