@@ -230,3 +230,12 @@ def test_silence_in_the_source_stays_silent(vc, files):
     rate = vc.sample_rate
     assert dbfs(out[: int(0.8 * rate)]) < -60
     assert dbfs(out[int(1.2 * rate) :]) > -35  # the speech is untouched
+
+
+def test_a_voice_prints_what_a_reader_needs_not_its_128_numbers():
+    import torch
+
+    from vckit.api import Voice
+
+    text = repr(Voice(torch.randn(128), 201.3, "abcdef0123456789", 4.2, 3.1, ("short",)))
+    assert text == "Voice(128-dim embedding, F0 median 201 Hz, 3.1 s of speech in 4.2 s, model abcdef012345, 1 warning(s))"

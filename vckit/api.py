@@ -65,6 +65,11 @@ class Voice:
     speech_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:  # the embedding's numbers say nothing to a reader: its size does
+        f0 = f"{self.f0_median:.0f} Hz" if self.f0_median else "unknown"
+        return (f"Voice({tuple(self.embedding.shape)[-1]}-dim embedding, F0 median {f0}, {self.speech_seconds:.1f} s of speech "
+                f"in {self.seconds:.1f} s, model {self.model_id[:12] or 'unknown'}, {len(self.warnings)} warning(s))")
+
 
 Target = Union[Voice, AudioInput, Sequence[AudioInput], torch.Tensor]
 Progress = Union[Callable[[float], None], None]  # called with the share of a conversion done, rising to 1.0

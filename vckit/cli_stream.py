@@ -48,7 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     tgt.add_argument("--ref", nargs="+", help="reference recording(s) of the target voice")
     tgt.add_argument("--speaker", help="an enrolled speaker (vckit enroll); one enrolled with another model is made anew from its reference files")
     st.add_argument("--input", help="stream this file instead of the microphone (with --output)")
-    st.add_argument("--output", help="write the streamed file here (.wav)")
+    st.add_argument("--output", help="write the streamed file here (.wav, .flac, .ogg or .mp3, by its suffix)")
     st.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
     st.add_argument("--input-device", help="microphone: a number or name from --list-devices (default: the system's)")
     st.add_argument("--output-device", help="speakers: a number or name from --list-devices (default: the system's)")
