@@ -259,9 +259,9 @@ def test_step_folders_listing_and_pruning(tmp_path):
 
 
 def test_shipped_default_checkpoint_loads():
-    from vckit.api import DEFAULT_CHECKPOINT
+    from vckit.api import default_checkpoint
 
-    cfg, sd, meta = load_checkpoint(DEFAULT_CHECKPOINT)  # checks the recorded sha256
+    cfg, sd, meta = load_checkpoint(default_checkpoint())  # checks the recorded sha256
     assert meta["sha256"][WEIGHTS_FILE]
     model = build_model(cfg, sd)
     counts = count_parameters(model)

@@ -286,11 +286,11 @@ def test_the_shipped_model_is_checked_by_its_sha256(tmp_path, monkeypatch):
     import shutil
 
     import vckit
-    import vckit.api
+    import vckit.shipped
 
     ship = tmp_path / "default"
-    shutil.copytree(vckit.api.DEFAULT_CHECKPOINT, ship)
-    monkeypatch.setattr(vckit.api, "DEFAULT_CHECKPOINT", ship)
+    shutil.copytree(vckit.shipped.shipped_dir("default"), ship)
+    monkeypatch.setattr(vckit.shipped, "ROOTS", (tmp_path,))
     meta = json.loads((ship / "config.json").read_text())
     assert re.fullmatch(r"[0-9a-f]{64}", meta["sha256"][WEIGHTS_FILE])
     data = bytearray((ship / WEIGHTS_FILE).read_bytes())

@@ -26,6 +26,7 @@ from vckit.checkpoint import load_checkpoint
 from vckit.models.vc import build_model
 from vckit.config import Config
 from vckit.errors import CheckpointError, NoSpeechError, VckitError
+from vckit.shipped import MODELS as SHIPPED, REPO_ROOT, checkpoint_path, default_checkpoint, is_shipped  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from vckit.models.vc import Frames
@@ -38,9 +39,6 @@ MIN_SOURCE_S = 0.1
 CHUNK_FRAMES = 4096  # long sources are converted in equal chunks of at most this many frames (~48 s)
 CHUNK_OVERLAP = 128  # frames cross-faded between neighbouring chunks
 VOCODER_CHUNK = 256  # mel frames per vocoder call: as fast as 512 on CPU, half the activation memory
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "default"
-
 
 
 @dataclasses.dataclass
@@ -83,25 +81,6 @@ def _span(progress: Progress, lo: float, hi: float) -> Progress:
 def _report(progress: Progress, share: float) -> None:
     if progress is not None:
         progress(share)
-
-
-SHIPPED = ("default", "stream")  # models in checkpoints/, loadable by name: "stream" is the causal one for live use
-
-
-def default_checkpoint(name: str = "default") -> Path:
-    """A shipped model by name (``$VCKIT_CHECKPOINT`` overrides the default)."""
-    env = os.environ.get("VCKIT_CHECKPOINT") if name == "default" else None
-    path = Path(env) if env else DEFAULT_CHECKPOINT if name == "default" else DEFAULT_CHECKPOINT.parent / name
-    if not path.exists():
-        raise CheckpointError(f"the shipped model is not at {path}: install vckit from its source tree (pip install -e .) or pass a checkpoint path")
-    return path
-
-
-def checkpoint_path(checkpoint: str | os.PathLike | None) -> Path:
-    """The folder of ``checkpoint``: a path, a shipped model's name (:data:`SHIPPED`), or None for the default."""
-    if checkpoint is None or (str(checkpoint) in SHIPPED and not Path(checkpoint).exists()):
-        return default_checkpoint(str(checkpoint or "default"))
-    return Path(checkpoint)
 
 
 class Converter:
@@ -402,7 +381,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     path = checkpoint_path(checkpoint)
     config, sd, meta = load_checkpoint(path, dev)  # checks the weights against a recorded sha256
     recorded = meta.get("sha256", {}).get("model.safetensors")
-    if not recorded and path.resolve().parent == DEFAULT_CHECKPOINT.parent.resolve():
+    if not recorded and is_shipped(path):
         raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
     if quantize is not None and not config.model.vq.enabled:
         raise VckitError(f"the model in {path} has no VQ bottleneck: the codebook choice (--vq, quantize=) applies only to models trained with one")

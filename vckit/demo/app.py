@@ -20,13 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vckit.demo.examples import EXAMPLES_DIR, REPO_ROOT, example_voices, list_examples
+from vckit.demo.examples import EXAMPLES_DIR, example_voices, list_examples
 from vckit.demo.mel_image import render_mels
 from vckit.errors import VckitError
+from vckit.shipped import shipped_dir
 
 log = logging.getLogger(__name__)
 
-JUDGE_DIR = REPO_ROOT / "checkpoints" / "speaker_verification"
+JUDGE_DIR = shipped_dir("speaker_verification")
 DEFAULT_MAX_SECONDS = 60.0
 VOCODERS = ("hifigan", "griffinlim")
 PITCH_MODES = ("none", "match F0", "manual semitones")
@@ -35,7 +36,7 @@ REFERENCE_CHOICE = "reference clip (upload or record)"
 EXAMPLE_PREFIX = "example voice: "
 ENROLLED_PREFIX = "enrolled: "
 REQUEST_MAX_AGE_S = 3600.0  # request folders older than this are removed by later requests
-STREAM_DIR = REPO_ROOT / "checkpoints" / "stream"
+STREAM_DIR = shipped_dir("stream")
 NO_STREAM_MODEL = "live conversion needs the streaming model (checkpoints/stream), which this installation lacks: start the demo with --stream-checkpoint PATH to use another causal model"
 
 Progress = Callable[..., Any]

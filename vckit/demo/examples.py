@@ -8,8 +8,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES_DIR = REPO_ROOT / "checkpoints" / "examples"
+from vckit.shipped import REPO_ROOT, shipped_dir
+
+EXAMPLES_DIR = shipped_dir("examples")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # used when checkpoints/examples holds no examples: (name, source, reference) under shared/data
 FALLBACK_PAIRS = [

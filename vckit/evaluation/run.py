@@ -124,7 +124,8 @@ def evaluate(
     file, data without usable utterances, or no pair to convert.
     """
     import vckit
-    from vckit.api import REPO_ROOT, default_checkpoint, load
+    from vckit.api import default_checkpoint, load
+    from vckit.shipped import shipped_dir
     from vckit.evaluation.metrics import check_eval_packages
     from vckit.models.verifier import load_verifier
 
@@ -133,7 +134,7 @@ def evaluate(
     timer, t_start = _Timer(), time.perf_counter()
     torch.manual_seed(cfg.seed)
     utts = load_data(data)  # data errors before the slow model load
-    judge_dir = Path(judge) if judge else REPO_ROOT / "checkpoints" / "speaker_verification"
+    judge_dir = Path(judge) if judge else shipped_dir("speaker_verification")
     if not judge_dir.exists():
         raise VckitError(f"speaker-verification judge not found at {judge_dir}: train one with vckit train-sv, or pass --judge")
     sv, sv_meta = load_verifier(judge_dir, device)
