@@ -252,6 +252,8 @@ class TrainConfig:
     betas: tuple[Fraction, Fraction] = (0.9, 0.99)
     warmup_steps: Count = 1000
     min_lr_ratio: Probability = 0.05  # cosine decay to lr * this
+    # >0: no cosine; the peak until the last this many steps before `steps`, then linear to lr * min_lr_ratio
+    cooldown_steps: Count = 0
     grad_clip: Positive = 3.0
     spectral_convergence: Amount = 0.0
     content_cycle: Amount = 0.0  # >0: L1 between the codes of a conversion to another voice and the source's codes

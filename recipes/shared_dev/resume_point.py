@@ -28,13 +28,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default=str(REPO / "runs/forever"))
     ap.add_argument("--out", default=str(REPO / "recipes/shared_dev/resume_point"))
+    ap.add_argument("--last", action="store_true", help="the run's last weights, not its moving average (a cooled-down branch)")
     args = ap.parse_args()
     ck = latest_checkpoint(args.run)
     if ck is None:
         print(f"no checkpoint in {args.run}", file=sys.stderr)
         return 1
     _, _, meta = load_checkpoint(ck)
-    ema = "ema" in load_train_state(ck)
+    ema = "ema" in load_train_state(ck) and not args.last
     out = export_for_inference(ck, args.out, ema=ema, extra={"resume_point_of": str(Path(args.run).name)})
     print(f"{ck} (step {meta['step']}, {meta.get('training_cpu_hours', 0):.2f} CPU h, {'moving average' if ema else 'last weights'}) -> {out}")
     return 0

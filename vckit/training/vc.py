@@ -40,10 +40,18 @@ def lr_at(step: int, cfg: Config, elapsed: float = 0.0) -> float:
 
     With ``train.time_budget`` the decay follows training seconds instead
     (for budgeted GPU runs; not bit-reproducible, since it depends on speed).
+    With ``train.cooldown_steps`` the schedule is warm-up, stable, decay: the
+    peak until the last ``cooldown_steps`` steps before ``steps``, then a
+    linear fall to ``lr * min_lr_ratio`` (a run held at its peak, as the
+    background run is, is branched off and cooled down to ship).
     """
     t = cfg.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
+    cooldown = getattr(t, "cooldown_steps", 0)
+    if cooldown > 0:
+        left = min(1.0, max(0.0, (t.steps - step) / cooldown))  # 1 until the cool-down starts, 0 at train.steps
+        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * left)
     if t.time_budget > 0:
         progress = min(1.0, elapsed / t.time_budget)
     else:
