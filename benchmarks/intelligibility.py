@@ -267,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", action="append", default=[], help="NAME=FOLDER or FOLDER; repeatable")
     ap.add_argument("--mels", action="append", default=[], help="NAME=NPZ made by convert_set; repeatable")
     ap.add_argument("--set", dest="which", choices=["wide", "fast"], default="wide", help="wide: every validation source with text, twice (the set decisions are made on); fast: the old 25-source, 378-word set")
-    ap.add_argument("--against", default=None, help="a JSON written by --out on the same set: its first run is the baseline of the paired intervals (no need to score it again)")
+    ap.add_argument("--against", default=None, help="a JSON written by --out on the same set: its run --baseline (default its last) is the baseline of the paired intervals (no need to score it again)")
+    ap.add_argument("--baseline", default=None, help="with --against: the name of the run in that file to pair against (default: its last run, the latest model)")
+    ap.add_argument("--scored", action="append", default=[], metavar="FILE=NAME", help="also pair a run already scored in another JSON on the same set (repeatable): compares two results without converting again")
     ap.add_argument("--bypass-vq", action="store_true", help="also score each checkpoint with its VQ skipped (a diagnostic: how many words the codebook costs)")
     ap.add_argument("--only-bypass", action="store_true", help="with --bypass-vq: score only the bypassed runs")
     ap.add_argument("--judge", default=str(REPO / "checkpoints/speaker_verification"))
@@ -289,12 +291,21 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = read_manifest(args.manifest)
     items = build_wide_set(rows, seed=args.seed) if args.which == "wide" else build_set(rows, args.n, args.seed)
-    baseline = None
-    if args.against:
-        prev = json.loads(Path(args.against).read_text())
+    def same_set(path: str) -> dict:
+        prev = json.loads(Path(path).read_text())
         if [(it["src"], it["cross"]["speaker"], it["same"]["speaker"]) for it in prev["items"]] != [(it["src"], it["cross"]["speaker"], it["same"]["speaker"]) for it in items]:
-            ap.error(f"{args.against} was made on another set (give the same --set, --seed and manifest)")
-        baseline = next(iter(prev["results"].items()))
+            ap.error(f"{path} was made on another set (give the same --set, --seed and manifest)")
+        return prev["results"]
+
+    def run_in(results: dict, name: str | None, path: str) -> tuple[str, dict]:
+        if name is None:
+            return list(results.items())[-1]
+        if name not in results:
+            ap.error(f"{path} has no run {name!r} (it has: {', '.join(results)})")
+        return name, results[name]
+
+    baseline = run_in(same_set(args.against), args.baseline, args.against) if args.against else None
+    scored = [run_in(same_set(f), n, f) for f, _, n in (spec.partition("=") for spec in args.scored)]
     store = FeatureStore.load(args.features)
     mel_cfg = MelConfig()
     vocoder = load_vocoder("hifigan", mel_cfg)
@@ -315,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         with np.load(path) as z:
             runs.append((name, dict(z)))
-    table = dict([baseline]) if baseline else {}
+    table = dict([baseline, *scored]) if baseline else dict(scored)
     for k, (name, mels) in enumerate(runs):
         t0 = time.time()
         with torch.no_grad():
