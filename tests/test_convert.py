@@ -329,3 +329,47 @@ def test_ctrl_c_in_a_batch_says_what_is_done_and_how_to_go_on(files, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"interrupted: converted 1 of 3 files into {out}; the same command again converts the other 2 and keeps what is done"
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.wav")) == ["SM1/200001.wav"]
+
+
+# -- a batch across processes ---------------------------------------------------------------
+def _four(files, tmp_path):
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("".join(json.dumps({"path": str(files[k])}) + "\n" for k in ("src", "src2", "ref1", "ref2")))
+    return manifest
+
+
+def _written(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.wav"))
+
+
+def test_array_job_shards_split_a_batch_exactly(vckit_cli, files, tmp_path):
+    manifest = _four(files, tmp_path)
+    got = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        proc = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", out, "--shard", f"{i}/2", *COMMON)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"shard {i}/2: converted 2 files into {out}"
+        got.append(set(_written(out)))
+    assert not got[0] & got[1] and sorted(got[0] | got[1]) == ["SF1/200002.wav", "SF1/200003.wav", "SM1/200001.wav", "SM1/200002.wav"]
+    bad = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", tmp_path / "x", "--shard", "2/2", *COMMON)
+    assert bad.returncode == 2 and "between 0 and N-1" in bad.stderr
+
+
+def test_torchrun_shares_a_batch_among_its_ranks_once_and_resumes(files, tmp_path):
+    """Two CPU processes (gloo): each file converted once, one summary for both; after a loss, the rest only."""
+    import sys
+
+    manifest, out = _four(files, tmp_path), tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "vckit",
+           "convert", str(manifest), "--ref", str(files["ref1"]), "-o", str(out), "--quiet", *COMMON]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("converted") == 1 and f"converted 4 files into {out} by 2 processes" in proc.stdout, proc.stdout
+    assert len(_written(out)) == 4
+    for name in ("SM1/200001.wav", "SF1/200003.wav"):  # as if a kill had lost them
+        (out / name).unlink()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"converted 2 files into {out} by 2 processes; 2 already in {out} left as they were" in again.stdout, again.stdout
+    assert len(_written(out)) == 4

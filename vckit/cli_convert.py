@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from vckit.errors import VckitError
+from vckit.shards import Shard, current_shard, device_for, leave, share_cores, shard_arg, summed
 
 LONG_SOURCE_S = 30.0  # a single source longer than this gets a progress bar
 SHORT_SOURCE_S = 0.5  # a source shorter than this is converted with a warning: hardly a word fits in it
@@ -161,16 +162,22 @@ def _convert_batch(args: argparse.Namespace, files: list[Path], out: Path) -> in
         files = [f for f in files if not os.path.abspath(f).startswith(inside)]  # never a former run's outputs
         if not files:
             raise VckitError(f"no source files in {args.source} outside the output folder {out}")
-    jobs = list(zip(files, output_paths(files, args.source, out, suffix)))
+    shard = current_shard(args.shard)
+    try:
+        return _convert_jobs(args, shard.take(list(zip(files, output_paths(files, args.source, out, suffix)))), out, shard)
+    finally:
+        leave(shard)
+
+
+def _convert_jobs(args: argparse.Namespace, jobs: list[tuple[Path, Path]], out: Path, shard: Shard) -> int:
+    """Convert this process's ``jobs`` [(source, output)]; the summary sums every process's counts."""
     todo = jobs if args.overwrite else [(f, dst) for f, dst in jobs if not dst.exists()]
-    n_there = len(jobs) - len(todo)
-    there = f"{n_there} already in {out} left as they were (--overwrite converts them again)" if n_there else ""
-    if not todo:
-        print(f"nothing to convert: all {len(jobs)} outputs are already in {out} (--overwrite converts them again)")
-        return 0
-    vc, target, opts = _load(args)
-    bar, at = _bar(len(todo), "files", args.quiet)
     failures, done = [], 0
+    if todo:
+        share_cores(shard)
+        args.device = device_for(shard, args.device)
+        vc, target, opts = _load(args)
+        bar, at = _bar(len(todo), "files", args.quiet or not shard.reports)
     try:
         for i, (f, dst) in enumerate(todo):
             step = None if at is None else (lambda share, i=i: at(i + share))
@@ -183,23 +190,29 @@ def _convert_batch(args: argparse.Namespace, files: list[Path], out: Path) -> in
             if at is not None:
                 at(i + 1)
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-            bar = None
         left = len(todo) - done - len(failures)
-        print(f"interrupted: converted {done} of {len(todo)} files into {out}; the same command again converts the other {left}"
+        print(f"{shard.prefix()}interrupted: converted {done} of {len(todo)} files into {out}; the same command again converts the other {left}"
               + ("" if args.overwrite else " and keeps what is done"), file=sys.stderr)
         return 130
     finally:
-        if bar is not None:
+        if todo and bar is not None:
             bar.close()
-    parts = [f"converted {done} file{'s' if done != 1 else ''} into {out}"]
-    parts += [f"{len(failures)} failed (listed below)"] if failures else []
-    parts += [there] if there else []
-    print("; ".join(parts))
     for f, msg in failures:
-        print(f"failed: {f}: {msg}", file=sys.stderr)
-    return 1 if failures else 0
+        print(f"{shard.prefix()}failed: {f}: {msg}", file=sys.stderr)
+    n_jobs, n_done, n_failed = summed(shard, [len(jobs), done, len(failures)])
+    n_there = n_jobs - n_done - n_failed
+    if shard.reports:
+        print(shard.prefix() + _summary(n_jobs, n_done, n_failed, n_there, out, shard))
+    return 1 if n_failed else 0
+
+
+def _summary(jobs: int, done: int, failed: int, there: int, out: Path, shard: Shard) -> str:
+    if not done and not failed:
+        return f"nothing to convert: all {jobs} outputs are already in {out} (--overwrite converts them again)"
+    parts = [f"converted {done} file{'s' if done != 1 else ''} into {out}{shard.label()}"]
+    parts += [f"{failed} failed (listed below)"] if failed else []
+    parts += [f"{there} already in {out} left as they were (--overwrite converts them again)"] if there else []
+    return "; ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -230,6 +243,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--sample-rate", type=sample_rate, default=None, help="output sample rate, 4000 to 192000 Hz (default 22050)")
     c.add_argument("--bank", default=None, help="speaker bank folder for --speaker (default: user data dir)")
     c.add_argument("--overwrite", action="store_true", help="replace existing output files (a batch otherwise skips them)")
+    c.add_argument("--shard", type=shard_arg, default=None, metavar="I/N", help="batches: convert only task I's share (0 to N-1) of N, as a scheduler's array job; under torchrun the ranks share the batch by themselves")
     c.add_argument("--quiet", action="store_true", help=f"no progress bar (shown for batches and files over {LONG_SOURCE_S:.0f} s)")
     c.set_defaults(func=run)
     return c
