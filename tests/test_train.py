@@ -155,6 +155,16 @@ def test_lr_schedule():
     assert lr_at(5, timed, elapsed=50.0) == pytest.approx(0.5)
 
 
+def test_a_cooldown_holds_the_peak_then_falls_linearly():
+    """Warm-up, stable, decay: what conf/cooldown.yaml does to a branch of the background run."""
+    from vckit.config import Config, TrainConfig
+
+    cfg = Config(train=TrainConfig(lr=1e-4, warmup_steps=0, steps=3665, cooldown_steps=2000, min_lr_ratio=0.0))
+    assert lr_at(1000, cfg) == pytest.approx(1e-4) and lr_at(1665, cfg) == pytest.approx(1e-4)
+    assert lr_at(2665, cfg) == pytest.approx(0.5e-4)
+    assert lr_at(3664, cfg) == pytest.approx(0.5e-7) and lr_at(3665, cfg) == 0.0 and lr_at(4000, cfg) == 0.0
+
+
 def test_loss_helpers():
     assert adversarial_weight(3, 0.1, 5, 10) == 0.0
     assert adversarial_weight(10, 0.1, 5, 10) == pytest.approx(0.05)
