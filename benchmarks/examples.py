@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import vckit
+from vckit.activity import speech_span
 from vckit.audio import load_audio, write_wav
 from quality import REPO, Judge, cos, read_rows
 
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         stem = out / f"{i:02d}_{name}"
         # source and reference as the model hears them: 22.05 kHz, silence-trimmed, loudness-normalised
         write_wav(f"{stem}_source.wav", audio[best["src"]["file"]], sr, overwrite=True)
-        write_wav(f"{stem}_reference.wav", audio[best["ref"]["file"]], sr, overwrite=True)
+        ref = audio[best["ref"]["file"]]
+        lo, hi = speech_span(ref, sr)  # a reference is a voice: the room tone around its speech goes too
+        write_wav(f"{stem}_reference.wav", ref[lo:hi], sr, overwrite=True)
         write_wav(f"{stem}_converted.wav", best["wav"], sr, overwrite=True)
         picked.append(best)
         print(f"{i:02d}_{name}: {best['src']['speaker']} -> {best['tgt']}  cos target {best['cos_t']:.3f}  cos source {best['cos_s']:.3f}")
@@ -128,7 +131,8 @@ def readme(picked, tried, judge, args) -> str:
          "all between **validation speakers** of `recipes/shared_dev` (never seen in training). Made with",
          f"`python benchmarks/examples.py --candidates {args.candidates} --seed {args.seed}`.", "",
          "Files: `NN_kind_source.wav` and `NN_kind_reference.wav` are the inputs as the model hears them (22.05 kHz,",
-         "silence-trimmed, loudness-normalised); `NN_kind_converted.wav` is the output of",
+         "silence-trimmed, loudness-normalised; a reference also cut to its speech, 0.15 s either side, so no room tone is",
+         "taken for the voice); `NN_kind_converted.wav` is the output of",
          "`vckit.load().convert(source, target=[reference])` on the original source file (convert does not trim, so",
          "it can carry a little more leading or trailing silence than the source WAV). All are 16-bit WAV at 22.05 kHz.", "",
          "## How they were picked (this is a best-of-N selection)", "",

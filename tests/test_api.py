@@ -239,3 +239,16 @@ def test_a_voice_prints_what_a_reader_needs_not_its_128_numbers():
 
     text = repr(Voice(torch.randn(128), 201.3, "abcdef0123456789", 4.2, 3.1, ("short",)))
     assert text == "Voice(128-dim embedding, F0 median 201 Hz, 3.1 s of speech in 4.2 s, model abcdef012345, 1 warning(s))"
+
+
+def test_speech_span_cuts_the_room_tone_around_a_clip(files):
+    from vckit.activity import speech_span
+    from vckit.audio import load_audio
+
+    sr = 22050
+    speech = load_audio(files["ref_a"], sr)
+    tone = (0.01 * np.random.default_rng(0).standard_normal(2 * sr)).astype(np.float32)  # 2 s of room noise either side
+    clip = np.concatenate([tone, speech, tone])
+    lo, hi = speech_span(clip, sr)
+    assert abs(lo - 2 * sr) < 0.3 * sr and abs((len(clip) - hi) - 2 * sr) < 0.3 * sr
+    assert speech_span(tone, sr) == (0, len(tone))  # no speech: nothing to cut to

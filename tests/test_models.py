@@ -132,7 +132,7 @@ def test_inference_model_has_no_classifier():
 
 def test_mismatched_strides_are_rejected():
     cfg = tiny_model_cfg((1, 2))
-    with pytest.raises(ValueError, match="downsample"):
+    with pytest.raises(ConfigError, match="model.content.downsample must give one stride per block: 2 strides for 3 blocks"):
         ContentEncoder(N_MELS, dataclasses.replace(cfg.content, blocks=3))
 
 

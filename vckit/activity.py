@@ -101,6 +101,17 @@ def speech_frames(wav: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.
     return voiced | (near & loud), f0, db
 
 
+def speech_span(wav: np.ndarray, sr: int, margin_s: float = 0.15) -> tuple[int, int]:
+    """Samples ``[start, end)`` of ``wav`` from its first to its last frame of speech, with ``margin_s`` either side:
+    the room tone or noise that silence trimming (a level threshold) leaves around a clip is cut. All of it without speech."""
+    speech, _, _ = speech_frames(wav, sr)
+    idx = np.flatnonzero(speech)
+    if not len(idx):
+        return 0, len(wav)
+    hop, margin = max(1, round(FRAME_S * sr)), round(margin_s * sr)
+    return max(0, int(idx[0]) * hop - margin), min(len(wav), (int(idx[-1]) + 1) * hop + margin)
+
+
 def measure_speech(wav: np.ndarray, sr: int) -> SpeechMeasure:
     """How much of ``wav`` (samples,) is speech, and its speech-to-noise ratio."""
     speech, f0, db = speech_frames(wav, sr)

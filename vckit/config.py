@@ -123,6 +123,10 @@ class VQConfig:
     # between 0 and 1 a partial pull toward the codebook (the voice/words trade, measured in benchmarks)
     inference_mix: Probability = 1.0
 
+    def __post_init__(self) -> None:  # also checked here: vckit.load(quantize=MIX) sets it without from_dict
+        if not 0.0 <= self.inference_mix <= 1.0:
+            raise ConfigError(f"model.vq.inference_mix must be between 0 and 1, got {self.inference_mix}")
+
 
 @dataclass(frozen=True)
 class SpeakerConfig:
