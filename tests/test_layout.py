@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vckit"
-LOWER = ("vckit.config", "vckit.config_types", "vckit.config_files", "vckit.errors", "vckit.shipped", "vckit.audio", "vckit.activity", "vckit.pitch", "vckit.speakers", "vckit.checkpoint", "vckit.models", "vckit.data")
+LOWER = ("vckit.config", "vckit.config_types", "vckit.config_files", "vckit.errors", "vckit.shipped", "vckit.devices", "vckit.audio", "vckit.activity", "vckit.pitch", "vckit.speakers", "vckit.checkpoint", "vckit.models", "vckit.data")
 HIGHER = ("vckit.training", "vckit.evaluation", "vckit.api", "vckit.streaming", "vckit.live", "vckit.cli", "vckit.cli_convert", "vckit.cli_stream", "vckit.shards", "vckit.demo")
 MAX_LINES = 410
 
@@ -43,3 +43,14 @@ def test_lower_layers_never_import_higher_ones():
 def test_no_module_is_two_ideas():
     long = [f"{p.relative_to(PACKAGE.parent)}: {n}" for p in sorted(PACKAGE.rglob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_LINES]
     assert not long, long
+
+
+def test_inference_never_imports_training():
+    """What converts (the API, the live path) does not need the trainers: they may be left out of an install."""
+    inference = ("vckit.api", "vckit.streaming", "vckit.live", "vckit.shipped", "vckit.devices", "vckit.models")
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mod = _module(path)
+        if _under(mod, inference):
+            bad += [f"{mod} imports {name}" for name in sorted(_imports(path)) if _under(name, ("vckit.training",))]
+    assert not bad, bad

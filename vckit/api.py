@@ -375,7 +375,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
 
     from vckit.models.vocoder import load_vocoder
 
-    from vckit.training.loop import pick_device
+    from vckit.devices import pick_device
 
     dev = pick_device(device)
     path = checkpoint_path(checkpoint)

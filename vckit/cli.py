@@ -173,7 +173,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vckit.evaluation.metrics import check_eval_packages
 
     check_eval_packages(plots=not args.no_plots)  # before any work: one line naming what to install
-    from vckit.training.loop import pick_device
+    from vckit.devices import pick_device
     from vckit.evaluation.run import EvalConfig, evaluate
 
     if args.threads:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from vckit.checkpoint import latest_checkpoint, prune_checkpoints
+from vckit.devices import pick_device  # noqa: F401  (where trainers have always found it)
 from vckit.errors import VckitError
 
 log = logging.getLogger(__name__)
@@ -39,22 +40,6 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` (this process's GPU under torchrun), ``cuda:N`` or ``mps``.
-
-    Raises :class:`VckitError` for an unknown or unavailable device.
-    """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VckitError("--device cuda was asked for, but no CUDA GPU is available")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise VckitError("--device mps was asked for, but MPS is not available")
-    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise VckitError(f"unknown device {device!r} (auto, cpu, cuda or mps)")
-    return torch.device("cuda", local_rank) if device == "cuda" and local_rank else torch.device(device)
 
 
 def setup_distributed(device: str) -> tuple[Dist, torch.device]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from vckit.errors import VckitError
 from vckit.models.verifier import SpeakerVerifier, SVConfig, embed_utterances, equal_error_rate, save_verifier
-from vckit.training.loop import pick_device
+from vckit.devices import pick_device
 
 log = logging.getLogger(__name__)
 
