@@ -54,3 +54,11 @@ def test_inference_never_imports_training():
         if _under(mod, inference):
             bad += [f"{mod} imports {name}" for name in sorted(_imports(path)) if _under(name, ("vckit.training",))]
     assert not bad, bad
+
+
+def test_models_never_import_data_the_api_or_the_faces():
+    faces = ("vckit.data", "vckit.api", "vckit.streaming", "vckit.live", "vckit.cli", "vckit.cli_convert", "vckit.cli_stream", "vckit.demo", "vckit.training", "vckit.evaluation")
+    bad = []
+    for path in sorted((PACKAGE / "models").rglob("*.py")):
+        bad += [f"{_module(path)} imports {name}" for name in sorted(_imports(path)) if _under(name, faces)]
+    assert not bad, bad

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from vckit.errors import VckitError
+from vckit.models.teacher import PHONETIC_CLIP  # noqa: F401  (the cache stores what the model clips to)
 
 log = logging.getLogger(__name__)
 
-PHONETIC_CLIP = 4.0  # whitened features are stored over [-4, 4]
 FRAME_ARRAYS = ("f0", "phonetic", "posteriors_idx", "posteriors_p")  # <name>.npy beside mels.npy
 PROJECTION_FILE = "phonetic.json"
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from vckit.config import ContentConfig, StreamConfig
 from vckit.models.layers import ConvBlock, call, make_norm, pad_to_multiple
+from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP
 
 
 class ContentEncoder(nn.Module):
@@ -35,7 +36,6 @@ class ContentEncoder(nn.Module):
         self.hop = math.prod(cfg.downsample)
         n_in = {"mel": n_mels, "phonetic": cfg.input_dim}.get(cfg.input, cfg.input_dim + n_mels)
         if cfg.input != "mel":
-            from vckit.models.teacher import HIDDEN_DIM
 
             self.register_buffer("teacher_mean", torch.zeros(HIDDEN_DIM))
             self.register_buffer("teacher_proj", torch.zeros(cfg.input_dim, HIDDEN_DIM))
@@ -48,8 +48,6 @@ class ContentEncoder(nn.Module):
 
     def project_teacher(self, hidden: torch.Tensor) -> torch.Tensor:
         """Teacher hidden frames (batch, frames, 256) -> whitened (batch, input_dim, frames), clipped to +-4 as cached."""
-        from vckit.data.frame_features import PHONETIC_CLIP
-
         x = (hidden.to(self.teacher_proj.dtype) - self.teacher_mean) @ self.teacher_proj.T
         return x.clamp(-PHONETIC_CLIP, PHONETIC_CLIP).transpose(1, 2)
 

@@ -32,6 +32,7 @@ FRAME_S = 0.02  # one teacher frame per 320 samples at 16 kHz
 HIDDEN_DIM = 256
 N_CLASSES = 191
 BLANK = N_CLASSES - 1
+PHONETIC_CLIP = 4.0  # the whitened, projected hidden features are clipped (and cached) over [-4, 4]
 HIDDEN_OUTPUT = "/acoustic_model/Transpose_2_output_0"
 HAMA_VERSION = "1.3.10"  # the last release that ships the ONNX graph
 WINDOW_S = 30.0  # the recogniser attends over its whole input: long audio goes in windows
