@@ -173,6 +173,7 @@ def _convert_jobs(args: argparse.Namespace, jobs: list[tuple[Path, Path]], out: 
     """Convert this process's ``jobs`` [(source, output)]; the summary sums every process's counts."""
     todo = jobs if args.overwrite else [(f, dst) for f, dst in jobs if not dst.exists()]
     failures, done = [], 0
+    bar = at = None
     if todo:
         share_cores(shard)
         args.device = device_for(shard, args.device)
@@ -195,7 +196,7 @@ def _convert_jobs(args: argparse.Namespace, jobs: list[tuple[Path, Path]], out: 
               + ("" if args.overwrite else " and keeps what is done"), file=sys.stderr)
         return 130
     finally:
-        if todo and bar is not None:
+        if bar is not None:
             bar.close()
     for f, msg in failures:
         print(f"{shard.prefix()}failed: {f}: {msg}", file=sys.stderr)

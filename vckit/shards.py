@@ -40,10 +40,8 @@ class Shard:
         return not self.group or self.index == 0
 
     def label(self) -> str:
-        """How the summary names who did the work: "", "shard 1/4: " or " by 2 processes"."""
-        if self.count == 1:
-            return ""
-        return f" by {self.count} processes" if self.group else ""
+        """What the group's one summary adds: " by 2 processes" (shards say who they are with :meth:`prefix`)."""
+        return f" by {self.count} processes" if self.group and self.count > 1 else ""
 
     def prefix(self) -> str:
         return f"shard {self.index}/{self.count}: " if self.count > 1 and not self.group else ""

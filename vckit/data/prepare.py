@@ -52,8 +52,8 @@ def describe(name: str, rows: list[dict[str, Any]]) -> str:
     first = {r["speaker"]: r for r in rows}
     genders = collections.Counter(r.get("gender") or "unknown" for r in first.values())
     minutes = sum(float(r.get("duration", 0.0)) for r in rows) / 60
-    known = {k: v for k, v in genders.items() if k != "unknown"}
-    g = f" ({', '.join(f'{k} {v}' for k, v in sorted(genders.items()))})" if known else ""  # nothing to say when no gender is known
+    known = any(k != "unknown" for k in genders)  # nothing to say when no gender is known
+    g = f" ({', '.join(f'{k} {v}' for k, v in sorted(genders.items()))})" if known else ""
     return f"{name}: {len(rows)} files, {len(first)} speakers{g}, {minutes:.1f} min"
 
 
