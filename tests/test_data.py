@@ -123,7 +123,7 @@ def test_a_bad_jsonl_line_is_one_error_naming_the_file_and_line(tmp_path, line, 
     for read in (source_files, read_manifest):
         with pytest.raises(VckitError) as e:
             read(tmp_path / "m.jsonl")
-        assert f"m.jsonl:3 " in str(e.value) and says in str(e.value), str(e.value)
+        assert "m.jsonl:3 " in str(e.value) and says in str(e.value), str(e.value)
 
 
 def test_source_lists_drop_only_a_real_header(tmp_path):

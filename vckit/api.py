@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,10 +26,8 @@ from vckit.checkpoint import load_checkpoint
 from vckit.models.vc import build_model
 from vckit.config import Config
 from vckit.errors import CheckpointError, NoSpeechError, VckitError
+from vckit.frontend import Frames, Frontend
 from vckit.shipped import MODELS as SHIPPED, REPO_ROOT, checkpoint_path, default_checkpoint, is_shipped  # noqa: F401  (re-exported)
-
-if TYPE_CHECKING:
-    from vckit.models.vc import Frames
 
 log = logging.getLogger(__name__)
 reference_log = logging.getLogger(f"{__name__}.references")  # Voice.warnings; the CLI prints them itself
@@ -94,6 +92,17 @@ class Converter:
         self.model_id = model_id  # sha256 of the weights: enrolled embeddings belong to one model
         self._teacher = None  # the phonetic teacher, loaded on first use by models that read it
         self.checkpoint: Path | None = None  # the folder it was loaded from (set by load)
+        # the one step from audio to what the model reads (a causal model hears the teacher block by block)
+        self.frontend = Frontend(
+            config.mel,
+            f0=model.needs_f0,
+            phonetic=model.needs_phonetic,
+            mel_input=config.model.content.input != "phonetic",
+            stream=config.model.stream,
+            teacher=lambda: self.teacher,
+            project=model.content_encoder.project_teacher if model.needs_phonetic else None,
+            device=device,
+        )
 
     @property
     def sample_rate(self) -> int:
@@ -114,31 +123,6 @@ class Converter:
         from vckit.streaming import Stream
 
         return Stream.open(self, voice, pitch_shift=pitch_shift, chunk_ms=chunk_ms, bf16=bf16)
-
-    # -- features ------------------------------------------------------------
-    def _frames(self, wav: np.ndarray) -> "Frames":
-        """What the model reads of a waveform at the mel rate: the log-mel and,
-        where the model needs them, the F0 and the phonetic teacher's features."""
-        from vckit.models.vc import Frames
-
-        cfg = self.config.mel
-        mel = log_mel(wav, cfg, self.device)[None]
-        n = mel.shape[-1]
-        f0 = phonetic = None
-        if self.model.needs_f0:
-            from vckit.pitch import f0_track
-
-            f0 = torch.from_numpy(f0_track(wav, cfg.sample_rate, hop=cfg.hop_length, n_frames=n)).to(self.device)[None]
-        if self.model.needs_phonetic and self.config.model.stream.causal:
-            from vckit.data.stream_features import streamed_hidden
-
-            # a causal model hears the teacher block by block, as in training and in a live stream
-            hidden = streamed_hidden(self.teacher, wav, cfg, n, self.config.model.stream)
-        elif self.model.needs_phonetic:
-            hidden = self.teacher.frames(wav, cfg.sample_rate, n, cfg.hop_length).hidden
-        if self.model.needs_phonetic:
-            phonetic = self.model.content_encoder.project_teacher(torch.from_numpy(hidden).to(self.device)[None])
-        return Frames(mel, f0, phonetic)
 
     # -- the three calls -------------------------------------------------------
     @torch.inference_mode()
@@ -290,7 +274,7 @@ class Converter:
     def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0, *, progress: Progress = None) -> torch.Tensor:
         from vckit.models.vc import register_shift
 
-        x = self._frames(wav)
+        x: Frames = self.frontend.frames(wav)
         _report(progress, 0.3)  # the features (F0, the phonetic teacher) cost about as much as the model
         f0_shift = 0.0
         if self.model.needs_f0:

@@ -14,11 +14,13 @@ longer than it went in, and identical to the same file pushed in one go.
 
 How a block is made (``B`` = ``model.stream.block_frames`` mel frames):
 
-1. the phonetic teacher hears the last ``teacher_context_s`` of input, up to
-   ``teacher_lookahead_ms`` past the block's last frame, exactly as the model's
-   training features were made (:func:`vckit.models.teacher.window_hidden`);
-2. the F0 tracker reads the last second; the contour moves to the target's
-   register by the running median of the source's F0 so far;
+1. the front-end's block mode (:class:`vckit.frontend.BlockFrontend`) makes
+   the block's frames: the phonetic teacher hears the last ``teacher_context_s``
+   of input, up to ``teacher_lookahead_ms`` past the block's last frame, exactly
+   as the model's training features were made; the F0 tracker reads the last
+   half second;
+2. the F0 contour moves to the target's register by the running median of
+   the source's F0 so far;
 3. the causal content encoder and decoder convert the block, keeping their
    convolution tails and running-norm sums in this object;
 4. the vocoder runs on the new mel frames with ``vocoder_context`` frames of
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-F0_WINDOW_S = 0.5  # input the F0 tracker reads per block
 F0_HISTORY = 3000  # voiced frames kept for the running register estimate (~35 s)
 CROSSFADE = 128  # samples blended between a block's start and the previous block's guess
 
@@ -100,7 +101,6 @@ class Stream:
         if self.model_block % model.content_encoder.hop:
             raise VckitError(f"model.stream.block_frames ({self.model_block}) must be a multiple of the content hop ({model.content_encoder.hop})")
         self.look = round(scfg.teacher_lookahead_ms * self.sample_rate / 1000)
-        self.context = round(scfg.teacher_context_s * self.sample_rate)
         self.voc_look, self.voc_ctx = vocoder_lookahead, vocoder_context
         self.pitch_shift = float(pitch_shift)
         self.vocoder = converter.vocoder
@@ -111,9 +111,7 @@ class Stream:
         self._voc_dtype = vocoder_dtype
         self.delay = (self.block - 1 + self.voc_look) * self.hop + self.hop // 2 + self.look
         self._state: dict = {}
-        self._buf = np.zeros(0, np.float32)  # input samples [self._buf_start, self._n_in)
-        self._buf_start = 0
-        self._n_in = 0
+        self._input = converter.frontend.blocks(self.block)  # the input, and the frames each step reads of it
         self._frames_done = 0  # mel frames converted
         self._mel = torch.zeros(converter.config.mel.n_mels, 0)  # converted mel frames [self._mel_start, self._frames_done)
         self._mel_start = 0
@@ -166,9 +164,8 @@ class Stream:
             raise VckitError(f"push takes samples (n,) or (n, channels), got shape {x.shape}")
         if not np.isfinite(x).all():
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        self._buf = np.concatenate([self._buf, np.clip(x, -1.0, 1.0)])
-        self._n_in += len(x)
-        while self._n_in >= self._block_end(self._frames_done):
+        self._input.push(np.clip(x, -1.0, 1.0))
+        while self._input.ready:
             self._step()
         return self._take(len(x))
 
@@ -176,12 +173,9 @@ class Stream:
         """The last :attr:`delay` samples: the input's end converted, with silence after it."""
         if self._finished:
             return np.zeros(0, np.float32)
-        n = self._n_in
+        n = self._input.received
         while self._audio_done < n:
-            need = self._block_end(self._frames_done)
-            if need > self._n_in:
-                self._buf = np.concatenate([self._buf, np.zeros(need - self._n_in, np.float32)])
-                self._n_in = need
+            self._input.pad()
             self._step()
         self._finished = True
         return self._take(n + self.delay - self._returned)
@@ -193,51 +187,16 @@ class Stream:
         self._returned += n
         return out[:n].copy()
 
-    def _block_end(self, first: int) -> int:
-        """Input samples needed before the block starting at frame ``first`` can be converted."""
-        from vckit.models.teacher import block_end
-
-        return block_end(first, self.block, self.hop, self.look)
-
-    def _input(self, lo: int, hi: int) -> np.ndarray:
-        """Input samples ``[lo, hi)`` (zeros before the stream began)."""
-        lo_c = max(lo, self._buf_start)
-        part = self._buf[lo_c - self._buf_start : hi - self._buf_start]
-        return np.concatenate([np.zeros(lo_c - lo, np.float32), part]) if lo_c > lo else part
-
     @torch.inference_mode()
     def _step(self) -> None:
-        from vckit.models.teacher import block_end, window_hidden
-        from vckit.models.vc import Frames
-        from vckit.pitch import f0_track
-
-        first, hop, dev = self._frames_done, self.hop, self.converter.device
-        hidden = []
-        for lo in range(first, first + self.block, self.model_block):  # one teacher run per model block, as in training
-            end = block_end(lo, self.model_block, hop, self.look)
-            start = max(0, end - self.context)
-            hidden.append(window_hidden(self.converter.teacher, self._input(start, end), self.sample_rate, start, np.arange(lo, lo + self.model_block), hop))
-        phon = self.model.content_encoder.project_teacher(torch.from_numpy(np.concatenate(hidden)).to(dev)[None])
-        mel_in = None
-        if self.model.cfg.content.input == "phonetic+mel":  # the block's own log-mel frames, as log_mel frames them
-            from vckit.audio import log_mel_frames
-
-            lo = (first - 4) * hop  # a frame's window starts (n_fft - hop) / 2 = 384 samples before it
-            mel_in = log_mel_frames(self._input(lo, self._block_end(first)), self.converter.config.mel, 4, self.block)[None].to(dev)
-        f_lo = max(0, first - round(F0_WINDOW_S * self.sample_rate / hop))
-        end = self._block_end(first)
-        f0 = f0_track(self._input(f_lo * hop, end), self.sample_rate, hop=hop, n_frames=(end - f_lo * hop) // hop)[first - f_lo : first - f_lo + self.block]
-        shift = self._register_shift(f0)
-        f0_t = torch.from_numpy(np.ascontiguousarray(f0, dtype=np.float32)).to(dev)[None]
-        mel = self.model.convert(Frames(mel_in, f0_t, phon), self.voice.embedding[None].to(dev), f0_shift=shift, state=self._state)[0].float().cpu()
+        x = self._input.next()
+        shift = self._register_shift(x.f0[0].cpu().numpy())
+        mel = self.model.convert(x, self.voice.embedding[None].to(self.converter.device), f0_shift=shift, state=self._state)[0].float().cpu()
         self._frames_done += self.block
         self._mel = torch.cat([self._mel, mel], dim=-1)
         self._vocode()
         keep = max(self._mel_start, self._frames_done - self.voc_look - self.voc_ctx)  # mel frames the next block reads
         self._mel, self._mel_start = self._mel[:, keep - self._mel_start :], keep
-        f0_next = (self._frames_done - round(F0_WINDOW_S * self.sample_rate / hop)) * hop
-        keep = max(self._buf_start, min(f0_next, end + self.block * hop - self.context - self.model_block * hop))  # input the next block reads
-        self._buf, self._buf_start = self._buf[keep - self._buf_start :], keep
 
     def _register_shift(self, f0: np.ndarray) -> float:
         """Semitones from the source's running median F0 to the target's (plus the user's shift)."""

@@ -52,8 +52,10 @@ def cache_features(rows: list[dict[str, Any]], mel_cfg: MelConfig, out_dir: str 
     Unusable files (unreadable, silent, ...) are skipped with a warning.
     Returns the index (also written to ``out_dir/index.json``).
     """
-    from vckit.audio import load_audio, log_mel
+    from vckit.audio import load_audio
+    from vckit.frontend import Frontend
 
+    frontend = Frontend(mel_cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     chunks, utts, offset, skipped = [], [], 0, []
@@ -65,7 +67,7 @@ def cache_features(rows: list[dict[str, Any]], mel_cfg: MelConfig, out_dir: str 
     for r in it:
         try:
             wav = load_audio(r["path"], mel_cfg.sample_rate, min_seconds=0.1)
-            mel = log_mel(wav, mel_cfg).numpy()
+            mel = frontend.features(wav, mel=True).mel
         except VckitError as e:
             skipped.append(r["path"])
             log.warning("skipping %s: %s", r["path"], e)
@@ -145,8 +147,8 @@ class FeatureStore:
         return out
 
     def frames(self, i: int) -> "Any":
-        """Utterance ``i`` as :class:`vckit.models.vc.Frames` with a batch of one."""
-        from vckit.models.vc import Frames
+        """Utterance ``i`` as :class:`vckit.frontend.Frames` with a batch of one."""
+        from vckit.frontend import Frames
 
         u = self.utterances[i]
         idx = torch.arange(u["offset"], u["offset"] + u["frames"], device=self.mels.device)[None]

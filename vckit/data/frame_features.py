@@ -149,8 +149,8 @@ def cache_frame_features(
 
     from vckit.audio import load_audio
     from vckit.config import MelConfig, from_dict
+    from vckit.frontend import Frontend
     from vckit.models.teacher import PhoneticTeacher
-    from vckit.pitch import f0_track
 
     folder = Path(folder)
     index_path = folder / "index.json"
@@ -162,7 +162,7 @@ def cache_frame_features(
     if given is not None:
         dims = int(given["proj"].shape[0])
     total = int(index["frames"])
-    teacher = PhoneticTeacher(threads=threads)
+    frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=PhoneticTeacher(threads=threads))
     f0 = np.zeros(total, dtype=np.float16)
     hidden = np.zeros((total, 256), dtype=np.float16)
     post_idx = np.zeros((total, top_k), dtype=np.uint8)
@@ -179,8 +179,8 @@ def cache_frame_features(
         n, off = int(u["frames"]), int(u["offset"])
         if len(wav) // mel_cfg.hop_length != n:
             raise VckitError(f"{u['path']}: {len(wav) // mel_cfg.hop_length} frames now, {n} in the cache: prepare the cache again")
-        f0[off : off + n] = f0_track(wav, mel_cfg.sample_rate, hop=mel_cfg.hop_length, n_frames=n)
-        fr = teacher.frames(wav, mel_cfg.sample_rate, n, mel_cfg.hop_length)
+        fr = frontend.features(wav, n, posteriors=True)
+        f0[off : off + n] = fr.f0
         hidden[off : off + n] = fr.hidden
         post_idx[off : off + n], post_p[off : off + n] = top_k_posteriors(fr.log_probs, top_k)
     seconds = time.time() - t0

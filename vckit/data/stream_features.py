@@ -3,7 +3,7 @@
 A streaming converter hears the teacher block by block: each block's frames
 come from one teacher run over the last ``teacher_context_s`` seconds, which
 ends ``teacher_lookahead_ms`` past the block (see
-:func:`vckit.models.teacher.window_hidden`). hama's recogniser looks far
+:class:`vckit.frontend.Frontend`, which a live stream uses too). hama's recogniser looks far
 ahead, so these features differ much from the whole-utterance ones; a causal
 model (``model.stream.causal``) must train on them. This builds a copy of a
 feature cache whose ``phonetic.npy`` holds them (the other arrays are links
@@ -39,27 +39,11 @@ def stream_settings(stream: StreamConfig) -> dict:
     return {"block_frames": stream.block_frames, "teacher_lookahead_ms": stream.teacher_lookahead_ms, "teacher_context_s": stream.teacher_context_s}
 
 
-def streamed_hidden(teacher, wav: np.ndarray, mel: MelConfig, n_frames: int, stream: StreamConfig) -> np.ndarray:
-    """The teacher's hidden layer ``(n_frames, 256)`` of a whole utterance, block by block as a stream hears it."""
-    from vckit.models.teacher import HIDDEN_DIM, block_ends, window_hidden
-
-    sr, hop = mel.sample_rate, mel.hop_length
-    look, ctx = round(stream.teacher_lookahead_ms * sr / 1000), round(stream.teacher_context_s * sr)
-    blocks = block_ends(n_frames, stream.block_frames, hop, look)
-    need = blocks[-1][2] if blocks else 0
-    if len(wav) < need:  # the stream's flush pads with silence
-        wav = np.concatenate([wav, np.zeros(need - len(wav), np.float32)])
-    out = np.zeros((n_frames, HIDDEN_DIM), np.float32)
-    for lo, hi, end in blocks:
-        start = max(0, end - ctx)
-        out[lo:hi] = window_hidden(teacher, wav[start:end], sr, start, np.arange(lo, hi), hop)
-    return out
-
-
 def build(src: str | os.PathLike, dst: str | os.PathLike, stream: StreamConfig, *, threads: int = 1, progress: bool = True) -> dict:
     """Copy the cache ``src`` to ``dst`` with streamed phonetic features; returns a summary."""
     from vckit.audio import load_audio
     from vckit.data.frame_features import load_projection, project, quantize_phonetic
+    from vckit.frontend import Frontend
     from vckit.models.teacher import PhoneticTeacher
 
     src, dst = Path(src).resolve(), Path(dst)
@@ -70,7 +54,7 @@ def build(src: str | os.PathLike, dst: str | os.PathLike, stream: StreamConfig, 
         raise VckitError(f"{dst} exists and is not empty: remove it or pick another folder")
     mel = from_dict(MelConfig, index["mel"])
     projection = load_projection(src)
-    teacher = PhoneticTeacher(threads=threads)
+    frontend = Frontend(mel, phonetic=True, stream=stream, teacher=PhoneticTeacher(threads=threads))
     total = int(index["frames"])
     phon = np.zeros((total, projection["proj"].shape[0]), np.uint8)
     utts = index["utterances"]
@@ -83,7 +67,7 @@ def build(src: str | os.PathLike, dst: str | os.PathLike, stream: StreamConfig, 
     for u in it:
         wav = load_audio(u["path"], mel.sample_rate, min_seconds=0.1)
         n, off = int(u["frames"]), int(u["offset"])
-        phon[off : off + n] = quantize_phonetic(project(streamed_hidden(teacher, wav, mel, n, stream), projection))
+        phon[off : off + n] = quantize_phonetic(project(frontend.features(wav, n).hidden, projection))
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.name != "phonetic.npy" and not f.name.endswith(".tmp"):

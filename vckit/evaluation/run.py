@@ -302,13 +302,13 @@ def _judge_embed(sv: Any, wav: np.ndarray) -> torch.Tensor:
 
 @torch.inference_mode()
 def _model_features(vc: Any, wavs: dict[int, np.ndarray]) -> dict[int, dict[str, Any]]:
-    """Per utterance: what the model reads (``frames``: :class:`vckit.models.vc.Frames`
+    """Per utterance: what the model reads (``frames``: :class:`vckit.frontend.Frames`
     with a batch of one, F0 and phonetic features included where the model reads
     them), its log-mel ``(n_mels, T)``, content codes before and after VQ
     ``(T', dim)``, VQ indices ``(T',)`` and the speaker embedding ``(dim,)``."""
     model, out = vc.model, {}
     for i, w in wavs.items():
-        x = vc._frames(w)  # the features conversion computes from audio
+        x = vc.frontend.frames(w)  # the features conversion computes from audio
         mel = x.mel[0]
         z = model.encode_content(x).continuous  # in eval mode: the encoder's output, before any VQ
         codes, f = z, {}

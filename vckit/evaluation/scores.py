@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from vckit.data.features import FeatureStore, from_uint8
 from vckit.errors import VckitError
-from vckit.models.vc import Frames, register_shift
+from vckit.frontend import Frames
+from vckit.models.vc import register_shift
 
 
 def _frames(store: FeatureStore, u: dict[str, Any], max_frames: int, device: Any) -> Frames:

@@ -56,6 +56,8 @@ class PhoneticTeacher:
         VckitError: hama or onnx is not installed.
     """
 
+    hidden_dim = HIDDEN_DIM  # the front-end sizes its arrays by it
+
     def __init__(self, threads: int = 1):
         try:
             from importlib import resources
@@ -113,6 +115,20 @@ class PhoneticTeacher:
         n = int(lengths[0])
         return hidden[0, :, :n].T.astype(np.float32), lp[0, :n].astype(np.float32)
 
+    def window_hidden(self, window: np.ndarray, sr: int, start: int, frames: np.ndarray, hop_length: int) -> np.ndarray:
+        """The hidden layer at mel ``frames`` from one window of a stream, heard alone as a live stream hears it.
+
+        window: (samples,) at ``sr``, the stream's samples ``[start, start + len)``. Returns
+        ``(len(frames), 256)``. The block-by-block front-end (:mod:`vckit.frontend`) calls this
+        for the live stream and for a causal model's training features alike.
+        """
+        from vckit.audio import resample
+
+        wav16 = resample(np.ascontiguousarray(window, dtype=np.float32), sr, SAMPLE_RATE)
+        hidden, _ = self._run(wav16) if len(wav16) >= int(SAMPLE_RATE * FRAME_S) else (np.zeros((1, HIDDEN_DIM), np.float32), None)
+        times = (np.asarray(frames) + 0.5) * hop_length / sr - start / sr
+        return resample_frames(hidden, times)
+
     def frames(self, wav: np.ndarray, sr: int, n_frames: int, hop_length: int = 256) -> TeacherFrames:
         """Teacher frames resampled to ``n_frames`` frames of ``hop_length`` samples at ``sr``.
 
@@ -125,42 +141,6 @@ class PhoneticTeacher:
         t50 = self.run16k(wav16)
         times = (np.arange(n_frames) + 0.5) * hop_length / sr
         return TeacherFrames(resample_frames(t50.hidden, times), resample_frames(t50.log_probs, times))
-
-
-def block_end(first: int, block_frames: int, hop_length: int, lookahead: int) -> int:
-    """The last input sample heard for the block of mel frames ``[first, first + block_frames)``:
-    ``lookahead`` samples past its last frame's centre. Training features and the live stream both use it."""
-    return (first + block_frames - 1) * hop_length + hop_length // 2 + lookahead
-
-
-def block_ends(n_frames: int, block_frames: int, hop_length: int, lookahead: int) -> list[tuple[int, int, int]]:
-    """Blocks of a stream as ``(first frame, end frame, last input sample heard)``.
-
-    Block ``k`` holds mel frames ``[k * block, (k + 1) * block)``; its teacher
-    window ends ``lookahead`` samples past its last frame's centre.
-    """
-    out = []
-    for lo in range(0, n_frames, block_frames):
-        hi = min(n_frames, lo + block_frames)
-        out.append((lo, hi, block_end(lo, block_frames, hop_length, lookahead)))
-    return out
-
-
-def window_hidden(teacher: "PhoneticTeacher", window: np.ndarray, sr: int, start: int, frames: np.ndarray, hop_length: int) -> np.ndarray:
-    """The teacher's hidden layer at mel ``frames`` from one window of audio.
-
-    window: (samples,) at ``sr``, the stream's samples ``[start, start + len)``;
-    the window is resampled and heard alone, as a live stream hears it.
-    Returns ``(len(frames), 256)``. The streaming converter and the training
-    cache (:mod:`vckit.data.stream_features`) both call this, so a causal
-    model trains on exactly what it will hear live.
-    """
-    from vckit.audio import resample
-
-    wav16 = resample(np.ascontiguousarray(window, dtype=np.float32), sr, SAMPLE_RATE)
-    hidden, _ = teacher._run(wav16) if len(wav16) >= int(SAMPLE_RATE * FRAME_S) else (np.zeros((1, HIDDEN_DIM), np.float32), None)
-    times = (np.asarray(frames) + 0.5) * hop_length / sr - start / sr
-    return resample_frames(hidden, times)
 
 
 def resample_frames(feats: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -178,4 +158,4 @@ def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)]) if len(x) else np.zeros((n, x.shape[1]), np.float32)
 
 
-__all__ = ["PhoneticTeacher", "TeacherFrames", "resample_frames", "block_end", "block_ends", "window_hidden", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]
+__all__ = ["PhoneticTeacher", "TeacherFrames", "resample_frames", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]

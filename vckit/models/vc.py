@@ -15,6 +15,7 @@ from vckit.audio import mel_filterbank
 from vckit.checkpoint import check_state_dict, load_checkpoint, load_train_state, save_checkpoint
 from vckit.config import Config, MelConfig, ModelConfig
 from vckit.errors import CheckpointError
+from vckit.frontend import Frames
 from vckit.models.classifier import SpeakerClassifier, grad_reverse
 from vckit.models.content import ContentEncoder
 from vckit.models.decoder import Decoder
@@ -24,34 +25,6 @@ from vckit.models.speaker import SpeakerEncoder
 from vckit.pitch import harmonic_prior
 
 F0_CHANNELS = 2  # normalised log-F0 (0 where unvoiced) and voicing
-
-
-@dataclasses.dataclass
-class Frames:
-    """What the model reads of an utterance, frame by frame (one row per mel frame).
-
-    mel: (B, n_mels, T) log-mel; f0: (B, T) Hz, 0 = unvoiced (models with an
-    F0 path); phonetic: (B, input_dim, T) projected teacher features (models
-    whose content encoder reads them).
-    """
-
-    mel: torch.Tensor | None
-    f0: torch.Tensor | None = None
-    phonetic: torch.Tensor | None = None
-
-    @property
-    def frames(self) -> int:
-        return next(x for x in (self.mel, self.phonetic, self.f0) if x is not None).shape[-1]
-
-    def slice(self, lo: int, hi: int) -> "Frames":
-        return Frames(
-            None if self.mel is None else self.mel[..., lo:hi],
-            None if self.f0 is None else self.f0[..., lo:hi],
-            None if self.phonetic is None else self.phonetic[..., lo:hi],
-        )
-
-    def to(self, device: torch.device | str) -> "Frames":
-        return Frames(*(None if x is None else x.to(device) for x in (self.mel, self.f0, self.phonetic)))
 
 
 @dataclasses.dataclass

@@ -28,7 +28,8 @@ from vckit.config import Config
 from vckit.data.features import FeatureStore
 from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batches
 from vckit.errors import VckitError
-from vckit.models.vc import Frames, build_model
+from vckit.frontend import Frames
+from vckit.models.vc import build_model
 from vckit.training.losses import adversarial_weight, masked_l1, model_losses
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
 
