@@ -46,7 +46,19 @@ class DemoError(VckitError):
     """A request the demo cannot serve (no input, too long, unknown voice)."""
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/[^/\s'\"`:,;()]+){2,}")
+
+
+def hide_paths(message: str, paths: tuple[Any, ...] = ()) -> str:
+    """``message`` with the server's folders taken out: each file keeps its base name only."""
+    for p in paths:
+        if isinstance(p, (str, os.PathLike)) and str(p):
+            message = message.replace(str(Path(p).resolve()), Path(p).name).replace(str(p), Path(p).name)
+    return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0)).name, message)
+
+
 # -- the service --------------------------------------------------------------------
+
 @dataclass
 class Result:
     """What one conversion gives the page."""

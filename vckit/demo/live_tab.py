@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vckit.demo.app import ENROLLED_PREFIX, EXAMPLE_PREFIX, REFERENCE_CHOICE, DemoError, DemoService
+from vckit.demo.app import ENROLLED_PREFIX, EXAMPLE_PREFIX, REFERENCE_CHOICE, DemoError, DemoService, hide_paths
 from vckit.errors import VckitError
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,6 @@ class LiveDemo:
             self._end(s)
 
     def _open(self, s: LiveSession, choice: str | None, reference: str | None) -> None:
-        from vckit.demo.page import hide_paths
-
         try:
             voice, s.target = self.voice(choice, reference)
             s.stream = self.service.stream_converter().stream(voice)

@@ -9,28 +9,14 @@ and the rest of this module works without it.
 from __future__ import annotations
 
 import logging
-import os
-import re
-from pathlib import Path
 from typing import Any, Callable
 
-from vckit.demo.app import MAX_SEMITONES, PITCH_MODES, REFERENCE_CHOICE, VOCODERS, DemoService, Progress
+from vckit.demo.app import MAX_SEMITONES, PITCH_MODES, REFERENCE_CHOICE, VOCODERS, DemoService, Progress, hide_paths
 from vckit.errors import VckitError
 
 log = logging.getLogger(__name__)
 
 # an absolute path of two or more parts, e.g. /tmp/gradio/3f2a.../notes.wav: only its base name is shown
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/[^/\s'\"`:,;()]+){2,}")
-
-
-def hide_paths(message: str, paths: tuple[Any, ...] = ()) -> str:
-    """``message`` with the server's folders taken out: each file keeps its base name only."""
-    for p in paths:
-        if isinstance(p, (str, os.PathLike)) and str(p):
-            message = message.replace(str(Path(p).resolve()), Path(p).name).replace(str(p), Path(p).name)
-    return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0)).name, message)
-
-
 def handle_convert(
     service: DemoService,
     *args: Any,
