@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vckit"
-LOWER = ("vckit.config", "vckit.config_types", "vckit.config_files", "vckit.errors", "vckit.shipped", "vckit.devices", "vckit.audio", "vckit.activity", "vckit.pitch", "vckit.frontend", "vckit.speakers", "vckit.checkpoint", "vckit.models", "vckit.data")
+LOWER = ("vckit.config", "vckit.config_types", "vckit.config_files", "vckit.errors", "vckit.files", "vckit.shipped", "vckit.devices", "vckit.audio", "vckit.activity", "vckit.pitch", "vckit.frontend", "vckit.speakers", "vckit.checkpoint", "vckit.models", "vckit.data")
 HIGHER = ("vckit.training", "vckit.evaluation", "vckit.api", "vckit.streaming", "vckit.live", "vckit.cli", "vckit.cli_convert", "vckit.cli_stream", "vckit.shards", "vckit.demo")
 MAX_LINES = 410
 

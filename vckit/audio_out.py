@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vckit.errors import NonFiniteAudioError, VckitError
+from vckit.files import write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -85,56 +85,3 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray | torch.Tensor, sr: int
     except OSError as e:
         raise VckitError(f"cannot write {path}: {e.strerror or e}") from None
     return path
-
-
-def write_file_atomically(path: Path, data: bytes | memoryview, *, overwrite: bool) -> None:
-    """Put ``data`` at ``path`` whole, or not at all, fsynced; raises ``OSError``.
-
-    On Linux the bytes go into an unnamed file (``O_TMPFILE``) that is linked
-    into the folder only when complete, so even ``kill -9`` mid-write leaves
-    no file behind; elsewhere a hidden temp file is renamed into place.
-    Without ``overwrite`` an existing ``path`` gives ``FileExistsError``.
-    """
-    try:
-        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666)
-    except (AttributeError, OSError):  # not Linux, or a file system without it
-        fd = -1
-    if fd >= 0:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            try:
-                _link_into_place(f"/proc/self/fd/{f.fileno()}", path, overwrite)
-                return
-            except FileExistsError:
-                raise
-            except OSError:  # no /proc: write it again the portable way
-                log.debug("O_TMPFILE link failed for %s; using a temp file", path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if not overwrite and path.exists():
-            raise FileExistsError(errno.EEXIST, "exists", str(path))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _link_into_place(src: str, path: Path, overwrite: bool) -> None:
-    """Hard-link ``src`` (a complete file) to ``path``: exclusively, or replacing it."""
-    if not overwrite:
-        os.link(src, path)  # atomic, and FileExistsError if something is there
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    os.link(src, tmp)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

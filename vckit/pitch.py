@@ -9,6 +9,7 @@ contour, moved to the target's register) and the F0 figures of ``vckit eval``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,8 +125,22 @@ def median_f0(wav: np.ndarray, sr: int) -> float | None:
     return float(np.median(voiced))
 
 
+def semitones_from_log(log_f0_from: float, f0_to: float) -> float:
+    """Semitones from the F0 whose natural log is ``log_f0_from`` to ``f0_to`` (Hz).
+
+    The one register formula: the converter, the stream and the judge's pairs all
+    move a source's (log-)median F0 onto a target's with it."""
+    return 12.0 * (math.log(f0_to) - log_f0_from) / math.log(2.0)
+
+
 def semitones_between(f0_from: float, f0_to: float) -> float:
-    return 12.0 * math.log2(f0_to / f0_from)
+    """Semitones from ``f0_from`` to ``f0_to`` (Hz)."""
+    return semitones_from_log(math.log(f0_from), f0_to)
+
+
+def semitone_ratio(semitones: Any) -> Any:
+    """The frequency ratio of a shift by ``semitones`` (a number or a tensor)."""
+    return 2.0 ** (semitones / 12.0)
 
 
 def shift_pitch(wav: np.ndarray, sr: int, semitones: float) -> np.ndarray:
@@ -137,8 +152,8 @@ def shift_pitch(wav: np.ndarray, sr: int, semitones: float) -> np.ndarray:
     # torchaudio resamples by sr * 2**(s/12) : sr, which is very slow when the two
     # rates share only a small factor; round the shifted rate to a multiple of 50 Hz
     # (less than 0.04 semitones off), where the resampler is fast
-    shifted_rate = max(50, round(sr * 2 ** (semitones / 12) / 50) * 50)
-    semitones = 12 * math.log2((shifted_rate + 0.25) / sr)
+    shifted_rate = max(50, round(sr * semitone_ratio(semitones) / 50) * 50)
+    semitones = semitones_between(sr, shifted_rate + 0.25)
     out = AF.pitch_shift(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None], sr, n_steps=float(semitones), bins_per_octave=12)
     return out[0].numpy()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from vckit.errors import VckitError
+from vckit.files import atomic_path
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -60,19 +60,13 @@ def save_profile(bank: str | os.PathLike, profile: SpeakerProfile, *, overwrite:
     path = bank / f"{profile.name}.safetensors"
     if path.exists() and not overwrite:
         raise VckitError(f"speaker {profile.name!r} is already enrolled in {bank} (use --overwrite to replace it)")
-    try:
-        bank.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{profile.name}.", suffix=".tmp", dir=bank)
-        os.close(fd)
-    except OSError as e:
-        raise VckitError(f"cannot write to the speaker bank {bank}: {e.strerror or e}") from None
     meta = {"name": profile.name, "model_id": profile.model_id, "meta": json.dumps(profile.meta)}
     try:
-        save_file({"embedding": profile.embedding.detach().float().cpu().contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        bank.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"embedding": profile.embedding.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+    except OSError as e:
+        raise VckitError(f"cannot write to the speaker bank {bank}: {e.strerror or e}") from None
     return path
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from vckit.errors import VckitError
+from vckit.pitch import semitones_from_log
 
 if TYPE_CHECKING:
     from vckit.api import Converter, Voice
@@ -206,7 +207,7 @@ class Stream:
             del self._voiced[:-F0_HISTORY]
         if not self._voiced or self.voice.f0_median is None:
             return self.pitch_shift
-        return self.pitch_shift + 12.0 * (np.log(self.voice.f0_median) - float(np.median(self._voiced))) / np.log(2.0)
+        return self.pitch_shift + semitones_from_log(float(np.median(self._voiced)), self.voice.f0_median)
 
     def _vocode(self) -> None:
         """Vocode up to ``voc_look`` frames before the converted end; cross-fade into the last guess."""

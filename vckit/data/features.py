@@ -29,6 +29,7 @@ import torch
 from vckit.config import MelConfig, to_dict
 from vckit.data.manifest import read_manifest
 from vckit.errors import VckitError
+from vckit.files import atomic_path, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,10 @@ def cache_features(rows: list[dict[str, Any]], mel_cfg: MelConfig, out_dir: str 
     if not chunks:
         raise VckitError("no usable audio in the manifest")
     mels = np.concatenate(chunks, axis=0)
-    tmp = out_dir / "mels.npy.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_path(out_dir / "mels.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, mels)
-    os.replace(tmp, out_dir / "mels.npy")
     index = {"mel": to_dict(mel_cfg), "quant": [QUANT_LO, QUANT_HI], "frames": int(offset), "utterances": utts, "skipped": skipped}
-    (out_dir / "index.json").write_text(json.dumps(index, indent=1))
+    write_text_atomically(out_dir / "index.json", json.dumps(index, indent=1))
     return index
 
 
@@ -176,12 +175,6 @@ def _cache_shard(args: tuple[list[dict[str, Any]], MelConfig, str]) -> str:
         index = {"mel": to_dict(mel), "quant": [QUANT_LO, QUANT_HI], "frames": 0, "utterances": [], "skipped": [r["path"] for r in rows]}
         (Path(out) / "index.json").write_text(json.dumps(index))
     return out
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _frame_arrays_to_carry(folders: Sequence[Path], indexes: list[dict[str, Any]], frame_features: Sequence[str] | None) -> list[str]:
@@ -282,19 +275,18 @@ def merge_feature_caches(
         if name != "mels":
             first = np.load(next(f for f, ix in zip(folders, indexes) if ix["frames"] > 0) / f"{name}.npy", mmap_mode="r")
             shape, dtype = first.shape[1:], first.dtype
-        tmp = out_dir / f"{name}.npy.tmp"
-        merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, *shape))
-        offset = 0
-        for folder, ix in zip(folders, indexes):
-            if ix["frames"]:
-                merged[offset : offset + ix["frames"]] = np.load(folder / f"{name}.npy", mmap_mode="r")
-            offset += ix["frames"]
-        merged.flush()
-        del merged
-        os.replace(tmp, out_dir / f"{name}.npy")
+        with atomic_path(out_dir / f"{name}.npy") as tmp:
+            merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, *shape))
+            offset = 0
+            for folder, ix in zip(folders, indexes):
+                if ix["frames"]:
+                    merged[offset : offset + ix["frames"]] = np.load(folder / f"{name}.npy", mmap_mode="r")
+                offset += ix["frames"]
+            merged.flush()
+            del merged
     if "phonetic" in names:
         src = next(f for f, ix in zip(folders, indexes) if ix["frames"] > 0)
-        _write_text(out_dir / PROJECTION_FILE, (src / PROJECTION_FILE).read_text())
+        write_text_atomically(out_dir / PROJECTION_FILE, (src / PROJECTION_FILE).read_text())
     utts: list[dict[str, Any]] = []
     skipped: list[str] = []
     offset = 0
@@ -303,7 +295,7 @@ def merge_feature_caches(
         skipped += ix["skipped"]
         offset += ix["frames"]
     index = {**indexes[0], "frames": total, "utterances": utts, "skipped": skipped}
-    _write_text(out_dir / "index.json", json.dumps(index, indent=1))
+    write_text_atomically(out_dir / "index.json", json.dumps(index, indent=1))
     return index
 
 
@@ -336,23 +328,22 @@ def subset_feature_cache(
     remove_frame_features(out_dir, keep=names)
     for name in ["mels", *names]:
         src = np.load(folder / f"{name}.npy", mmap_mode="r")
-        tmp = out_dir / f"{name}.npy.tmp"
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(total, *src.shape[1:]))
-        offset = 0
-        for u in keep:
-            dst[offset : offset + u["frames"]] = src[u["offset"] : u["offset"] + u["frames"]]
-            offset += u["frames"]
-        dst.flush()
-        del dst
-        os.replace(tmp, out_dir / f"{name}.npy")
+        with atomic_path(out_dir / f"{name}.npy") as tmp:
+            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(total, *src.shape[1:]))
+            offset = 0
+            for u in keep:
+                dst[offset : offset + u["frames"]] = src[u["offset"] : u["offset"] + u["frames"]]
+                offset += u["frames"]
+            dst.flush()
+            del dst
     if "phonetic" in names:
-        _write_text(out_dir / PROJECTION_FILE, (folder / PROJECTION_FILE).read_text())
+        write_text_atomically(out_dir / PROJECTION_FILE, (folder / PROJECTION_FILE).read_text())
     utts, offset = [], 0
     for u in keep:
         utts.append({**u, "offset": offset})
         offset += u["frames"]
     index = {**index, "frames": total, "utterances": utts, "skipped": []}
-    _write_text(out_dir / "index.json", json.dumps(index))
+    write_text_atomically(out_dir / "index.json", json.dumps(index))
     return index
 
 

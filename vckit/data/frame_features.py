@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from vckit.errors import VckitError
+from vckit.files import atomic_path, write_text_atomically
 from vckit.models.teacher import PHONETIC_CLIP  # noqa: F401  (the cache stores what the model clips to)
 
 log = logging.getLogger(__name__)
@@ -197,15 +198,11 @@ def cache_frame_features(
     for s in range(0, total, 100_000):
         phon[s : s + 100_000] = quantize_phonetic(project(hidden[s : s + 100_000].astype(np.float32), projection))
     for name, arr in (("f0", f0), ("phonetic", phon), ("posteriors_idx", post_idx), ("posteriors_p", post_p)):
-        tmp = folder / f"{name}.npy.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-        os.replace(tmp, folder / f"{name}.npy")
     meta = {"dims": dims, "top_k": top_k, "explained_variance": float(projection["explained"]), "teacher": "hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer",
             "fitted": given is None, "mean": projection["mean"].tolist(), "proj": projection["proj"].tolist()}
-    tmp = folder / f"{PROJECTION_FILE}.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, folder / PROJECTION_FILE)
+    write_text_atomically(folder / PROJECTION_FILE, json.dumps(meta))
     voiced = float((f0 > 0).mean())
     return {"frames": total, "seconds": seconds, "explained_variance": float(projection["explained"]), "voiced": voiced}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vckit.errors import VckitError
+from vckit.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,9 @@ def rows_from_csv(csv_path: str | os.PathLike, root: str | os.PathLike | None = 
 def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:

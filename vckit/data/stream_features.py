@@ -28,6 +28,7 @@ import numpy as np
 
 from vckit.config import MelConfig, StreamConfig, from_dict
 from vckit.errors import VckitError
+from vckit.files import atomic_path, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,10 @@ def build(src: str | os.PathLike, dst: str | os.PathLike, stream: StreamConfig, 
     for f in src.iterdir():
         if f.name != "phonetic.npy" and not f.name.endswith(".tmp"):
             (dst / f.name).symlink_to(f)
-    np.save(dst / "phonetic.npy.tmp.npy", phon)
-    os.replace(dst / "phonetic.npy.tmp.npy", dst / "phonetic.npy")
+    with atomic_path(dst / "phonetic.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, phon)
     summary = {**stream_settings(stream), "frames": total, "seconds": round(time.time() - t0, 1)}
-    (dst / SETTINGS_FILE).write_text(json.dumps(summary, indent=1))
+    write_text_atomically(dst / SETTINGS_FILE, json.dumps(summary, indent=1))
     return summary
 
 

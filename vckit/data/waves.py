@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vckit.errors import VckitError
+from vckit.files import atomic_path, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +93,17 @@ def write_wave_cache(
         raise VckitError("no usable audio to cache")
     samples = np.concatenate(chunks)
     name = "wavs.flac" if flac else "wavs.npy"
-    tmp = out_dir / (name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as f:
         if flac:
             import soundfile as sf
 
             sf.write(f, samples, sample_rate, format="FLAC", subtype="PCM_16")
         else:
             np.save(f, samples)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_dir / name)
     for stale in {"wavs.flac", "wavs.npy"} - {name}:
         (out_dir / stale).unlink(missing_ok=True)
     index = {"format": FORMAT, "sample_rate": sample_rate, "samples": int(offset), "file": name, "utterances": utts, "skipped": skipped}
-    tmp = out_dir / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out_dir / INDEX_FILE)
+    write_text_atomically(out_dir / INDEX_FILE, json.dumps(index, indent=1))
     return index
 
 

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vckit.files import write_file_atomically
+
 # viridis at nine evenly spaced points, for the plain numpy rendering
 _VIRIDIS = np.array(
     [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]],
@@ -109,5 +111,5 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
     path = Path(path)
-    path.write_bytes(png)
+    write_file_atomically(path, png, overwrite=True)
     return path

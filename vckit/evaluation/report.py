@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vckit.errors import VckitError
+from vckit.files import write_text_atomically
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -235,6 +236,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True
         raise VckitError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     report["plots"] = plot(report, out) if plots else {"note": "plots not asked for (--no-plots)"}
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    (out / "report.md").write_text(markdown(report))
+    write_text_atomically(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+    write_text_atomically(out / "report.md", markdown(report))
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from vckit.models.decoder import Decoder
 from vckit.models.phonetic_head import PhoneticHead
 from vckit.models.quantizer import VectorQuantizer
 from vckit.models.speaker import SpeakerEncoder
-from vckit.pitch import harmonic_prior
+from vckit.pitch import harmonic_prior, semitone_ratio, semitones_from_log
 
 F0_CHANNELS = 2  # normalised log-F0 (0 where unvoiced) and voicing
 
@@ -179,7 +178,7 @@ class VoiceConversionModel(nn.Module):
         f0 = None
         if self.needs_f0:
             shift = torch.as_tensor(f0_shift, dtype=torch.float32, device=x.f0.device).reshape(-1, 1)
-            f0 = x.f0.float() * torch.pow(2.0, shift / 12.0)
+            f0 = x.f0.float() * semitone_ratio(shift)
         return self.decode(self.encode_content(x, state).codes, spk, x.frames, f0, state)
 
     # -- training ----------------------------------------------------------
@@ -255,7 +254,7 @@ def register_shift(source_f0: torch.Tensor | None, target_median: float | None, 
     if voiced.numel() < 10:
         return float(semitones)
     src = float(voiced.float().log().median())
-    return float(semitones) + 12.0 * (math.log(target_median) - src) / math.log(2.0)
+    return float(semitones) + semitones_from_log(src, target_median)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
