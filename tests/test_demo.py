@@ -154,17 +154,19 @@ def test_pitch_handling(service: DemoService, male: Path, male_short: Path, fema
 
 
 def test_enrolled_voice(service: DemoService, male: Path, male_short: Path, female: Path) -> None:
-    from vckit.speakers import new_profile, save_profile
+    from vckit.speakers import enroll, new_profile, save_profile
 
     vc = service.converter()
-    emb = vc.embed_speaker(str(female))
-    save_profile(service.bank_dir(), new_profile("alice", emb, vc.model_id, [str(female), str(female)], 3.0, vc.reference_f0(str(female))))
-    save_profile(service.bank_dir(), new_profile("stranger", emb, "another-model", [], 3.0, None))
+    done = enroll(vc, "alice", [female, female], bank=service.bank_dir())  # the one enrolment the CLI and finetune use
+    assert done.path == service.bank_dir() / "alice.safetensors" and done.profile.meta["references"] == [str(female.resolve())] * 2
+    with pytest.raises(VckitError, match="already enrolled"):
+        enroll(vc, "alice", [female], bank=service.bank_dir())
+    save_profile(service.bank_dir(), new_profile("stranger", done.voice.embedding, "another-model", [], 3.0, None))  # no clips left to remake it from
     assert f"{ENROLLED_PREFIX}alice" in service.target_choices()
     res = service.convert(str(male_short), f"{ENROLLED_PREFIX}alice", None, pitch_mode="match F0")  # the profile's F0
     assert res.similarity["to_reference"] is not None and res.pitch_shift > 2
     assert "voice of *alice* (2 clips)" in res.summary  # every enrolled clip, in the picture and for the judge
-    with pytest.raises(VckitError, match="enrolled with another model"):
+    with pytest.raises(VckitError, match="'stranger' was enrolled with the model with weights another-mod.*enroll it again"):
         service.convert(str(male), f"{ENROLLED_PREFIX}stranger", None)
 
 

@@ -104,22 +104,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
     from vckit.api import checkpoint_path, load
-    from vckit.speakers import check_name, default_bank, new_profile, save_profile
+    from vckit.cli_convert import said
+    from vckit.speakers import check_name, default_bank, enroll
 
     check_name(args.name)
     bank = Path(args.bank) if args.bank else default_bank()
-    if (bank / f"{args.name}.safetensors").exists() and not args.overwrite:
+    if (bank / f"{args.name}.safetensors").exists() and not args.overwrite:  # before the model loads
         raise VckitError(f"speaker {args.name!r} is already enrolled in {bank} (use --overwrite to replace it)")
     vc = load(args.checkpoint, device=args.device, vocoder="griffinlim")
-    from vckit.cli_convert import said
-
     voice = said(vc.voice(args.refs))
-    refs = [str(Path(r).resolve()) for r in args.refs]
-    prof = new_profile(args.name, voice.embedding, vc.model_id, refs, voice.seconds, voice.f0_median, checkpoint=str(checkpoint_path(args.checkpoint)),
-                       speech_seconds=voice.speech_seconds)
-    path = save_profile(bank, prof, overwrite=args.overwrite)
-    f0 = f", median F0 {prof.f0_median:.0f} Hz" if prof.f0_median else ""
-    print(f"enrolled {args.name} from {len(args.refs)} file(s), {voice.speech_seconds:.1f} s of speech{f0}: {path}")
+    done = enroll(vc, args.name, args.refs, bank=bank, overwrite=args.overwrite, checkpoint=checkpoint_path(args.checkpoint), voice=voice)
+    f0 = f", median F0 {done.profile.f0_median:.0f} Hz" if done.profile.f0_median else ""
+    print(f"enrolled {args.name} from {len(args.refs)} file(s), {voice.speech_seconds:.1f} s of speech{f0}: {done.path}")
     return 0
 
 

@@ -13,12 +13,15 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vckit.errors import VckitError
 from vckit.files import atomic_path
+
+if TYPE_CHECKING:
+    from vckit.api import Converter, Voice
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -109,6 +112,37 @@ def new_profile(name: str, embedding: torch.Tensor, model_id: str, refs: list[st
     if checkpoint:
         meta["checkpoint"] = checkpoint
     return SpeakerProfile(check_name(name), embedding, model_id, meta)
+
+
+@dataclass
+class Enrolled:
+    """What :func:`enroll` stored: the profile, its file and the voice measured from the references."""
+
+    profile: SpeakerProfile
+    path: Path
+    voice: Voice
+
+
+def enroll(converter: Converter, name: str, refs: list[str | os.PathLike], *, bank: str | os.PathLike | None = None, overwrite: bool = False,
+           checkpoint: str | os.PathLike = "", meta: dict[str, Any] | None = None, voice: Voice | None = None) -> Enrolled:
+    """Enroll ``name`` from the reference files ``refs`` with ``converter``'s model, into ``bank``.
+
+    The one enrolment: ``vckit enroll``, ``vckit finetune`` and the demo all call it. The
+    references are decoded once (:meth:`~vckit.api.Converter.voice`, or the ``voice`` already
+    made from them); the profile keeps their absolute paths, seconds of audio and of speech,
+    the median F0, the model's hash and ``checkpoint`` (the folder it came from), plus ``meta``.
+    An existing profile of that name raises :class:`VckitError` before any audio is read,
+    unless ``overwrite``.
+    """
+    bank = Path(bank) if bank is not None else default_bank()
+    check_name(name)
+    if (bank / f"{name}.safetensors").exists() and not overwrite:
+        raise VckitError(f"speaker {name!r} is already enrolled in {bank} (use --overwrite to replace it)")
+    voice = voice if voice is not None else converter.voice(refs)
+    prof = new_profile(name, voice.embedding, converter.model_id, [str(Path(r).resolve()) for r in refs], voice.seconds, voice.f0_median,
+                       checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "", speech_seconds=voice.speech_seconds)
+    prof.meta.update(meta or {})
+    return Enrolled(prof, save_profile(bank, prof, overwrite=overwrite), voice)
 
 
 def check_profile_model(profile: SpeakerProfile, model_id: str, checkpoint: str = "") -> None:

@@ -199,16 +199,15 @@ class DemoService:
             from vckit.speakers import load_profile
 
             name = choice[len(ENROLLED_PREFIX) :]
+            voice = vc.enrolled(name, self.bank_dir())  # as the API reads it: remade from its clips for another model, else refused naming both
             prof = load_profile(self.bank_dir(), name)
-            if prof.model_id and vc.model_id and prof.model_id != vc.model_id:
-                raise DemoError(f"speaker {name!r} was enrolled with another model: enroll it again with this one")
             clips = []  # the enrolment's references, where still readable: for the picture and the judge
             for ref in prof.meta.get("references", []):
                 try:
                     clips.append(self._load(ref, "reference", rate, trim=True))
                 except VckitError:
                     log.info("enrolled reference %s not usable for the picture", ref)
-            return _Target(prof.embedding, name, _joined(clips, rate), prof.f0_median, clips=len(clips))
+            return _Target(voice.embedding, name, _joined(clips, rate), voice.f0_median, clips=len(clips))
         if choice.startswith(EXAMPLE_PREFIX):
             references, name = self.example_voice(choice)
         elif choice == REFERENCE_CHOICE:

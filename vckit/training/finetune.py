@@ -350,18 +350,14 @@ def _enroll(checkpoint: Path, index: dict[str, Any], names: list[str], bank: Pat
     """Enroll each speaker with the new model, as ``vckit enroll`` would with its usable files
     (one :meth:`~vckit.api.Converter.voice` call: each file decoded once for the embedding and the F0)."""
     from vckit.api import load
-    from vckit.speakers import new_profile, save_profile
+    from vckit.speakers import enroll
 
     vc = load(checkpoint, device=device, vocoder="griffinlim")
     paths: dict[str, Path] = {}
     for name in names:
         utts = [u for u in index["utterances"] if u["speaker"] == name]
         refs = [u["path"] for u in utts if u["frames"] >= MIN_REFERENCE_FRAMES] or [max(utts, key=lambda u: u["frames"])["path"]]
-        voice = vc.voice(refs)
-        prof = new_profile(name, voice.embedding, vc.model_id, [str(Path(r).resolve()) for r in refs], voice.seconds, voice.f0_median, checkpoint=str(Path(checkpoint).resolve()),
-                           speech_seconds=voice.speech_seconds)
-        prof.meta["finetuned"] = True
-        paths[name] = save_profile(bank, prof, overwrite=overwrite)
+        paths[name] = enroll(vc, name, refs, bank=bank, overwrite=overwrite, checkpoint=checkpoint, meta={"finetuned": True}).path
     return paths
 
 
