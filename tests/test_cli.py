@@ -92,6 +92,23 @@ def test_info_knows_the_shipped_models_by_name_and_a_closed_pipe_is_no_error(cap
     assert proc.wait(timeout=120) == 0 and err == "", err  # no BrokenPipeError traceback
 
 
+def test_info_reads_every_shipped_checkpoint_and_the_phone_student(capsys):
+    """The judge and the phone student are checkpoints of other kinds: info names the kind and its figures."""
+    from vckit.cli import main
+    from vckit.shipped import FOLDERS
+
+    for name in [f for f in FOLDERS if f != "examples"]:
+        assert main(["info", name]) == 0, name
+        out = capsys.readouterr().out
+        assert f"checkpoints/{name}" in out.splitlines()[0] and "parameters" in out
+    assert main(["info", "speaker_verification"]) == 0
+    out = capsys.readouterr().out
+    assert "kind: speaker-verification model" in out and "eer: 0.11" in out and "parameters: 4,136,640" in out
+    assert main(["info", str(REPO_ROOT / "recipes/shared_dev/phone_student")]) == 0
+    out = capsys.readouterr().out
+    assert "kind: phone student" in out and out.count("parameters") == 1 and "parameters: 669,119" in out
+
+
 def test_train_with_a_bad_config_is_one_line(vckit_cli, tiny_cache, tmp_path):
     err = one_line_error(vckit_cli(*train_args(tiny_cache, tmp_path / "r", "train.stpes=3"), timeout=60))
     assert "train.stpes" in err

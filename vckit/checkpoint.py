@@ -186,6 +186,22 @@ def read_folder(folder: str | os.PathLike, kind: str = "vc") -> dict[str, Any]:
     return meta
 
 
+def folder_kind(folder: str | os.PathLike) -> str:
+    """Which of :data:`KINDS` the checkpoint folder ``folder`` holds, from its ``config.json``'s format."""
+    folder = Path(folder)
+    fmt = None
+    if (folder / CONFIG_FILE).is_file():
+        try:
+            fmt = json.loads((folder / CONFIG_FILE).read_text()).get("format")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pass
+    for kind, (f, _) in KINDS.items():
+        if f == fmt:
+            return kind
+    read_folder(folder, "vc")  # raises the reason: not found, no config.json, corrupt, no vckit format
+    return "vc"
+
+
 def read_weights(folder: str | os.PathLike, meta: dict[str, Any], name: str = WEIGHTS_FILE, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """A safetensors file of a checkpoint folder as a float32 state dict; the sha256 recorded in ``meta`` must match."""
     from safetensors import SafetensorError

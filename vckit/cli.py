@@ -81,10 +81,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
     from vckit.api import checkpoint_path
-    from vckit.checkpoint import load_checkpoint
+    from vckit.checkpoint import KINDS, folder_kind, load_checkpoint
     from vckit.models.vc import build_model, count_parameters
+    from vckit.shipped import FOLDERS, shipped_dir
 
-    path = checkpoint_path(args.checkpoint)
+    name = str(args.checkpoint)
+    path = shipped_dir(name) if name in FOLDERS and name != "examples" and not Path(name).exists() else checkpoint_path(name)
+    kind = folder_kind(path)
+    if kind != "vc":
+        return _info_other(path, kind, KINDS[kind][1])
     cfg, sd, meta = load_checkpoint(path)
     model = build_model(cfg, sd, for_training=any(k.startswith("classifier.") for k in sd))
     print(f"checkpoint: {path}")
@@ -99,6 +104,42 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {name:<16} {n:>12,}")
     print("config:")
     print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+def _info_other(path: Path, kind: str, what: str) -> int:
+    """``vckit info`` for the judge, a phone student or a fast vocoder: loaded (so weights and
+    config are checked) by its own reader, then its figures, parameters and settings."""
+    import json
+
+    if kind == "verifier":
+        from vckit.models.verifier import load_verifier
+
+        model, meta = load_verifier(path)
+    elif kind == "phone_student":
+        from vckit.models.phone_student import load_student
+
+        model, meta = load_student(path)
+    else:
+        from vckit.checkpoint import read_folder
+        from vckit.models.vocoder.vocos import Vocos
+
+        model, meta = Vocos.from_folder(path), read_folder(path, kind)
+    print(f"checkpoint: {path}")
+    print(f"kind: {what}")
+    print(f"step: {meta.get('step', 0)}")
+    nested = {}
+    for k, v in meta.items():
+        if k in ("format", "format_version", "step", "sha256", "parameters"):
+            continue
+        if isinstance(v, (dict, list)):
+            nested[k] = v
+        else:
+            print(f"{k}: {v}")
+    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    for k, v in nested.items():
+        print(f"{k}:")
+        print(json.dumps(v, indent=2))
     return 0
 
 
@@ -244,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=_cmd_train_student)
 
     i = sub.add_parser("info", help="print a checkpoint's config, parameter counts and steps")
-    i.add_argument("checkpoint", help="a checkpoint folder, or a shipped model's name: default, stream")
+    i.add_argument("checkpoint", help="a checkpoint folder (a conversion model, the judge, a phone student or a fast vocoder), or a shipped model's name: default, stream, speaker_verification")
     i.set_defaults(func=_cmd_info)
 
     from vckit.cli_convert import add_parser as add_convert
