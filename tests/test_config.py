@@ -172,6 +172,26 @@ def test_shipped_recipe_configs_load():
         assert Config.from_dict(cfg.to_dict()) == cfg
 
 
+def test_recipe_variants_are_small_overrides_of_one_base():
+    """Each shared_dev variant is a ``base:`` override of at most 20 lines, and every chain ends in base.yaml."""
+    from pathlib import Path
+
+    import yaml
+
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "shared_dev" / "conf"
+    standalone = {"base.yaml", "smoke.yaml", "phone_student.yaml"}  # the base, the tiny path check, another model's config
+    for p in sorted(conf.glob("*.yaml")):
+        if p.name in standalone:
+            continue
+        assert len(p.read_text().splitlines()) <= 20, f"{p.name} is a copy, not an override"
+        chain, q = [p.name], p
+        while (base := (yaml.safe_load(q.read_text()) or {}).get("base")) is not None:
+            q = q.parent / base
+            assert q.name not in chain, chain
+            chain.append(q.name)
+        assert chain[-1] == "base.yaml", f"{p.name}: {' -> '.join(chain)}"
+
+
 def test_sub_dataclass_round_trip():
     m = ModelConfig(vq=VQConfig(enabled=True, decay=0.9))
     assert from_dict(ModelConfig, to_dict(m)) == m
