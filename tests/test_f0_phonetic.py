@@ -204,21 +204,25 @@ def test_a_scaled_mel_is_the_mel_of_the_scaled_voice():
     assert np.abs(lower[mid].mean(0) - log_mel(tone, cfg).numpy().T[mid].mean(0)).mean() > 0.7
 
 
-def test_virtual_speakers_copy_the_content_and_scale_the_f0(tiny_cache, tmp_path):
+def test_virtual_speakers_copy_the_content_and_scale_the_f0(tiny_cache, tmp_path, capsys):
+    """``vckit prepare virtual-speakers CACHE``, as a user runs it."""
     import shutil
 
+    from vckit.cli import main
     from vckit.data.features import FeatureStore
     from vckit.data.frame_features import cache_frame_features
     from vckit.data.manifest import read_manifest
-    from vckit.data.virtual_speakers import build
 
     feats = tmp_path / "features"
     shutil.copytree(tiny_cache["features"], feats)
+    shutil.copy(tiny_cache["train"], tmp_path / "train.jsonl")
     cache_frame_features(feats, dims=8, top_k=2, progress=False)
-    summary = build(feats, tiny_cache["train"], tmp_path / "virtual", [0.8], progress=False)
+    assert main(["prepare", "virtual-speakers", str(tmp_path), "--ratios", "1.0"]) == 2
+    assert "--ratios must lie between 0.5 and 2" in capsys.readouterr().err
+    assert main(["prepare", "virtual-speakers", str(tmp_path), "--ratios", "0.8", "--quiet"]) == 0
     rows = read_manifest(tmp_path / "virtual" / "train.jsonl")
     train = read_manifest(tiny_cache["train"])
-    assert summary["rows"] == len(rows) == 2 * len(train)
+    assert f"virtual speakers: {len(rows)} rows" in capsys.readouterr().out and len(rows) == 2 * len(train)
     store = FeatureStore.load(tmp_path / "virtual" / "features")
     index = {u["path"]: i for i, u in enumerate(store.utterances)}
     r = train[0]

@@ -296,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_stream(sub)
 
+    from vckit.cli_prepare import add_parser as add_prepare
+
+    add_prepare(sub)
+
     e = sub.add_parser("enroll", help="store a speaker profile from reference recordings")
     e.add_argument("name")
     e.add_argument("refs", nargs="+", help="reference recordings (at least 1 s each)")

@@ -9,7 +9,7 @@ model (``model.stream.causal``) must train on them. This builds a copy of a
 feature cache whose ``phonetic.npy`` holds them (the other arrays are links
 to the original), projected with the same PCA projection:
 
-    python -m vckit.data.stream_features cache/shared_dev/features cache/shared_dev/features_stream
+    vckit prepare stream-features cache/shared_dev/features cache/shared_dev/features_stream
 
 It takes about 4 minutes on one CPU thread for the 2.4 hours of
 ``recipes/shared_dev``.
@@ -17,7 +17,6 @@ It takes about 4 minutes on one CPU thread for the 2.4 hours of
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -78,24 +77,3 @@ def build(src: str | os.PathLike, dst: str | os.PathLike, stream: StreamConfig, 
     summary = {**stream_settings(stream), "frames": total, "seconds": round(time.time() - t0, 1)}
     write_text_atomically(dst / SETTINGS_FILE, json.dumps(summary, indent=1))
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m vckit.data.stream_features", description=__doc__.split("\n\n")[0])
-    ap.add_argument("src", help="a feature cache with phonetic features")
-    ap.add_argument("dst", help="the new cache (links to src's arrays, its own phonetic.npy)")
-    ap.add_argument("--block-frames", type=int, default=StreamConfig.block_frames)
-    ap.add_argument("--lookahead-ms", type=float, default=StreamConfig.teacher_lookahead_ms)
-    ap.add_argument("--context-s", type=float, default=StreamConfig.teacher_context_s)
-    ap.add_argument("--threads", type=int, default=1)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        s = build(a.src, a.dst, StreamConfig(causal=True, block_frames=a.block_frames, teacher_lookahead_ms=a.lookahead_ms, teacher_context_s=a.context_s), threads=a.threads)
-    except VckitError as e:
-        raise SystemExit(f"error: {e}") from None
-    log.info("%s", json.dumps(s))
-
-
-if __name__ == "__main__":
-    main()

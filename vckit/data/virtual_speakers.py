@@ -9,7 +9,7 @@ sees the same content codes decoded in many registers, the case a
 cross-gender conversion needs and plain reconstruction of real speakers
 never gives (a female utterance's content with a lower F0 and voice).
 
-    python -m vckit.data.virtual_speakers cache/shared_dev --ratios 0.72 1.38
+    vckit prepare virtual-speakers cache/shared_dev --ratios 0.72 1.38
 
 writes ``cache/shared_dev/virtual/`` (``train.jsonl`` with the original and the
 virtual rows, and ``features/`` with both), from a cache prepared with
@@ -18,12 +18,10 @@ virtual rows, and ``features/`` with both), from a cache prepared with
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,26 +117,3 @@ def build(folder: str | os.PathLike, train_manifest: str | os.PathLike, out: str
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"frames": merged["frames"], "rows": len(new_rows), "speakers": len({r["speaker"] for r in new_rows})}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cache", help="a prepared recipe cache (train.jsonl, features/ with --frame-features)")
-    ap.add_argument("--ratios", type=float, nargs="+", default=[0.72, 1.38], help="frequency scale factors (0.72 and 1.38: -5.7 and +5.6 semitones)")
-    ap.add_argument("--out", default=None, help="default: CACHE/virtual")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    cache = Path(args.cache)
-    try:
-        if any(not 0.5 <= r <= 2.0 or r == 1.0 for r in args.ratios):
-            raise VckitError("--ratios must lie between 0.5 and 2, and not be 1")
-        s = build(cache / "features", cache / "train.jsonl", Path(args.out) if args.out else cache / "virtual", args.ratios)
-    except VckitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"virtual speakers: {s['rows']} rows, {s['speakers']} speakers, {s['frames']} frames")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

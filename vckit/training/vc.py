@@ -357,7 +357,7 @@ def _check_stream_features(cfg: Config) -> None:
         if made is None or any(made.get(k) != v for k, v in want.items()):
             raise VckitError(
                 f"a causal model reads phonetic features made block by block with {want}, but {cfg.data.features} has {made or 'whole-utterance features'}: "
-                f"python -m vckit.data.stream_features {cfg.data.features} <new folder>"
+                f"vckit prepare stream-features {cfg.data.features} <new folder>"
             )
     elif made is not None:
         raise VckitError(f"{cfg.data.features} holds streamed phonetic features, which only a causal model (model.stream.causal) reads")
