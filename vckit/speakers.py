@@ -13,15 +13,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from vckit.errors import VckitError
 from vckit.files import atomic_path
-
-if TYPE_CHECKING:
-    from vckit.api import Converter, Voice
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -120,12 +117,14 @@ class Enrolled:
 
     profile: SpeakerProfile
     path: Path
-    voice: Voice
+    voice: Any  # the vckit.api.Voice made from the references (this layer does not import the API)
 
 
-def enroll(converter: Converter, name: str, refs: list[str | os.PathLike], *, bank: str | os.PathLike | None = None, overwrite: bool = False,
-           checkpoint: str | os.PathLike = "", meta: dict[str, Any] | None = None, voice: Voice | None = None) -> Enrolled:
+def enroll(converter: Any, name: str, refs: list[str | os.PathLike], *, bank: str | os.PathLike | None = None, overwrite: bool = False,
+           checkpoint: str | os.PathLike = "", meta: dict[str, Any] | None = None, voice: Any = None) -> Enrolled:
     """Enroll ``name`` from the reference files ``refs`` with ``converter``'s model, into ``bank``.
+
+    ``converter``: a :class:`vckit.api.Converter` (passed in: this layer does not import the API).
 
     The one enrolment: ``vckit enroll``, ``vckit finetune`` and the demo all call it. The
     references are decoded once (:meth:`~vckit.api.Converter.voice`, or the ``voice`` already
