@@ -1,12 +1,14 @@
 """Whole-path conversion speed and memory: read, features, model, vocoder, write.
 
-    python benchmarks/convert.py [--lengths 10 60 600] [--vocoders griffinlim hifigan] [--threads 2] [--device cpu]
+    python benchmarks/convert.py [--lengths 10 60 600] [--vocoders griffinlim hifigan] [--precisions auto] [--threads 2] [--device cpu]
+    python benchmarks/convert.py --lengths 10 600 --vocoders hifigan --precisions fp32 bf16   # what bf16 gains (issue 28)
 
 Each case runs in a fresh process (so peak RSS is that case's own): it loads
 the shipped model, converts a source of the given length (real speech from
 ../shared/data, tiled, written as a 16 kHz WAV) to a reference voice and
 writes the WAV. RTF = conversion seconds / audio seconds, model loading
-excluded (reported separately).
+excluded (reported separately). ``--precisions`` are ``vckit.load``'s
+(the vocoder's arithmetic; Griffin-Lim always runs in float32).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def make_source(seconds: float, path: Path) -> None:
     sf.write(str(path), wav, 16000, subtype="PCM_16")
 
 
-def one_case(src: str, vocoder: str, device: str, threads: int) -> dict:
+def one_case(src: str, vocoder: str, device: str, threads: int, precision: str = "auto") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -47,7 +49,7 @@ def one_case(src: str, vocoder: str, device: str, threads: int) -> dict:
     import vckit
 
     t0 = time.perf_counter()
-    vc = vckit.load(device=device, vocoder=vocoder)
+    vc = vckit.load(device=device, vocoder=vocoder, precision=precision)
     spk = vc.embed_speaker(str(DATA / REFERENCE))
     load_s = time.perf_counter() - t0
     out = Path(tempfile.mkdtemp()) / "out.wav"
@@ -61,6 +63,7 @@ def one_case(src: str, vocoder: str, device: str, threads: int) -> dict:
     out_dur = sf.info(str(out)).duration
     return {
         "vocoder": vocoder,
+        "precision": f"{precision} ({str(vc.vocoder.dtype).removeprefix('torch.')})",
         "device": device if device != "cpu" else f"cpu x{threads}",
         "seconds": round(dur, 1),
         "rtf": round(conv_s / dur, 4),
@@ -75,12 +78,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=float, nargs="+", default=[10, 60, 600])
     ap.add_argument("--vocoders", nargs="+", default=["griffinlim", "hifigan"])
+    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--case", nargs=2, metavar=("SRC", "VOCODER"), help=argparse.SUPPRESS)
+    ap.add_argument("--case", nargs=3, metavar=("SRC", "VOCODER", "PRECISION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
-        print(json.dumps(one_case(args.case[0], args.case[1], args.device, args.threads)))
+        print(json.dumps(one_case(args.case[0], args.case[1], args.device, args.threads, args.case[2])))
         return 0
     tmp = Path(tempfile.mkdtemp())
     rows = []
@@ -88,14 +92,15 @@ def main() -> int:
         src = tmp / f"src_{int(seconds)}s.wav"
         make_source(seconds, src)
         for voc in args.vocoders:
-            cmd = [sys.executable, __file__, "--case", str(src), voc, "--device", args.device, "--threads", str(args.threads)]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                print(f"{seconds:.0f} s / {voc}: failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-                continue
-            row = json.loads(res.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for precision in args.precisions if voc != "griffinlim" else ["fp32"]:
+                cmd = [sys.executable, __file__, "--case", str(src), voc, precision, "--device", args.device, "--threads", str(args.threads)]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    print(f"{seconds:.0f} s / {voc} / {precision}: failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                    continue
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     if rows:
         keys = list(rows[0])
         print("| " + " | ".join(keys) + " |")

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
-    vc = vckit.load(device="cpu")
+    vc = vckit.load(device="cpu", precision="fp32")  # the examples are the model as trained, reproducible on any CPU
     judge = Judge(REPO / "checkpoints/speaker_verification")
     sr = vc.sample_rate
     rows = [r for r in read_rows(REPO / "cache/shared_dev/valid.jsonl") if r["corpus"] in ALLOWED]

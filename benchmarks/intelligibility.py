@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=30, help="source utterances (fast set)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the scoring HiFi-GAN's arithmetic (default fp32, as every stored result; bf16 is what vckit.load gives on CPUs with native bfloat16)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     store = FeatureStore.load(args.features)
     mel_cfg = MelConfig()
     vocoder = load_vocoder("hifigan", mel_cfg)
+    if args.precision == "bf16":
+        vocoder = vocoder.to(torch.bfloat16)
     judge, jmeta = load_verifier(args.judge, "cpu")
     judge.eval()
     asr = MoonshineASR(threads=args.threads)

@@ -252,3 +252,35 @@ def test_speech_span_cuts_the_room_tone_around_a_clip(files):
     lo, hi = speech_span(clip, sr)
     assert abs(lo - 2 * sr) < 0.3 * sr and abs((len(clip) - hi) - 2 * sr) < 0.3 * sr
     assert speech_span(tone, sr) == (0, len(tone))  # no speech: nothing to cut to
+
+
+def test_precision_picks_the_vocoders_arithmetic(monkeypatch):
+    from vckit import devices
+
+    cpu = torch.device("cpu")
+    assert devices.vocoder_dtype("fp32", cpu) == torch.float32 and devices.vocoder_dtype("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr(devices, "native_bf16", lambda d: True)
+    assert devices.vocoder_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(devices, "native_bf16", lambda d: False)
+    assert devices.vocoder_dtype("auto", cpu) == torch.float32  # emulated bf16 could be slower
+    with pytest.raises(VckitError, match="unknown precision 'fp16'"):
+        devices.vocoder_dtype("fp16", cpu)
+
+
+def test_a_bf16_vocoder_says_what_the_fp32_one_says(files):
+    """``precision="bf16"`` (what ``auto`` picks on CPUs with native bfloat16) runs HiFi-GAN in
+    bfloat16 and hands back float32 audio that follows the float32 vocoder's closely; Griffin-Lim
+    and the model itself stay in float32, and a stream can still ask for float32."""
+    fp32 = vckit.load(device="cpu", precision="fp32")
+    bf16 = vckit.load(device="cpu", precision="bf16")
+    assert fp32.vocoder.dtype == torch.float32 and bf16.vocoder.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    voice = fp32.voice(str(files["ref_a"]))
+    a = fp32.convert(str(files["source"]), voice)
+    b = bf16.convert(str(files["source"]), voice)
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape and bool(np.isfinite(b).all())
+    snr = 10 * np.log10(np.sum(a.astype(np.float64) ** 2) / np.sum((a.astype(np.float64) - b) ** 2))
+    assert snr > 10, f"bf16 output strays from fp32: {snr:.1f} dB"
+    assert vckit.load(device="cpu", vocoder="griffinlim", precision="bf16").vocoder.dtype == torch.float32
+    with pytest.raises(VckitError, match="unknown precision"):
+        vckit.load(device="cpu", precision="half")

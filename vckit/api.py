@@ -340,7 +340,8 @@ class Converter:
         return wav.detach().float().cpu().numpy().astype(np.float32)
 
 
-def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", vocoder: str = "hifigan", quantize: bool | float | None = None) -> Converter:
+def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", vocoder: str = "hifigan", quantize: bool | float | None = None,
+         precision: str = "auto") -> Converter:
     """Load a model for conversion.
 
     Args:
@@ -354,14 +355,19 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
             (False); a number between 0 and 1 moves the continuous codes that
             share of the way to the nearest entries (``model.vq.inference_mix``).
             None keeps what the checkpoint's config says.
+        precision: the vocoder's arithmetic: ``auto`` (bfloat16 where the device
+            has it natively, a CPU with AVX512-BF16 or AMX, or CUDA; else
+            float32), ``fp32`` or ``bf16``. The model itself runs in float32.
+            Griffin-Lim always runs in float32.
     """
     import dataclasses
 
     from vckit.models.vocoder import load_vocoder
 
-    from vckit.devices import pick_device
+    from vckit.devices import pick_device, vocoder_dtype
 
     dev = pick_device(device)
+    voc_dtype = vocoder_dtype(precision, dev)
     path = checkpoint_path(checkpoint)
     config, sd, meta = load_checkpoint(path, dev)  # checks the weights against a recorded sha256
     recorded = meta.get("sha256", {}).get("model.safetensors")
@@ -376,6 +382,8 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, vq=vq))
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
+    if voc_dtype != torch.float32 and voc.name != "griffinlim":  # benchmarks/precision.py: what bf16 costs and gains
+        voc = voc.to(voc_dtype)
     model_id = recorded or _weights_hash(path)
     vc = Converter(model, config, voc, dev, model_id)
     vc.checkpoint = path

@@ -51,20 +51,6 @@ F0_HISTORY = 3000  # voiced frames kept for the running register estimate (~35 s
 CROSSFADE = 128  # samples blended between a block's start and the previous block's guess
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 natively (a CPU with AVX512-BF16 or AMX; CUDA): there
-    the vocoder of a stream runs in bfloat16, elsewhere emulated bfloat16 could be slower."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 class Stream:
     """One live conversion; make it with :meth:`vckit.api.Converter.stream`.
 
@@ -105,7 +91,7 @@ class Stream:
         self.voc_look, self.voc_ctx = vocoder_lookahead, vocoder_context
         self.pitch_shift = float(pitch_shift)
         self.vocoder = converter.vocoder
-        if vocoder_dtype != torch.float32:  # bf16 on CPU: 1.8x faster HiFi-GAN (benchmarks/streaming.py --bf16 measures what it costs)
+        if vocoder_dtype != converter.vocoder.dtype:  # bf16 on CPU: 1.8x faster HiFi-GAN (benchmarks/streaming.py --bf16 measures what it costs)
             import copy
 
             self.vocoder = copy.deepcopy(converter.vocoder).to(vocoder_dtype)
@@ -130,9 +116,11 @@ class Stream:
         Needs a causal model (``vckit.load("stream")``). ``chunk_ms`` rounds
         up to a whole number of the model's blocks (default: one block, the
         shortest delay); longer chunks cost less per second but add delay.
-        ``bf16`` runs the vocoder in bfloat16; by default it does so on CPUs
-        with native bfloat16 (benchmarks/streaming.py: 36 against 44 ms a block,
-        the same words, voice and DNSMOS), never for Griffin-Lim's phase search.
+        ``bf16`` runs the vocoder in bfloat16; by default the stream keeps the
+        converter's vocoder as :func:`vckit.load`'s ``precision`` made it
+        (``auto``: bfloat16 on CPUs with it natively; benchmarks/streaming.py: 36
+        against 44 ms a block, the same words, voice and DNSMOS), never for
+        Griffin-Lim's phase search.
         """
         cfg = converter.config
         block_ms = 1000.0 * cfg.model.stream.block_frames * cfg.mel.hop_length / cfg.mel.sample_rate
@@ -140,7 +128,8 @@ class Stream:
             raise VckitError(f"chunk_ms must be between 0 and 2000, got {chunk_ms}")
         per = max(1, round(chunk_ms / block_ms)) if chunk_ms else 1
         if bf16 is None:
-            bf16 = native_bf16(converter.device) and converter.vocoder.name != "griffinlim"
+            bf16 = converter.vocoder.dtype == torch.bfloat16
+        bf16 = bf16 and converter.vocoder.name != "griffinlim"
         return cls(converter, voice, pitch_shift=pitch_shift, blocks_per_chunk=per, vocoder_dtype=torch.bfloat16 if bf16 else torch.float32)
 
     @property

@@ -46,6 +46,13 @@ class Vocoder(nn.Module):
             return t.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the vocoder's weights (float32 without any): what :meth:`vocode` feeds it."""
+        for t in self.parameters():
+            return t.dtype
+        return torch.float32
+
     def forward(self, mel: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """Log-mel ``(batch, n_mels, frames)`` -> waveform ``(batch, frames * hop)`` in [-1, 1]."""
         raise NotImplementedError
@@ -110,10 +117,10 @@ class Vocoder(nn.Module):
         ctx = overlap_frames if context_frames is None else context_frames
         if ctx < 0:
             raise VckitError(f"vocode: context_frames must be >= 0, got {ctx}")
-        dev, hop, frames = self.device, self.hop_length, mel.shape[-1]
+        dev, dtype, hop, frames = self.device, self.dtype, self.hop_length, mel.shape[-1]
         mel = mel.float()
         if frames <= chunk_frames:
-            whole = self(mel[None].to(dev))[0].to(mel.device)
+            whole = self(mel[None].to(dev, dtype))[0].float().to(mel.device)
             if progress is not None:
                 progress(1.0)
             return whole
@@ -123,7 +130,7 @@ class Vocoder(nn.Module):
         while True:
             end = min(start + chunk_frames, frames)
             lo, hi = max(0, start - ctx), min(frames, end + ctx)
-            wav = self(mel[None, :, lo:hi].to(dev))[0, (start - lo) * hop : (end - lo) * hop].to(out.device)
+            wav = self(mel[None, :, lo:hi].to(dev, dtype))[0, (start - lo) * hop : (end - lo) * hop].float().to(out.device)
             fade = (prev_end - start) * hop  # samples shared with the previous chunk
             if fade > 0:
                 ramp = (torch.arange(fade, device=out.device, dtype=out.dtype) + 0.5) / fade
