@@ -8,6 +8,7 @@ place that knows that path.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,23 @@ TINY_TRAIN = {
 # (corpus, speaker, how many utterances): 5 training speakers, 20 files; one validation speaker
 TRAIN_PICK = [("vcc2016", s, 4) for s in ("SF1", "SM1", "TF1", "TM1")] + [("fsdd", "george", 4)]
 VALID_PICK = [("vctk_autovc16k", "p226", 2)]
+
+
+# The fuzz tests draw new cases on every run, from this seed; a failure names it, and
+# VCKIT_FUZZ_SEED=N draws the same cases again.
+FUZZ_SEED = int(os.environ.get("VCKIT_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"fuzz seed: {FUZZ_SEED} (VCKIT_FUZZ_SEED={FUZZ_SEED} draws the same cases)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and item.get_closest_marker("fuzz") is not None:
+        report.sections.append(("fuzz seed", f"rerun these cases with VCKIT_FUZZ_SEED={FUZZ_SEED}"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

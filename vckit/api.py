@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vckit.audio import AudioInput, load_audio, log_mel, output_format, write_audio
-from vckit.checkpoint import load_checkpoint
+from vckit.checkpoint import load_checkpoint, recorded_sha256
 from vckit.models.vc import build_model
 from vckit.config import Config
 from vckit.errors import CheckpointError, NoSpeechError, VckitError
@@ -370,7 +370,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     voc_dtype = vocoder_dtype(precision, dev)
     path = checkpoint_path(checkpoint)
     config, sd, meta = load_checkpoint(path, dev)  # checks the weights against a recorded sha256
-    recorded = meta.get("sha256", {}).get("model.safetensors")
+    recorded = recorded_sha256(meta)
     if not recorded and is_shipped(path):
         raise CheckpointError(f"the shipped model's {path / 'config.json'} records no sha256 of its weights, so they cannot be checked: restore the file (git checkout or reinstall vckit)")
     if quantize is not None and not config.model.vq.enabled:

@@ -181,8 +181,11 @@ def read_folder(folder: str | os.PathLike, kind: str = "vc") -> dict[str, Any]:
         raise CheckpointError(f"{cfg_path} is corrupt (not valid JSON)") from None
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         raise CheckpointError(f"{folder} is not a {what} (config.json has no format '{fmt}')")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{folder} was written by a newer vckit (format {meta['format_version']})")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{cfg_path} is corrupt (format_version {version!r} is not a whole number)")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{folder} was written by a newer vckit (format {version})")
     return meta
 
 
@@ -202,6 +205,14 @@ def folder_kind(folder: str | os.PathLike) -> str:
     return "vc"
 
 
+def recorded_sha256(meta: dict[str, Any], name: str = WEIGHTS_FILE) -> str | None:
+    """The sha256 that ``config.json`` records for file ``name``, or None; :class:`CheckpointError` if the record is malformed."""
+    table = meta.get("sha256") or {}
+    if not isinstance(table, dict) or not isinstance(table.get(name, ""), str):
+        raise CheckpointError("config.json is corrupt: its sha256 record is not a table of hex digests")
+    return table.get(name) or None
+
+
 def read_weights(folder: str | os.PathLike, meta: dict[str, Any], name: str = WEIGHTS_FILE, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """A safetensors file of a checkpoint folder as a float32 state dict; the sha256 recorded in ``meta`` must match."""
     from safetensors import SafetensorError
@@ -213,7 +224,7 @@ def read_weights(folder: str | os.PathLike, meta: dict[str, Any], name: str = WE
     path = folder / name
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {name}")
-    expected = (meta.get("sha256") or {}).get(name)
+    expected = recorded_sha256(meta, name)
     if expected and sha256_file(path) != expected:
         raise CheckpointError(f"{path} does not match its recorded sha256 (corrupt or modified)")
     try:

@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except VckitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, whatever a name in it holds
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -302,6 +302,8 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         """Strict, but a key that older vckit versions wrote (:data:`REMOVED_KEYS`) is dropped with a note."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
         d = dict(d)
         for section, key in REMOVED_KEYS:
             if isinstance(d.get(section), dict) and key in d[section]:

@@ -27,14 +27,19 @@ def _read_config_dict(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     """The nested dict of one config file, its ``base:`` chain merged under it."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
         try:
             d = yaml.load(text, Loader=_yaml_loader()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+            raise ConfigError(f"config {path} is not valid YAML: {_one_line(e)}") from None
     else:
         try:
             d = json.loads(text)
@@ -77,7 +82,15 @@ def apply_override(d: dict[str, Any], override: str) -> None:
         cur = cur.setdefault(p, {})
         if not isinstance(cur, dict):
             raise ConfigError(f"override {override!r}: {p} is not a section")
-    cur[parts[-1]] = yaml.load(raw, Loader=_yaml_loader()) if raw.strip() else ""
+    try:
+        cur[parts[-1]] = yaml.load(raw, Loader=_yaml_loader()) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({_one_line(e)})") from None
+
+
+def _one_line(e: Exception) -> str:
+    """A YAML error (which spans lines, with a caret under the spot) as one line."""
+    return " ".join(str(e).split())
 
 
 def _yaml_loader() -> Any:

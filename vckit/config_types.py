@@ -144,10 +144,11 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from ``d``; unknown keys, wrong types and values out of range are errors."""
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    unknown = sorted((k for k in d if k not in names), key=str)  # YAML keys may be numbers or null too
     if unknown:
         path = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key {path}{unknown[0]} (known: {', '.join(sorted(names))})")
+        key = unknown[0] if isinstance(unknown[0], str) and unknown[0].isidentifier() else repr(unknown[0])
+        raise ConfigError(f"unknown config key {path}{key} (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in d.items()}
     try:
         return cls(**kwargs)

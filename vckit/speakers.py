@@ -41,8 +41,12 @@ class SpeakerProfile:
 
     @property
     def f0_median(self) -> float | None:
-        v = self.meta.get("f0_median")
-        return float(v) if v else None
+        """The references' median F0 in Hz; None when unknown (or not a positive number)."""
+        try:
+            v = float(self.meta.get("f0_median") or 0)
+        except (TypeError, ValueError):
+            return None
+        return v if 0 < v < float("inf") else None
 
 
 def check_name(name: str) -> str:
@@ -81,9 +85,12 @@ def load_profile(bank: str | os.PathLike, name: str) -> SpeakerProfile:
         with safe_open(str(path), framework="pt") as f:
             md = f.metadata() or {}
             emb = f.get_tensor("embedding")
+        meta = json.loads(md.get("meta", "{}"))
     except Exception:
         raise VckitError(f"speaker profile {path} is corrupt") from None
-    return SpeakerProfile(md.get("name", name), emb, md.get("model_id", ""), json.loads(md.get("meta", "{}")))
+    if emb.dim() != 1 or not emb.is_floating_point() or not bool(torch.isfinite(emb).all()) or not isinstance(meta, dict):
+        raise VckitError(f"speaker profile {path} is corrupt (not one finite embedding with its details)")
+    return SpeakerProfile(name, emb.float(), str(md.get("model_id", "")), meta)  # named by its file, as enrolled
 
 
 def list_profiles(bank: str | os.PathLike) -> list[SpeakerProfile]:

@@ -63,20 +63,36 @@ def manifest_from_csv(csv_path: str | os.PathLike, root: str | os.PathLike | Non
     """
     csv_path = Path(csv_path)
     root = Path(root) if root else csv_path.parent
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "speaker"} - set(reader.fieldnames or [])
-        if missing:
-            raise VckitError(f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
-        rows = []
-        for r in reader:
-            row: dict[str, Any] = {k: v for k, v in r.items() if v not in (None, "")}
-            row["path"] = str(root / r["path"])
-            dur = r.get("duration_s") or r.get("duration")
-            row.pop("duration_s", None)
-            if dur:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            return _csv_rows(csv.DictReader(f), csv_path, root)
+    except UnicodeDecodeError:
+        raise VckitError(f"{csv_path} is not a UTF-8 text file") from None
+    except csv.Error as e:
+        raise VckitError(f"{csv_path} is not a readable CSV file ({e})") from None
+    except OSError as e:
+        raise VckitError(f"cannot read {csv_path}: {e.strerror or e}") from None
+
+
+def _csv_rows(reader: csv.DictReader, csv_path: Path, root: Path) -> list[dict[str, Any]]:
+    missing = {"path", "speaker"} - set(reader.fieldnames or [])
+    if missing:
+        raise VckitError(f"{csv_path} lacks column(s) {', '.join(sorted(missing))}")
+    rows = []
+    for r in reader:
+        line = reader.line_num
+        if not r.get("path"):
+            raise VckitError(f"{csv_path}:{line} has no path")
+        row: dict[str, Any] = {k: v for k, v in r.items() if isinstance(k, str) and v not in (None, "")}
+        row["path"] = str(root / r["path"])
+        dur = r.get("duration_s") or r.get("duration")
+        row.pop("duration_s", None)
+        if dur:
+            try:
                 row["duration"] = float(dur)
-            rows.append(row)
+            except (TypeError, ValueError):
+                raise VckitError(f"{csv_path}:{line}: duration {dur!r} is not a number of seconds") from None
+        rows.append(row)
     return rows
 
 
