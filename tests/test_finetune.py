@@ -367,4 +367,25 @@ def test_ctrl_c_keeps_what_was_learnt_until_then(source, voices, tmp_path, monke
     assert vckit_main(args) == 130
     err = capsys.readouterr().err
     assert "interrupted after 4 of 30 steps: the model as it was then is written" in err and "Traceback" not in err
+    assert f"vckit finetune --resume --out {tmp_path / 'cli'} trains the rest" in err
     assert (tmp_path / "cli" / "config.json").is_file()
+
+    # --resume trains the other 26 steps from the 4 done, with the run's own settings and data, and replaces its output
+    monkeypatch.setattr(FineTuner, "train_step", step)
+    started = []
+    init = FineTuner.run
+
+    def run(self, **kw):
+        started.append(self.step)
+        return init(self, **kw)
+
+    monkeypatch.setattr(FineTuner, "run", run)
+    assert vckit_main(["finetune", "--resume", "--out", str(tmp_path / "cli"), "--bank", str(bank), "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+    assert started == [4]
+    rec = read_meta(tmp_path / "cli")["finetune"]
+    assert rec["steps_done"] == 30 and rec["interrupted"] is False and rec["steps"] == 30 and rec["batch_size"] == 8
+    assert rec["data"] == str((voices / "sf1").resolve()) and rec["source"] == str(Path(source).resolve())
+    assert load_profile(bank, "her").model_id == vckit.load(tmp_path / "cli", device="cpu", vocoder="griffinlim").model_id
+    capsys.readouterr()
+    assert vckit_main(["finetune", "--resume", "--out", str(tmp_path / "cli"), "--bank", str(bank), "--device", "cpu", "--quiet"]) == 2
+    assert "nothing to resume: the fine-tuning in" in capsys.readouterr().err

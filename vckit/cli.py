@@ -187,8 +187,13 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     opts = (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr), ("time_budget", args.time_budget), ("replay", replay), ("replay_fraction", args.replay_fraction))
     given = {k: v for k, v in opts if v is not None}
     cfg = FinetuneConfig(train=parts, **given)
+    if args.data is None and not args.resume:
+        raise VckitError("give the new speaker's recordings with --data (or --resume an interrupted fine-tuning with its --out)")
+    if args.resume and not args.out and not (args.speaker or args.data):
+        raise VckitError("--resume needs the interrupted run's --out folder")
     out = args.out or str(Path("runs") / "finetune" / (args.speaker or Path(args.data).stem))
-    res = finetune(args.source or default_checkpoint(), args.data, out, speaker=args.speaker, config=cfg, bank=args.bank, device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    res = finetune(args.source or default_checkpoint(), args.data, out, speaker=args.speaker, config=cfg, bank=args.bank, device=args.device, overwrite=args.overwrite,
+                   progress=not args.quiet, resume=args.resume)
     audio = ", ".join(f"{n} ({s / 60:.1f} min)" for n, s in res.speakers.items())
     print(f"fine-tuned on {audio}: {res.steps} steps in {res.train_seconds:.0f} s ({res.total_seconds:.0f} s in all)")
     print(f"self-reconstruction L1 {res.recon_before:.3f} -> {res.recon_after:.3f}; {len(res.skipped)} file(s) skipped")
@@ -198,8 +203,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     for name, path in res.profiles.items():
         print(f"enrolled {name}: {path}  (vckit convert SRC --checkpoint {res.checkpoint} --speaker {name} -o OUT.wav)")
     if res.interrupted:
-        print(f"interrupted after {res.steps} of {cfg.steps} steps: the model as it was then is written and usable; "
-              "the same command with --overwrite trains it in full", file=sys.stderr)
+        print(f"interrupted after {res.steps} of {res.total_steps} steps: the model as it was then is written and usable; "
+              f"vckit finetune --resume --out {res.checkpoint} trains the rest", file=sys.stderr)
         return 130
     return 0
 
@@ -311,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("finetune", help="adapt a model to new speakers from a few minutes of their audio, and enroll them")
     f.add_argument("--from", dest="source", default=None, help="the checkpoint to start from (default: the shipped model; not modified)")
-    f.add_argument("--data", required=True, help="a folder of recordings (with --speaker), a folder of <speaker>/ folders, or a .csv/.jsonl")
+    f.add_argument("--data", default=None, help="a folder of recordings (with --speaker), a folder of <speaker>/ folders, or a .csv/.jsonl (with --resume: the interrupted run's)")
     f.add_argument("--speaker", default=None, help="the name of the one speaker in --data (enrolled under it)")
     f.add_argument("--out", default=None, help="the new checkpoint folder (default: runs/finetune/<speaker or data folder name>)")
     f.add_argument("--steps", type=int, default=None, help="training steps (default 500)")
@@ -324,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bank", default=None, help="speaker bank to enroll into (default: user data dir, or $VCKIT_BANK)")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out folder and enrolled speakers of the same names")
+    f.add_argument("--resume", action="store_true", help="go on with the fine-tuning that Ctrl-C interrupted in --out: its remaining steps, with its settings")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=_cmd_finetune)
 

@@ -39,7 +39,7 @@ from typing import Annotated, Any
 import torch
 
 from vckit.checkpoint import check_state_dict, load_checkpoint, read_meta, save_checkpoint
-from vckit.config import Amount, Config, Count, DataConfig, Fraction, Positive, Range, Size, TrainConfig, check_ranges, to_dict
+from vckit.config import Amount, Config, Count, DataConfig, Fraction, Positive, Range, Size, TrainConfig, check_ranges, from_dict, to_dict
 from vckit.data.features import cache_features, merge_feature_caches, subset_feature_cache
 from vckit.data.manifest import read_manifest, write_manifest
 from vckit.data.prepare import spread_rows
@@ -102,6 +102,7 @@ class FinetuneResult:
     replay_speakers: int = 0  # its speakers
     new_share: float = 1.0  # the new speakers' share of each batch
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: ``checkpoint`` holds the ``steps`` trained until then
+    total_steps: int = 0  # the steps the run was set to train (``finetune(resume=True)`` trains the rest)
 
 
 class FineTuner(Trainer):
@@ -224,7 +225,7 @@ def _config(source_cfg: Config, work: Path, features: Path, ft: FinetuneConfig) 
 # -- the whole job --------------------------------------------------------
 def finetune(
     source: str | os.PathLike,
-    data: str | os.PathLike,
+    data: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
     speaker: str | None = None,
@@ -234,18 +235,24 @@ def finetune(
     overwrite: bool = False,
     enroll: bool = True,
     progress: bool = True,
+    resume: bool = False,
 ) -> FinetuneResult:
     """Fine-tune the model in ``source`` on the audio in ``data``, write it to ``out``, enroll the speakers.
 
     Args:
         source: a checkpoint folder (e.g. ``checkpoints/default``); never modified.
-        data: a folder of recordings, a CSV (``path,speaker``) or a JSONL manifest.
+        data: a folder of recordings, a CSV (``path,speaker``) or a JSONL manifest
+            (with ``resume``, None: the interrupted run's data and speaker).
         out: the new checkpoint folder; an existing one is replaced only with ``overwrite``.
         speaker: the name of the one speaker in ``data``; without it the
             first folder level of ``data`` names the speakers.
         bank: the speaker bank to enroll into (default: :func:`vckit.speakers.default_bank`).
         overwrite: replace ``out`` and enrolled profiles of the same names.
         enroll: enroll every fine-tuned speaker with the new model.
+        resume: ``out`` holds a fine-tuning that was interrupted (Ctrl-C): train
+            its remaining steps from its weights, with its settings (``config``
+            is ignored) and the learning-rate schedule where it stopped (Adam's
+            moments start afresh), then replace it and its enrolled speakers.
 
     Raises:
         VckitError: missing or unusable data, too little audio for a
@@ -257,11 +264,20 @@ def finetune(
     t_start = time.time()
     ft = config or FinetuneConfig()
     source, out = Path(source), Path(out)
+    done = 0
+    start = source  # the weights training starts from
+    if resume:
+        ft, done, source, rec = _interrupted(out)
+        start, overwrite = out, True  # the run's own output and profiles, replaced when it finishes
+        data = rec.get("data") if data is None else data
+        speaker = rec.get("speaker") if speaker is None else speaker
+    if data is None:
+        raise VckitError("no data to fine-tune on: give --data")
     read_meta(source)  # a clear error for a missing or foreign checkpoint
     if out.resolve() == source.resolve():
         raise VckitError("the output folder is the source checkpoint: give fine-tuning its own --out folder")
     if out.exists() and not overwrite:
-        raise VckitError(f"{out} already exists (use --overwrite to replace it)")
+        raise VckitError(f"{out} already exists (use --overwrite to replace it, or --resume to go on with an interrupted fine-tuning)")
     if speaker is not None:
         check_name(speaker)
     rows = collect_rows(data, speaker)
@@ -273,9 +289,9 @@ def finetune(
         taken = [n for n in names if (bank / f"{n}.safetensors").exists()]
         if taken:
             raise VckitError(f"speaker {taken[0]!r} is already enrolled in {bank} (use --overwrite to replace it, or another name)")
-    source_cfg, source_sd, _ = load_checkpoint(source)
+    source_cfg, source_sd, _ = load_checkpoint(start)
     needed = frame_features_needed(source_cfg)
-    projection = source_projection(source, source_sd) if "phonetic" in needed else None
+    projection = source_projection(start, source_sd) if "phonetic" in needed else None
     del source_sd
     replay = find_replay(ft.replay, source_cfg)
     if replay is not None:
@@ -310,7 +326,8 @@ def finetune(
             merge_feature_caches([work / "new", work / "replay"], features, frame_features=needed)
         write_manifest(manifest, work / "train.jsonl")
         cfg = _config(source_cfg, work, features, ft)
-        trainer = FineTuner(cfg, source, ft.train, names, ft.replay_fraction, inference_codes=ft.inference_codes, device=device)
+        trainer = FineTuner(cfg, start, ft.train, names, ft.replay_fraction, inference_codes=ft.inference_codes, device=device)
+        trainer.step = done  # a resumed run goes on where its schedule stopped
         before = trainer.recon_l1()
         t0 = time.time()
         trainer.run(progress=progress)
@@ -323,7 +340,8 @@ def finetune(
         extra = {
             "name": f"{read_meta(source).get('name', source.name)}-finetuned",
             "finetuned_from": str(source),
-            "finetune": {**to_dict(ft), "seconds": {n: round(seconds[n], 1) for n in names}, "steps_done": trainer.step, "interrupted": trainer.interrupted},
+            "finetune": {**to_dict(ft), "seconds": {n: round(seconds[n], 1) for n in names}, "steps_done": trainer.step, "interrupted": trainer.interrupted,
+                         "source": str(source.resolve()), "data": str(Path(data).resolve()), "speaker": speaker},
         }
         export_for_inference(trainer.saved, out, extra=extra)
         profiles = _enroll(out, index, names, bank, device, overwrite) if enroll else {}
@@ -343,7 +361,28 @@ def finetune(
         replay_speakers=len(trainer.sampler.speakers) - len(names),
         new_share=trainer.new_share,
         interrupted=trainer.interrupted,
+        total_steps=ft.steps,
     )
+
+
+def _interrupted(out: Path) -> tuple[FinetuneConfig, int, Path, dict[str, Any]]:
+    """(settings, steps done, source checkpoint, the whole record) of the interrupted fine-tuning in ``out``;
+    :class:`VckitError` when ``out`` holds none."""
+    if not out.exists():
+        raise VckitError(f"nothing to resume: {out} does not exist (drop --resume to start a fine-tuning)")
+    rec = read_meta(out).get("finetune")
+    if not isinstance(rec, dict) or "steps_done" not in rec:
+        raise VckitError(f"nothing to resume: {out} is not the output of vckit finetune")
+    if not rec.get("interrupted"):
+        raise VckitError(f"nothing to resume: the fine-tuning in {out} finished ({rec['steps_done']} steps); use --overwrite to train it again")
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    try:
+        ft = from_dict(FinetuneConfig, {k: v for k, v in rec.items() if k in names}, "finetune")
+        done = int(rec["steps_done"])
+    except (ConfigError, TypeError, ValueError) as e:
+        raise VckitError(f"cannot resume {out}: its fine-tuning record is unreadable ({e})") from None
+    source = Path(rec.get("source") or read_meta(out).get("finetuned_from", ""))
+    return ft, done, source, rec
 
 
 def _enroll(checkpoint: Path, index: dict[str, Any], names: list[str], bank: Path, device: str, overwrite: bool) -> dict[str, Path]:
