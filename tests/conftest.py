@@ -61,6 +61,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.sections.append(("fuzz seed", f"rerun these cases with VCKIT_FUZZ_SEED={FUZZ_SEED}"))
 
 
+# Markers for a quick loop (issue 27): every test gets one by its module (a test can add its own):
+# unit (seconds, no shipped model, no training), model (loads a shipped model), train (trains
+# something), browser (drives chromium). `pytest -m unit` runs in under a minute; CI runs them all.
+UNIT = {"test_audio", "test_checkpoint", "test_config", "test_config_ranges", "test_data", "test_eval", "test_f0_phonetic", "test_files",
+        "test_frame_features", "test_frontend", "test_fuzz_files", "test_layout", "test_models", "test_vocoder"}
+TRAIN = {"test_train", "test_reliability", "test_finetune", "test_recipes", "test_vocoder_fast", "test_phone_student"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if "sync_api" in getattr(item, "fixturenames", ()) or "browser" in item.name:
+            kind = "browser"
+        elif module in UNIT:
+            kind = "unit"
+        elif module in TRAIN:
+            kind = "train"
+        else:
+            kind = "model"
+        if not any(item.get_closest_marker(k) for k in ("unit", "model", "train", "browser", "slow")):  # slow runs only with -m slow
+            item.add_marker(getattr(pytest.mark, kind))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Tiny models gain nothing from threads, and OpenMP threads fighting over two
     # busy cores can make a training step fifty times slower. Subprocesses inherit it.
