@@ -252,7 +252,22 @@ def score(mels: dict[str, np.ndarray], items: list[dict[str, Any]], store: Any, 
         res[f"closer_{c}"] = float(np.mean([a > b for a, b in v]))
     res["items"] = len(items)
     res["per_item"] = {c: v for c, v in per_item.items() if v}
+    res["per_item_cos"] = sims  # (to target, to source) of each cross / same conversion: the voice, paired later
     return res
+
+
+def paired_mean(a: list[float], b: list[float], groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(b) - mean(a) on the same conversions, and its 95 % interval (resampling groups)."""
+    ids = sorted(set(groups))
+    idx = {g: i for i, g in enumerate(ids)}
+    arr = np.zeros((len(ids), 3))
+    for x, y, g in zip(a, b, groups):
+        arr[idx[g]] += (x, y, 1)
+    rng = np.random.default_rng(seed)
+    sums = arr[rng.integers(0, len(ids), size=(n, len(ids)))].sum(axis=1)
+    diff = (sums[:, 1] - sums[:, 0]) / np.maximum(sums[:, 2], 1)
+    point = (arr[:, 1].sum() - arr[:, 0].sum()) / max(arr[:, 2].sum(), 1)
+    return float(point), float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
 
 
 def _ci(r: dict[str, Any], cond: str) -> str:
@@ -357,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             d, lo, hi = paired_bootstrap(base["per_item"]["cross"] + base["per_item"]["same"], r["per_item"]["cross"] + r["per_item"]["same"], groups + groups)
             r["paired_conversions"] = [d, lo, hi]
             parts.append(f"conversions {d:+.1%} ({lo:+.1%} to {hi:+.1%}){' GAIN' if hi < 0 else ''}")
+            if "per_item_cos" in base and "per_item_cos" in r:  # the voice on the same conversions: judge cosine to the target
+                for c in ("cross", "same"):
+                    d, lo, hi = paired_mean([t for t, _ in base["per_item_cos"][c]], [t for t, _ in r["per_item_cos"][c]], groups)
+                    r[f"paired_cos_target_{c}"] = [d, lo, hi]
+                    parts.append(f"cos to target {c} {d:+.3f} ({lo:+.3f} to {hi:+.3f})")
             print(f"  {name}: " + "; ".join(parts))
     if args.out:
         Path(args.out).write_text(json.dumps({"set": args.which, "items": items, "judge_eer": jmeta.get("eer"), "results": table}, indent=1))
