@@ -120,10 +120,10 @@ def test_convert_reference_clip(service: DemoService, male: Path, female: Path) 
     assert abs(info.duration - seconds_of(male)) < 0.05  # as long as the source
     assert res.audio.parent.parent == service.workdir
     assert res.mels.read_bytes()[:8] == PNG_MAGIC
-    assert all(-1.0 <= v <= 1.0 for v in res.similarity.values())
     assert f"{res.similarity['to_reference']:.2f}" in res.summary and "speaker-verification" in res.summary
-    closer = res.similarity["to_reference"] > res.similarity["to_source"]
-    assert res.summary.startswith(f"**Closer to the target than to the source: {'yes' if closer else 'no'}**")
+    # the shipped model moves this male voice to the female reference: the judge says so, and the page with it
+    assert res.similarity["to_reference"] > res.similarity["to_source"] + 0.1, res.similarity
+    assert res.summary.startswith("**Closer to the target than to the source: yes**")
     assert "same speaker by the judge" not in res.summary and "(1 clip, " in res.summary  # no verdict per number
     assert steps == sorted(steps) and steps[-1] == 1.0
 
@@ -443,7 +443,7 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
             page.locator("#source-audio input[type=file]").set_input_files(str(male))
             page.click("#convert-btn")
             sync_api.expect(report).to_contain_text("similarity of the result to the reference", timeout=60_000)
-            sync_api.expect(report).to_contain_text(re.compile(r"Closer to the target than to the source: (yes|no)"))
+            sync_api.expect(report).to_contain_text("Closer to the target than to the source: yes")
             link = page.locator("#result-audio a[download]")
             link.wait_for(state="attached", timeout=10_000)
             href = link.get_attribute("href")
