@@ -146,8 +146,8 @@ def readme(picked, tried, judge, args) -> str:
          "`benchmarks/quality.py` (docs/eval/quality.json) for unselected figures. Every candidate is listed below.",
          "Only corpora that may be redistributed with attribution were used (VCTK, LibriSpeech/LibriTTS, CMU ARCTIC);",
          "VCC 2016 (terms unclear) and FSDD (share-alike) were left out.", "",
-         "Known limit: the words. An offline ASR (Moonshine base) reads the sources well but still misses about a sixth",
-         "of the words of the conversions (18 % on the wide set of `benchmarks/intelligibility.py`; see the model card).", "",
+         "Known limit: the words. An offline ASR (Moonshine base) reads the sources well but still misses about one word",
+         "in nine of the conversions (11.7 % across gender on the wide set of `benchmarks/intelligibility.py`; see the model card).", "",
          "## The examples", "",
          "| # | kind | source (speaker, corpus, file) | reference (speaker, file) | held-out target utterance | judge cos to target | judge cos to source | accepted as target |",
          "|---|---|---|---|---|---|---|---|"]

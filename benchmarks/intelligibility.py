@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             table[name] = score(mels, items, store, asr, judge, vocoder, mel_cfg.sample_rate, with_source=k == 0 and baseline is None)
         table[name]["seconds"] = time.time() - t0
-        print(name, json.dumps({k: v for k, v in table[name].items() if k != "per_item"}), flush=True)
+        print(name, json.dumps({k: v for k, v in table[name].items() if not k.startswith("per_item")}), flush=True)
     src = next((v for v in table.values() if "wer_source" in v), None)
     words = {c: next(iter(table.values()))[f"words_{c}"] for c in CONDITIONS} if table else {}
     print(f"\n{args.which} set: {len(items)} conversions per condition from {len({it['src'] for it in items})} sources; words per condition: {words}")
