@@ -7,6 +7,8 @@ any audio is made (see :func:`vckit.models.vocoder.load_vocoder`).
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
 import torch
@@ -119,8 +121,14 @@ class Vocoder(nn.Module):
             raise VckitError(f"vocode: context_frames must be >= 0, got {ctx}")
         dev, dtype, hop, frames = self.device, self.dtype, self.hop_length, mel.shape[-1]
         mel = mel.float()
+        # float32 runs each chunk at its own length; bfloat16 (oneDNN builds its kernels once per input
+        # shape, about a second each on CPU) runs every call at one shape, chunk plus both contexts
+        window = chunk_frames + 2 * ctx if dtype != torch.float32 else 0
         if frames <= chunk_frames:
-            whole = self(mel[None].to(dev, dtype))[0].float().to(mel.device)
+            x = mel[None]
+            if window:  # padded with the log floor (silence) and cut back: one shape for every short input
+                x = torch.nn.functional.pad(x, (0, window - frames), value=math.log(self.mel_config.log_floor))
+            whole = self(x.to(dev, dtype))[0, : frames * hop].float().to(mel.device)
             if progress is not None:
                 progress(1.0)
             return whole
@@ -130,6 +138,9 @@ class Vocoder(nn.Module):
         while True:
             end = min(start + chunk_frames, frames)
             lo, hi = max(0, start - ctx), min(frames, end + ctx)
+            if window and frames >= window:  # the same shape every time: more context where an edge cuts it
+                lo = min(lo, frames - window)
+                hi = lo + window
             wav = self(mel[None, :, lo:hi].to(dev, dtype))[0, (start - lo) * hop : (end - lo) * hop].float().to(out.device)
             fade = (prev_end - start) * hop  # samples shared with the previous chunk
             if fade > 0:
