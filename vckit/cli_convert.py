@@ -238,7 +238,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
     c.add_argument("--vocoder", default="hifigan", help="hifigan (default), griffinlim (no weights; lower quality), or a path to a vocoder folder or file")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the vocoder's arithmetic: auto (default) runs it in bfloat16 where the CPU or GPU has it natively, about twice as fast; fp32 as trained")
+    c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the vocoder's arithmetic: auto (default) runs it in bfloat16 where the CPU or GPU has it natively (1.5x quicker on long files); fp32 as trained")
     c.add_argument("--vq", default="auto", type=_vq_choice, metavar="{auto,on,off,MIX}", help="content codes: the nearest codebook entries (on), the encoder's own (off), or a MIX between 0 and 1 of the way from the encoder's toward the nearest; auto: as the checkpoint says")
     c.add_argument("--pitch-shift", type=semitones, default=0.0, help="move the converted voice's register this many semitones (-24 to 24); through the F0 path where the model has one, else by shifting the source first")
     c.add_argument("--match-pitch", action="store_true", help="models without an F0 path: shift the source so its median F0 matches the target's (models with one always do)")
