@@ -53,6 +53,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"fuzz seed: {FUZZ_SEED} (VCKIT_FUZZ_SEED={FUZZ_SEED} draws the same cases)"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    terminalreporter.write_line(f"fuzz seed: {FUZZ_SEED} (VCKIT_FUZZ_SEED={FUZZ_SEED} draws the same cases)")  # -q hides the header
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
