@@ -256,19 +256,6 @@ def score(mels: dict[str, np.ndarray], items: list[dict[str, Any]], store: Any, 
     return res
 
 
-def paired_mean(a: list[float], b: list[float], groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(b) - mean(a) on the same conversions, and its 95 % interval (resampling groups)."""
-    ids = sorted(set(groups))
-    idx = {g: i for i, g in enumerate(ids)}
-    arr = np.zeros((len(ids), 3))
-    for x, y, g in zip(a, b, groups):
-        arr[idx[g]] += (x, y, 1)
-    rng = np.random.default_rng(seed)
-    sums = arr[rng.integers(0, len(ids), size=(n, len(ids)))].sum(axis=1)
-    diff = (sums[:, 1] - sums[:, 0]) / np.maximum(sums[:, 2], 1)
-    point = (arr[:, 1].sum() - arr[:, 0].sum()) / max(arr[:, 2].sum(), 1)
-    return float(point), float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
-
 
 def _ci(r: dict[str, Any], cond: str) -> str:
     lo, hi = r[f"wer_{cond}_ci95"]
@@ -374,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(f"conversions {d:+.1%} ({lo:+.1%} to {hi:+.1%}){' GAIN' if hi < 0 else ''}")
             if "per_item_cos" in base and "per_item_cos" in r:  # the voice on the same conversions: judge cosine to the target
                 for c in ("cross", "same"):
-                    d, lo, hi = paired_mean([t for t, _ in base["per_item_cos"][c]], [t for t, _ in r["per_item_cos"][c]], groups)
+                    # a mean difference is paired_bootstrap's with each conversion weighing one
+                    d, lo, hi = paired_bootstrap([(t, 1) for t, _ in base["per_item_cos"][c]], [(t, 1) for t, _ in r["per_item_cos"][c]], groups)
                     r[f"paired_cos_target_{c}"] = [d, lo, hi]
                     parts.append(f"cos to target {c} {d:+.3f} ({lo:+.3f} to {hi:+.3f})")
             print(f"  {name}: " + "; ".join(parts))

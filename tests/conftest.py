@@ -49,12 +49,8 @@ VALID_PICK = [("vctk_autovc16k", "p226", 2)]
 FUZZ_SEED = int(os.environ.get("VCKIT_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"fuzz seed: {FUZZ_SEED} (VCKIT_FUZZ_SEED={FUZZ_SEED} draws the same cases)"
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    terminalreporter.write_line(f"fuzz seed: {FUZZ_SEED} (VCKIT_FUZZ_SEED={FUZZ_SEED} draws the same cases)")  # -q hides the header
+    terminalreporter.write_line(f"fuzz seed: {FUZZ_SEED} (VCKIT_FUZZ_SEED={FUZZ_SEED} draws the same cases)")  # at the end: -q hides the header
 
 
 @pytest.hookimpl(hookwrapper=True)

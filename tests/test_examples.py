@@ -10,7 +10,7 @@ conversion is deterministic (the same call twice gives the same samples) and
 every example comes out the same length as the shipped one and within a few
 16-bit steps of it, with the vocoder in float32 as they were made (``vckit.load``'s
 default ``precision="auto"`` runs it in bfloat16 on CPUs that have it natively:
-``benchmarks/precision.py`` measures that). (The restructuring of issue 19 was checked bit for bit
+``benchmarks/convert.py --precisions fp32 bf16`` measures that). (The restructuring of issue 19 was checked bit for bit
 against WAVs made by the code before it, with the same thread count.)
 """
 

@@ -62,3 +62,20 @@ def test_writes_that_rename_go_through_the_one_module():
                 if isinstance(base, ast.Name) and base.id == "os" or node.func.attr == "rename":
                     found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not found, found
+
+
+def test_the_portable_path_without_o_tmpfile(tmp_path, monkeypatch):
+    """Where the system has no O_TMPFILE, bytes go through a hidden temp file renamed into place:
+    readable by others as a plain file would be, exclusive without ``overwrite``, and nothing left over."""
+    import os
+
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_file_atomically(tmp_path / "a.wav", b"abc", overwrite=False)
+    assert (tmp_path / "a.wav").stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(FileExistsError):
+        write_file_atomically(tmp_path / "a.wav", b"def", overwrite=False)
+    write_file_atomically(tmp_path / "a.wav", b"xyz", overwrite=True)
+    assert (tmp_path / "a.wav").read_bytes() == b"xyz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]

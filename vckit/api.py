@@ -382,7 +382,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, vq=vq))
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
-    if voc_dtype != torch.float32 and voc.name != "griffinlim":  # benchmarks/precision.py: what bf16 costs and gains
+    if voc_dtype != torch.float32 and voc.name != "griffinlim":  # benchmarks/convert.py --precisions fp32 bf16: what bf16 gains
         voc = voc.to(voc_dtype)
     model_id = recorded or _weights_hash(path)
     vc = Converter(model, config, voc, dev, model_id)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +36,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     renamed onto ``path`` (replacing what was there); otherwise it is removed
     and ``path`` is untouched::
 
-        with atomic_path(out / "mels.npy") as tmp:
-            np.save(tmp, mels)  # the name ends in .tmp: give np.save a file object or use open_memmap
+        with atomic_path(out / "mels.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, mels)  # a file object: given the path, np.save would add .npy to the .tmp name
     """
     path = Path(path)
     tmp = temp_name(path)
@@ -83,20 +82,10 @@ def write_file_atomically(path: Path, data: bytes | memoryview, *, overwrite: bo
                 raise
             except OSError:  # no /proc: write it again the portable way
                 log.debug("O_TMPFILE link failed for %s; using a temp file", path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
         if not overwrite and path.exists():
             raise FileExistsError(errno.EEXIST, "exists", str(path))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _link_into_place(src: str, path: Path, overwrite: bool) -> None:

@@ -370,7 +370,8 @@ def _interrupted(out: Path) -> tuple[FinetuneConfig, int, Path, dict[str, Any]]:
     :class:`VckitError` when ``out`` holds none."""
     if not out.exists():
         raise VckitError(f"nothing to resume: {out} does not exist (drop --resume to start a fine-tuning)")
-    rec = read_meta(out).get("finetune")
+    meta = read_meta(out)
+    rec = meta.get("finetune")
     if not isinstance(rec, dict) or "steps_done" not in rec:
         raise VckitError(f"nothing to resume: {out} is not the output of vckit finetune")
     if not rec.get("interrupted"):
@@ -381,7 +382,7 @@ def _interrupted(out: Path) -> tuple[FinetuneConfig, int, Path, dict[str, Any]]:
         done = int(rec["steps_done"])
     except (ConfigError, TypeError, ValueError) as e:
         raise VckitError(f"cannot resume {out}: its fine-tuning record is unreadable ({e})") from None
-    source = Path(rec.get("source") or read_meta(out).get("finetuned_from", ""))
+    source = Path(rec.get("source") or meta.get("finetuned_from", ""))
     return ft, done, source, rec
 
 
