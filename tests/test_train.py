@@ -352,3 +352,32 @@ def test_phone_loss_trains_the_decoder_through_a_frozen_student(make_config, fea
         Trainer(make_config("train.steps=3", *overrides[:-2], f"train.phone_student={other}", "train.phone_loss=1.0"), device="cpu")
     with pytest.raises(VckitError, match="phone_student"):
         Trainer(make_config("train.steps=3", *overrides[:-2], "train.phone_loss=1.0"), device="cpu")
+
+
+def test_voice_consistency_teaches_the_decoder_and_leaves_the_speaker_encoder_still(make_config, featured_cache, tmp_path):
+    overrides = [
+        f"data.features={featured_cache}", "data.augment.pitch_bins=0", "train.batch_size=4", "data.segment_frames=32",
+        "model.f0.enabled=true", "train.voice_consistency=1.0",
+    ]
+    trainer = Trainer(make_config("train.steps=3", *overrides), device="cpu")
+    history = record_losses(trainer)
+    trainer.run(progress=False)  # no discriminator: the term alone makes the run decode conversions
+    assert all(0 < h["loss/voice_consistency"] <= 2 for h in history)
+    # the term's gradient reaches the decoded mels, never the encoder's weights that judge them
+    trainer.model.zero_grad(set_to_none=True)
+    batch = trainer._batch()
+    with torch.no_grad():
+        out = trainer.model(frames_of(batch), batch["ref"], convert=True)
+    decoded = out.converted.clone().requires_grad_(True)
+    out.converted = decoded
+    trainer._voice_consistency(out).backward()
+    assert decoded.grad is not None and decoded.grad.abs().sum() > 0
+    assert all(p.grad is None for p in trainer.model.speaker_encoder.parameters())
+    # and a conversion decoded in its own target's voice scores better than one given another's embedding
+    with torch.no_grad():
+        own = trainer.model.embed_speaker(trainer.model.denormalize(out.converted))
+        out.converted_speaker = own
+        matched = float(trainer._voice_consistency(out))
+        out.converted_speaker = own.roll(1, 0)
+        crossed = float(trainer._voice_consistency(out))
+    assert matched < 1e-3 < crossed, (matched, crossed)

@@ -271,6 +271,10 @@ class TrainConfig:
     # posteriors of the source, so the decoder is told directly when a phone is lost
     phone_loss: Amount = 0.0
     phone_student: str = ""
+    # >0: 1 - cosine between the model's own speaker embedding of each conversion and the
+    # embedding it was decoded with, the speaker encoder held still for this term, so that the decoder keeps the
+    # voice it is given (a counterweight to the phone loss, which pulls towards the training speakers' average)
+    voice_consistency: Amount = 0.0
     mel_gan: Amount = 0.0  # >0 (with model.discriminator): least-squares adversarial loss on the decoded mel
     feature_matching: Amount = 0.0  # L1 between the discriminator's features of decoded and real mels
     gan_start_step: Count = 0  # the discriminator trains from the start; the decoder feels it from this step

@@ -55,6 +55,7 @@ class TrainOutput:
     cycle_target: torch.Tensor | None = None  # ... and the source's (detached)
     invariance_codes: torch.Tensor | None = None  # codes of the mel-shifted segment
     converted: torch.Tensor | None = None  # (B, n_mels, T) normalised: each item in the next item's voice (no target: for a discriminator)
+    converted_speaker: torch.Tensor | None = None  # (B, spk_dim) the embedding each conversion was decoded with
 
 
 class VoiceConversionModel(nn.Module):
@@ -234,7 +235,8 @@ class VoiceConversionModel(nn.Module):
                 mean = (logf * voiced).sum(1) / voiced.sum(1).clamp(min=1)  # per item, over voiced frames
                 shift = (mean.roll(1, 0) - mean) * (voiced.sum(1) > 0) * (voiced.sum(1).roll(1, 0) > 0)
                 f0_conv = self.f0_features(x.f0.float() * torch.exp(shift)[:, None])
-            out.converted = self.decoder(content.codes, spk.roll(1, 0), f0_conv)[..., :frames]
+            out.converted_speaker = spk.roll(1, 0)
+            out.converted = self.decoder(content.codes, out.converted_speaker, f0_conv)[..., :frames]
         if self.classifier is not None and speaker_ids is not None:
             out.speaker_logits = self.classifier(grad_reverse(content.codes, adv_weight))
         if self.phonetic_head is not None:

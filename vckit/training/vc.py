@@ -164,6 +164,18 @@ class Trainer(TrainingLoop):
             logits = self.student(decoded)
         return soft_cross_entropy(logits, target, mask)
 
+    def _voice_consistency(self, out: Any) -> torch.Tensor:
+        """1 - cosine between the speaker encoder's embedding of each conversion and the one it was decoded with.
+
+        The encoder's weights and the target embedding are detached: only the decoder (and what feeds it) learns
+        from this term, so the encoder cannot satisfy it by forgetting voices."""
+        enc = self.model.speaker_encoder
+        frozen = {k: v.detach() for k, v in enc.named_parameters()}
+        with autocast_for(self.device, self.cfg.train.amp):
+            emb = torch.func.functional_call(enc, frozen, (out.converted,))
+        cos = torch.nn.functional.cosine_similarity(emb.float(), out.converted_speaker.detach().float(), dim=1)
+        return (1.0 - cos).mean()
+
     def _set_projection(self) -> None:
         """Copy the cache's teacher projection into the model, which carries it to conversion."""
         from vckit.data.frame_features import load_projection
@@ -233,13 +245,17 @@ class Trainer(TrainingLoop):
                 adv_weight=adv_w,
                 cycle=t.content_cycle > 0,
                 perturbed=perturbed,
-                convert=self.disc is not None and t.gan_on_conversions,
+                convert=(self.disc is not None and t.gan_on_conversions) or t.voice_consistency > 0,
             )
         loss, stats = model_losses(out, batch, cfg)
         if self.student is not None:
             phone = self._phone_loss(out, batch)
             loss = loss + t.phone_loss * phone
             stats["loss/phone_student"] = phone.detach()
+        if t.voice_consistency > 0:
+            voice = self._voice_consistency(out)
+            loss = loss + t.voice_consistency * voice
+            stats["loss/voice_consistency"] = voice.detach()
         if self.disc is not None:
             loss, gan_stats = self._gan_step(out, batch, loss)
             stats.update(gan_stats)
@@ -281,7 +297,7 @@ class Trainer(TrainingLoop):
         t = self.cfg.train
         m = batch["mask"][:, None]
         real, fake = out.target * m, out.pred * m
-        conv = out.converted * m if out.converted is not None else None
+        conv = out.converted * m if out.converted is not None and t.gan_on_conversions else None
         fakes = fake if conv is None else torch.cat([fake, conv])  # conversions have no target: judged, not matched
         with autocast_for(self.device, t.amp):  # the discriminator runs in the model's precision
             d_real, _ = self.disc(real)
