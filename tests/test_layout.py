@@ -45,6 +45,22 @@ def test_no_module_is_two_ideas():
     assert not long, long
 
 
+def test_one_training_entry_point_and_one_schedule():
+    """Every trainer runs through ``training.loop.train`` and takes its rate from ``training.loop.lr_at``: no module
+    defines its own, and no trainer's config copies the shared run settings instead of extending ``LoopConfig``."""
+    defined: dict[str, list[str]] = {"train": [], "lr_at": []}
+    trainers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name in defined:
+                defined[node.name].append(_module(path))
+            if isinstance(node, ast.ClassDef) and node.name.endswith("TrainConfig"):
+                trainers.append((node.name, [ast.unparse(b) for b in node.bases]))
+    assert defined == {"train": ["vckit.training.loop"], "lr_at": ["vckit.training.loop"]}, defined
+    assert len(trainers) >= 3 and all(bases == ["LoopConfig"] for _, bases in trainers), trainers
+
+
 def test_inference_never_imports_training():
     """What converts (the API, the live path) does not need the trainers: they may be left out of an install."""
     inference = ("vckit.api", "vckit.streaming", "vckit.live", "vckit.shipped", "vckit.devices", "vckit.models")

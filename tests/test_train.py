@@ -13,7 +13,8 @@ from conftest import record_losses
 from vckit.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, step_folder
 from vckit.errors import VckitError
 from vckit.training.losses import adversarial_weight, masked_l1
-from vckit.training.vc import Trainer, frames_of, lr_at
+from vckit.training.loop import lr_at
+from vckit.training.vc import Trainer, frames_of
 
 
 def test_loss_falls_in_a_short_smoke_run(make_config, tmp_path):
@@ -142,24 +143,24 @@ def test_unwritable_output_folder(make_config, tmp_path):
 
 
 def test_lr_schedule():
-    from vckit.config import Config, TrainConfig
+    from vckit.config import TrainConfig
 
-    cfg = Config(train=TrainConfig(lr=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1))
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, steps=110, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1)
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(10, cfg) == pytest.approx(1.0)
     assert lr_at(60, cfg) == pytest.approx(0.55)
     assert lr_at(110, cfg) == pytest.approx(0.1)
     assert lr_at(500, cfg) == pytest.approx(0.1)
-    timed = Config(train=TrainConfig(lr=1.0, warmup_steps=0, time_budget=100.0, min_lr_ratio=0.0))
+    timed = TrainConfig(lr=1.0, warmup_steps=0, time_budget=100.0, min_lr_ratio=0.0)
     assert lr_at(5, timed, elapsed=50.0) == pytest.approx(0.5)
 
 
 def test_a_cooldown_holds_the_peak_then_falls_linearly():
     """Warm-up, stable, decay: what conf/cooldown.yaml does to a branch of the background run."""
-    from vckit.config import Config, TrainConfig
+    from vckit.config import TrainConfig
 
-    cfg = Config(train=TrainConfig(lr=1e-4, warmup_steps=0, steps=3665, cooldown_steps=2000, min_lr_ratio=0.0))
+    cfg = TrainConfig(lr=1e-4, warmup_steps=0, steps=3665, cooldown_steps=2000, min_lr_ratio=0.0)
     assert lr_at(1000, cfg) == pytest.approx(1e-4) and lr_at(1665, cfg) == pytest.approx(1e-4)
     assert lr_at(2665, cfg) == pytest.approx(0.5e-4)
     assert lr_at(3664, cfg) == pytest.approx(0.5e-7) and lr_at(3665, cfg) == 0.0 and lr_at(4000, cfg) == 0.0

@@ -25,7 +25,8 @@ from vckit.models.vocoder.discriminators import (
 from vckit.models.vocoder.vocos import export_vocos, hann_window_padded, istft
 from vckit.data.waves import WaveSampler, WaveStore, write_wave_cache
 from vckit.cli import main as vckit_main
-from vckit.training.vocoder import VocoderConfig, VocoderTrainer, load_vocoder_config, train
+from vckit.training.loop import train
+from vckit.training.vocoder import VocoderConfig, VocoderTrainer, load_vocoder_config
 
 MEL = MelConfig()
 TINY_GEN = VocosConfig(dim=32, intermediate_dim=64, layers=2)
@@ -181,11 +182,11 @@ def test_smoke_training_through_main_writes_loadable_checkpoints(tmp_path, wave_
 
 def test_resume_reaches_the_same_weights_as_an_unbroken_run(tmp_path, wave_cache):
     straight = tiny_config(wave_cache, tmp_path / "a", deterministic=True)
-    train(straight, device="cpu", progress=False)
+    train(VocoderTrainer, straight, device="cpu", progress=False)
     broken = tiny_config(wave_cache, tmp_path / "b", deterministic=True)
-    train(broken, device="cpu", max_steps=3, progress=False)  # 2 mel-only steps, 1 adversarial
+    train(VocoderTrainer, broken, device="cpu", max_steps=3, progress=False)  # 2 mel-only steps, 1 adversarial
     assert not (tmp_path / "b" / "step-000000006").exists()
-    train(broken, device="cpu", resume=True, progress=False)
+    train(VocoderTrainer, broken, device="cpu", resume=True, progress=False)
 
     from safetensors.torch import load_file
 
@@ -225,14 +226,14 @@ def test_torchrun_two_processes_on_cpu(tmp_path, wave_cache):
 
 def test_resume_with_another_architecture_is_refused(tmp_path, wave_cache):
     cfg = tiny_config(wave_cache, tmp_path / "run", steps=3)
-    train(cfg, device="cpu", progress=False)
+    train(VocoderTrainer, cfg, device="cpu", progress=False)
     other = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, layers=3))
     with pytest.raises(VckitError, match="another generator config"):
         VocoderTrainer(other, device="cpu", resume=True)
 
 
 def test_mel_only_training_lowers_the_validation_mel_loss(tmp_path, wave_cache):
-    cfg = tiny_config(wave_cache, tmp_path / "run", steps=60, lr=3e-3, lr_final_ratio=1.0, disc_start_step=1000, ckpt_every=1000)
+    cfg = tiny_config(wave_cache, tmp_path / "run", steps=60, lr=3e-3, min_lr_ratio=1.0, disc_start_step=1000, ckpt_every=1000)
     trainer = VocoderTrainer(cfg, device="cpu")
     before = trainer.validate()["valid/mel_l1"]
     trainer.run(progress=False)

@@ -21,10 +21,11 @@ from vckit.errors import VckitError, reason
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from vckit.config_files import load_config
-    from vckit.training.vc import train
+    from vckit.training.loop import train
+    from vckit.training.vc import Trainer
 
     cfg = load_config(args.config, args.set)
-    last = train(cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, init_from=args.init_from, progress=not args.quiet)
+    last = train(Trainer, cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, init_from=args.init_from, progress=not args.quiet)
     if last:
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
     return 0
@@ -45,7 +46,8 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
 
     import torch
 
-    from vckit.training.vocoder import export, load_vocoder_config, train
+    from vckit.training.loop import train
+    from vckit.training.vocoder import VocoderTrainer, export, load_vocoder_config
 
     if args.export:
         out = export(args.export[0], args.export[1], torch.float32 if args.fp32 else torch.float16)
@@ -54,7 +56,7 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
     if not args.config:
         raise VckitError("train-vocoder needs --config (or --export CHECKPOINT DEST)")
     cfg = load_vocoder_config(args.config, args.set)
-    last = train(cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.quiet)
+    last = train(VocoderTrainer, cfg, resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0 and last:
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
     return 0
@@ -63,7 +65,8 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
 def _cmd_train_student(args: argparse.Namespace) -> int:
     import torch
 
-    from vckit.training.phone_student import export, load_student_config, train
+    from vckit.training.loop import train
+    from vckit.training.phone_student import StudentTrainer, export, load_student_config
 
     if args.export:
         out = export(args.export[0], args.export[1], torch.float32 if args.fp32 else torch.float16)
@@ -71,7 +74,7 @@ def _cmd_train_student(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise VckitError("train-student needs --config (or --export CHECKPOINT DEST)")
-    last = train(load_student_config(args.config, args.set), resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.quiet)
+    last = train(StudentTrainer, load_student_config(args.config, args.set), resume=args.resume, device=args.device, max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.quiet)
     if last:
         print(" ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
     return 0

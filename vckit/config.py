@@ -246,7 +246,11 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LoopConfig:
+    """What every trainer's run shares (:class:`vckit.training.loop.TrainingLoop`): budget, optimiser, the one
+    learning-rate schedule (:func:`vckit.training.loop.lr_at`), precision, seeding, logging and checkpoints.
+    Each trainer's ``train`` section extends it with its own losses and its own defaults."""
+
     out_dir: str = "runs/shared_dev"
     batch_size: Size = 32
     steps: Size = 100000
@@ -259,6 +263,20 @@ class TrainConfig:
     # >0: no cosine; the peak until the last this many steps before `steps`, then linear to lr * min_lr_ratio
     cooldown_steps: Count = 0
     grad_clip: Positive = 3.0
+    amp: Precision = "auto"
+    seed: Count = 1234
+    deterministic: bool = False
+    log_every: Size = 50
+    valid_every: Size = 1000
+    ckpt_every: Size = 1000
+    ckpt_minutes: Amount = 0.0  # >0: also checkpoint after this many wall minutes since the last save
+    keep_last: Size = 3
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """The voice-conversion model's run: :class:`LoopConfig` and its losses."""
+
     spectral_convergence: Amount = 0.0
     content_cycle: Amount = 0.0  # >0: L1 between the codes of a conversion to another voice and the source's codes
     # >0: L1 between the codes of a segment and of the same segment shifted along the mel axis (a pitch
@@ -279,18 +297,10 @@ class TrainConfig:
     feature_matching: Amount = 0.0  # L1 between the discriminator's features of decoded and real mels
     gan_start_step: Count = 0  # the discriminator trains from the start; the decoder feels it from this step
     gan_on_conversions: bool = False  # also judge each segment decoded in another item's voice (and F0 register)
-    amp: Precision = "auto"
     compile: bool = False
     # >0: also keep an exponential moving average of the weights with this decay per step (in train_state.pt;
     # `export_for_inference(..., ema=True)` ships it): at a constant learning rate it averages the step noise out
     ema: Fraction = 0.0
-    seed: Count = 1234
-    deterministic: bool = False
-    log_every: Size = 50
-    valid_every: Size = 1000
-    ckpt_every: Size = 1000
-    ckpt_minutes: Amount = 0.0  # >0: also checkpoint after this many wall minutes since the last save
-    keep_last: Size = 3
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from vckit.checkpoint import latest_checkpoint, prune_checkpoints
+from vckit.config import LoopConfig
 from vckit.devices import pick_device  # noqa: F401  (where trainers have always found it)
 from vckit.errors import VckitError
 
@@ -90,6 +91,37 @@ def autocast_for(device: torch.device, amp: str):
         raise VckitError(f"train.amp must be auto, bf16, fp16 or none, got {amp!r}")
     return torch.autocast(device_type=device.type, dtype=dtype)
 
+
+def lr_at(step: int, t: LoopConfig, elapsed: float = 0.0) -> float:
+    """The learning rate at ``step`` of a run with train section ``t``: every trainer's one schedule.
+
+    Linear warm-up over ``warmup_steps``, then a cosine decay to ``lr * min_lr_ratio`` at ``steps``. With
+    ``time_budget`` the decay follows training seconds instead (for budgeted runs; not bit-reproducible, since it
+    depends on speed). With ``cooldown_steps`` it is warm-up, stable, decay: the peak until the last
+    ``cooldown_steps`` steps before ``steps``, then a linear fall to ``lr * min_lr_ratio`` (a run held at its peak,
+    as the background run is, is branched off and cooled down to ship).
+    """
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.cooldown_steps > 0:
+        left = min(1.0, max(0.0, (t.steps - step) / t.cooldown_steps))  # 1 until the cool-down starts, 0 at steps
+        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * left)
+    if t.time_budget > 0:
+        progress = min(1.0, elapsed / t.time_budget)
+    else:
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(trainer: type[TrainingLoop], cfg: Any, *, resume: bool = False, device: str = "auto", max_steps: int | None = None,
+          time_limit: float | None = None, progress: bool = True, **options: Any) -> dict[str, float]:
+    """Build ``trainer(cfg, ...)`` (the VC model's, the vocoder's or the phone student's) and run it; tears the
+    process group down after. ``options`` go to the trainer (the VC trainer's ``init_from``)."""
+    try:
+        return trainer(cfg, device=device, resume=resume, **options).run(max_steps=max_steps, time_limit=time_limit, progress=progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # -- the loop --------------------------------------------------------------
@@ -181,6 +213,14 @@ class TrainingLoop:
         if ck is None:
             log.warning("no checkpoint in %s yet: this run starts afresh", self.out_dir)
         return ck
+
+    def _set_lr(self, *optimizers: torch.optim.Optimizer) -> float:
+        """Give every parameter group of ``optimizers`` this step's rate (:func:`lr_at`); return it."""
+        lr = lr_at(self.step, self.cfg.train, self.elapsed)
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = lr
+        return lr
 
     def train_step(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import torch
-import torch.distributed as dist
 
 from vckit.checkpoint import latest_checkpoint, load_train_state, read_folder, step_folder
-from vckit.config import Amount, Count, DataConfig, Fraction, MelConfig, Positive, Precision, Probability, Range, Size, from_dict, to_dict
+from vckit.config import Amount, Count, DataConfig, LoopConfig, MelConfig, Positive, Probability, Range, Size, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.data.features import FeatureStore, from_uint8
 from vckit.data.frame_features import dense_posteriors
@@ -40,42 +39,32 @@ from vckit.models.phone_student import PhoneStudent, PhoneStudentConfig, load_st
 from vckit.models.phonetic_head import soft_cross_entropy
 from vckit.models.teacher import BLANK
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
-from vckit.training.vc import lr_at
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Agreement", "StudentConfig", "StudentTrainConfig", "StudentTrainer", "agreement", "decoder_like", "export", "load_store", "load_student_config", "run_config", "train"]
+__all__ = ["Agreement", "StudentConfig", "StudentTrainConfig", "StudentTrainer", "agreement", "decoder_like", "export", "load_store", "load_student_config", "run_config"]
 
 TARGETS = ("posteriors_idx", "posteriors_p")
 
 
 # -- configuration ---------------------------------------------------------
 @dataclass(frozen=True)
-class StudentTrainConfig:
+class StudentTrainConfig(LoopConfig):
+    """The phone student's run: :class:`~vckit.config.LoopConfig` with the student's defaults, and how much of its
+    input is made to look decoded."""
+
     out_dir: str = "runs/student/whole"
     batch_size: Size = 16
     steps: Size = 20000
-    time_budget: Amount = 0.0  # >0: the LR schedule follows training seconds and the run ends after this many
     lr: Positive = 3e-3
-    weight_decay: Amount = 1e-4
-    betas: tuple[Fraction, Fraction] = (0.9, 0.99)
     warmup_steps: Count = 100
-    min_lr_ratio: Probability = 0.05  # cosine decay to lr * this
-    grad_clip: Positive = 3.0
+    keep_last: Size = 2
     # decoded-looking input (decoder_like): the share of segments changed, the most weight each
     # neighbour gets in a 3-tap blur along time and along the mel axis, the most noise (normalised units)
     decoded_prob: Probability = 0.5
     decoded_blur: Annotated[float, Range(0, 0.5)] = 0.2
     decoded_noise: Amount = 0.1
-    amp: Precision = "auto"
-    seed: Count = 1234
-    deterministic: bool = False
-    log_every: Size = 50
-    valid_every: Size = 1000
     valid_utterances: Count = 64  # validation speakers' utterances the loop checks (0: all); benchmarks use all
-    ckpt_every: Size = 1000
-    ckpt_minutes: Amount = 0.0
-    keep_last: Size = 2
 
 
 @dataclass(frozen=True)
@@ -273,9 +262,7 @@ class StudentTrainer(TrainingLoop):
         batch = self._batch()
         mel = decoder_like(self.model.normalize(batch["mel"]), prob=t.decoded_prob, blur=t.decoded_blur, noise=t.decoded_noise, rng=self.sampler.rng)
         target = dense_posteriors(batch["posteriors_idx"], batch["posteriors_p"], self.cfg.model.classes)  # (B, T, classes)
-        lr = lr_at(self.step, self.cfg, self.elapsed)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        lr = self._set_lr(self.optimizer)
         with autocast_for(self.device, t.amp):
             logits = self.net(mel)
         loss = soft_cross_entropy(logits, target, batch["mask"])
@@ -296,15 +283,6 @@ class StudentTrainer(TrainingLoop):
 
     def set_train_mode(self) -> None:
         self.model.train()
-
-
-def train(cfg: StudentConfig, *, resume: bool = False, device: str = "auto", max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
-    """Build a :class:`StudentTrainer` and run it; tears the process group down after."""
-    try:
-        return StudentTrainer(cfg, device=device, resume=resume).run(max_steps=max_steps, time_limit=time_limit, progress=progress)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def export(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:

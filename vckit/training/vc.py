@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from vckit.checkpoint import load_checkpoint, load_train_state, save_checkpoint, step_folder
 from vckit.config import Config
@@ -34,31 +33,6 @@ from vckit.training.losses import adversarial_weight, masked_l1, model_losses
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
 
 log = logging.getLogger(__name__)
-
-
-def lr_at(step: int, cfg: Config, elapsed: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``steps``.
-
-    With ``train.time_budget`` the decay follows training seconds instead
-    (for budgeted GPU runs; not bit-reproducible, since it depends on speed).
-    With ``train.cooldown_steps`` the schedule is warm-up, stable, decay: the
-    peak until the last ``cooldown_steps`` steps before ``steps``, then a
-    linear fall to ``lr * min_lr_ratio`` (a run held at its peak, as the
-    background run is, is branched off and cooled down to ship).
-    """
-    t = cfg.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    cooldown = getattr(t, "cooldown_steps", 0)
-    if cooldown > 0:
-        left = min(1.0, max(0.0, (t.steps - step) / cooldown))  # 1 until the cool-down starts, 0 at train.steps
-        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * left)
-    if t.time_budget > 0:
-        progress = min(1.0, elapsed / t.time_budget)
-    else:
-        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
 
 
 def frames_of(batch: dict[str, torch.Tensor]) -> Frames:
@@ -231,9 +205,7 @@ class Trainer(TrainingLoop):
         """Draw and augment a batch, reconstruct it, add the loss terms, step."""
         cfg, t = self.cfg, self.cfg.train
         batch = self._batch()
-        lr = lr_at(self.step, cfg, self.elapsed)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        lr = self._set_lr(self.optimizer)
         c = cfg.model.classifier
         adv_w = adversarial_weight(self.step, c.weight, c.start_step, c.warmup_steps)
         perturbed = self._perturbed(batch["mel"]) if t.content_invariance > 0 else None
@@ -377,13 +349,3 @@ def _check_stream_features(cfg: Config) -> None:
             )
     elif made is not None:
         raise VckitError(f"{cfg.data.features} holds streamed phonetic features, which only a causal model (model.stream.causal) reads")
-
-
-def train(cfg: Config, *, resume: bool = False, device: str = "auto", max_steps: int | None = None, time_limit: float | None = None, init_from: str | None = None, progress: bool = True) -> dict[str, float]:
-    """Build a :class:`Trainer` and run it; tears the process group down after."""
-    try:
-        trainer = Trainer(cfg, device=device, resume=resume, init_from=init_from)
-        return trainer.run(max_steps=max_steps, time_limit=time_limit, progress=progress)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-import torch.distributed as dist
 
 from vckit.audio import MelSpectrogram
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, load_train_state, read_folder, read_weights, step_folder
-from vckit.config import Amount, Count, Fraction, MelConfig, OneOf, Positive, Precision, Probability, Size, from_dict, to_dict
+from vckit.config import Amount, Count, Fraction, LoopConfig, MelConfig, OneOf, Positive, Probability, Size, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.vocoder.discriminators import (
@@ -47,7 +46,7 @@ from vckit.data.waves import WaveSampler, WaveStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LossConfig", "VocoderConfig", "VocoderDataConfig", "VocoderTrainConfig", "VocoderTrainer", "export", "load_vocoder_config", "lr_at", "train"]
+__all__ = ["LossConfig", "VocoderConfig", "VocoderDataConfig", "VocoderTrainConfig", "VocoderTrainer", "export", "load_vocoder_config"]
 
 DISC_FILE = "discriminators.safetensors"
 
@@ -73,26 +72,23 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class VocoderTrainConfig:
+class VocoderTrainConfig(LoopConfig):
+    """The fast vocoder's run: :class:`~vckit.config.LoopConfig` with the vocoder's defaults (no warm-up, a cosine
+    to a tenth of the rate, the same ``lr`` for both optimisers) and when the discriminators join."""
+
     out_dir: str = "runs/vocoder"
     batch_size: Size = 16
     steps: Size = 500_000
-    time_budget: Amount = 0.0  # >0: the LR decay follows training seconds and the run ends after this many
-    lr: Positive = 2e-4  # both optimisers
+    lr: Positive = 2e-4
     betas: tuple[Fraction, Fraction] = (0.8, 0.99)
     weight_decay: Amount = 0.01
-    lr_final_ratio: Probability = 0.1  # exponential decay from lr to lr * this at the end of the run
+    warmup_steps: Count = 0
+    min_lr_ratio: Probability = 0.1
     grad_clip: Positive = 1000.0  # a guard against spikes; Adam is scale-invariant below it
-    disc_start_step: Count = 0  # generator learns from the mel loss alone before this step
-    amp: Precision = "auto"
-    compile: bool = False
-    seed: Count = 1234
-    deterministic: bool = False
-    log_every: Size = 50
     valid_every: Size = 2000
     ckpt_every: Size = 2000
-    ckpt_minutes: Amount = 0.0  # >0: also checkpoint after this many wall minutes since the last save
-    keep_last: Size = 3
+    disc_start_step: Count = 0  # generator learns from the mel loss alone before this step
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,13 +110,6 @@ class VocoderConfig:
 def load_vocoder_config(path: str | os.PathLike, overrides: list[str] | None = None) -> VocoderConfig:
     """Read a YAML/JSON vocoder config with ``key.sub=value`` overrides; unknown keys are errors."""
     return load_config(path, overrides, cls=VocoderConfig)
-
-
-def lr_at(step: int, cfg: VocoderConfig, elapsed: float = 0.0) -> float:
-    """``lr * lr_final_ratio ** progress``: progress is the share of ``steps`` (or of ``time_budget``) done."""
-    t = cfg.train
-    progress = elapsed / t.time_budget if t.time_budget > 0 else step / max(1, t.steps)
-    return t.lr * t.lr_final_ratio ** min(1.0, progress)
 
 
 def _load_weights(module: torch.nn.Module, folder: Path, name: str, meta: dict, device: torch.device) -> None:
@@ -206,14 +195,11 @@ class VocoderTrainer(TrainingLoop):
 
     # one step ---------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
-        cfg, t, L = self.cfg, self.cfg.train, self.cfg.loss
+        t, L = self.cfg.train, self.cfg.loss
         real = self.sampler.sample(t.batch_size)  # (batch, segment)
         with torch.no_grad():
             mel = self.mel(real)  # (batch, n_mels, segment / hop)
-        lr = lr_at(self.step, cfg, self.elapsed)
-        for opt in (self.opt_g, self.opt_d):
-            for g in opt.param_groups:
-                g["lr"] = lr
+        lr = self._set_lr(self.opt_g, self.opt_d)
         stats: dict[str, torch.Tensor] = {"lr": torch.tensor(lr)}
         with autocast_for(self.device, t.amp):
             fake = self.gen_net(mel, clamp=False)  # (batch, segment), float32
@@ -292,15 +278,6 @@ def _split(outputs: list[tuple[torch.Tensor, list[torch.Tensor]]], n: int) -> tu
     real = [(lg[:n], [f[:n] for f in fs]) for lg, fs in outputs]
     fake = [(lg[n:], [f[n:] for f in fs]) for lg, fs in outputs]
     return real, fake
-
-
-def train(cfg: VocoderConfig, *, resume: bool = False, device: str = "auto", max_steps: int | None = None, time_limit: float | None = None, progress: bool = True) -> dict[str, float]:
-    """Build a :class:`VocoderTrainer` and run it; tears the process group down after."""
-    try:
-        return VocoderTrainer(cfg, device=device, resume=resume).run(max_steps=max_steps, time_limit=time_limit, progress=progress)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def export(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
