@@ -61,6 +61,18 @@ def test_one_training_entry_point_and_one_schedule():
     assert len(trainers) >= 3 and all(bases == ["LoopConfig"] for _, bases in trainers), trainers
 
 
+def test_losses_live_in_training():
+    """Models define what runs at conversion (and the discriminators that judge it); what is minimised is
+    written in ``vckit.training`` (``training.losses`` for every term two trainers share)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            named = isinstance(node, (ast.FunctionDef, ast.ClassDef)) and "loss" in node.name.lower()
+            if named and not _under(_module(path), ("vckit.training",)):
+                found.append(f"{_module(path)}.{node.name}")
+    assert not found, found
+
+
 def test_inference_never_imports_training():
     """What converts (the API, the live path) does not need the trainers: they may be left out of an install."""
     inference = ("vckit.api", "vckit.streaming", "vckit.live", "vckit.shipped", "vckit.devices", "vckit.models")

@@ -6,6 +6,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from vckit.audio import MelSpectrogram
+from vckit.config import MelConfig
+from vckit.errors import ConfigError
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,3 +90,86 @@ def model_losses(out: Any, batch: dict[str, torch.Tensor], cfg: Any) -> tuple[to
         add("adv/ce", 1.0, ce)
         stats["adv/acc"] = acc.detach()
     return total, stats
+
+
+# -- adversarial ----------------------------------------------------------------
+# A discriminator (the mel one, or each of the vocoder's sub-discriminators) returns (scores, hidden activations);
+# the losses take one such output per sub-discriminator and weigh each (1 where no weights are given).
+Output = tuple[torch.Tensor, list[torch.Tensor]]
+KINDS = ("hinge", "lsgan")
+
+
+def _weights(outputs: list[Output], weights: list[float] | None) -> list[float]:
+    return [1.0] * len(outputs) if weights is None else weights
+
+
+def discriminator_loss(real: list[Output], fake: list[Output], kind: str = "lsgan", weights: list[float] | None = None) -> torch.Tensor:
+    """What the discriminators minimise: real scored high, generated low, summed over sub-discriminators.
+
+    hinge: ``mean(relu(1 - D(x))) + mean(relu(1 + D(G(s))))``; lsgan: ``mean((1 - D(x))^2) + mean(D(G(s))^2)``.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
+    total = real[0][0].new_zeros((), dtype=torch.float32)
+    for (r, _), (f, _), w in zip(real, fake, _weights(real, weights)):
+        r, f = r.float(), f.float()
+        pair = F.relu(1 - r).mean() + F.relu(1 + f).mean() if kind == "hinge" else (1 - r).pow(2).mean() + f.pow(2).mean()
+        total = total + w * pair
+    return total
+
+
+def generator_loss(fake: list[Output], kind: str = "lsgan", weights: list[float] | None = None) -> torch.Tensor:
+    """What the generator minimises: hinge ``mean(relu(1 - D(G(s))))``, lsgan ``mean((1 - D(G(s)))^2)``."""
+    if kind not in KINDS:
+        raise ConfigError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
+    total = fake[0][0].new_zeros((), dtype=torch.float32)
+    for (f, _), w in zip(fake, _weights(fake, weights)):
+        f = f.float()
+        total = total + w * (F.relu(1 - f).mean() if kind == "hinge" else (1 - f).pow(2).mean())
+    return total
+
+
+def feature_matching_loss(real: list[Output], fake: list[Output], weights: list[float] | None = None) -> torch.Tensor:
+    """Mean L1 between hidden activations on real (targets, not differentiated) and generated input,
+    averaged over the layers of each sub-discriminator and summed over sub-discriminators."""
+    total = fake[0][0].new_zeros((), dtype=torch.float32)
+    for (_, fr), (_, ff), w in zip(real, fake, _weights(fake, weights)):
+        layer = sum((a.detach().float() - b.float()).abs().mean() for a, b in zip(fr, ff))
+        total = total + w * layer / max(1, len(ff))
+    return total
+
+
+class MultiResolutionMelLoss(nn.Module):
+    """Mean over resolutions of the L1 distance between log-mels of two waveforms ``(batch, samples)``.
+
+    Each resolution is ``(n_fft, hop, n_mels)`` with ``win = n_fft``; the mels
+    cover 0 to ``sample_rate / 2`` and use the front-end's log and floor.
+    """
+
+    def __init__(self, mel_config: MelConfig, resolutions: tuple[tuple[int, int, int], ...]):
+        super().__init__()
+        if not resolutions:
+            raise ConfigError("loss.mel_resolutions must name at least one (n_fft, hop, n_mels)")
+        mels = []
+        for n_fft, hop, n_mels in resolutions:
+            try:
+                cfg = MelConfig(
+                    sample_rate=mel_config.sample_rate,
+                    n_fft=n_fft,
+                    hop_length=hop,
+                    win_length=n_fft,
+                    n_mels=n_mels,
+                    fmin=0.0,
+                    fmax=mel_config.sample_rate / 2,
+                    power=1.0,
+                    log_floor=mel_config.log_floor,
+                )
+            except ConfigError as e:
+                raise ConfigError(f"loss.mel_resolutions {[n_fft, hop, n_mels]}: {e}") from None
+            mels.append(MelSpectrogram(cfg))
+        self.mels = nn.ModuleList(mels)
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(fake.device.type, enabled=False):
+            fake, real = fake.float(), real.float()
+            return sum(F.l1_loss(m(fake), m(real)) for m in self.mels) / len(self.mels)

@@ -29,7 +29,7 @@ from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batche
 from vckit.errors import VckitError
 from vckit.frontend import Frames
 from vckit.models.vc import build_model
-from vckit.training.losses import adversarial_weight, masked_l1, model_losses
+from vckit.training.losses import adversarial_weight, discriminator_loss, feature_matching_loss, generator_loss, masked_l1, model_losses
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Trainer(TrainingLoop):
         self.optimizer = make_optimizer(self.model, cfg)
         self.disc, self.disc_opt = None, None
         if cfg.model.discriminator.enabled and (t.mel_gan > 0 or t.feature_matching > 0):
-            from vckit.models.discriminator import MelDiscriminator
+            from vckit.models.mel_discriminator import MelDiscriminator
 
             self.disc = MelDiscriminator(cfg.model.discriminator).to(self.device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=t.lr, betas=t.betas)
@@ -264,27 +264,24 @@ class Trainer(TrainingLoop):
     def _gan_step(self, out: Any, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Update the mel discriminator on real vs decoded mels; return the
         decoder's loss with the adversarial and feature-matching terms added."""
-        from vckit.models.discriminator import discriminator_loss, feature_matching_loss, generator_loss
-
         t = self.cfg.train
         m = batch["mask"][:, None]
         real, fake = out.target * m, out.pred * m
         conv = out.converted * m if out.converted is not None and t.gan_on_conversions else None
         fakes = fake if conv is None else torch.cat([fake, conv])  # conversions have no target: judged, not matched
         with autocast_for(self.device, t.amp):  # the discriminator runs in the model's precision
-            d_real, _ = self.disc(real)
-            d_fake, _ = self.disc(fakes.detach())
-        d_loss = discriminator_loss(d_real, d_fake)
+            on_real, on_fake = self.disc(real), self.disc(fakes.detach())
+        d_loss = discriminator_loss([on_real], [on_fake])  # least squares
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self.disc_opt.step()
         if self.step < t.gan_start_step:
             return loss, {"gan/d": d_loss.detach()}
         with autocast_for(self.device, t.amp):
-            d_real, f_real = self.disc(real)
-            d_fake, f_fake = self.disc(fakes)
-        n = fake.shape[0]
-        g, fm = generator_loss(d_fake), feature_matching_loss(f_real, [f[:n] for f in f_fake])
+            on_real, on_fake = self.disc(real), self.disc(fakes)
+        n = fake.shape[0]  # the reconstructions, which have targets to match
+        g = generator_loss([on_fake])
+        fm = feature_matching_loss([on_real], [(on_fake[0], [f[:n] for f in on_fake[1]])])
         return loss + t.mel_gan * g + t.feature_matching * fm, {"gan/d": d_loss.detach(), "gan/g": g.detach(), "gan/fm": fm.detach()}
 
     @torch.no_grad()

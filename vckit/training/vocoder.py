@@ -32,16 +32,10 @@ from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, 
 from vckit.config import Amount, Count, Fraction, LoopConfig, MelConfig, OneOf, Positive, Probability, Size, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.errors import CheckpointError, ConfigError, VckitError
-from vckit.models.vocoder.discriminators import (
-    DiscriminatorConfig,
-    Discriminators,
-    MultiResolutionMelLoss,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-)
+from vckit.models.vocoder.discriminators import Discriminators, WaveDiscriminatorConfig
 from vckit.models.vocoder.vocos import Vocos, VocosConfig, export_vocos, save_vocos
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer
+from vckit.training.losses import MultiResolutionMelLoss, discriminator_loss, feature_matching_loss, generator_loss
 from vckit.data.waves import WaveSampler, WaveStore
 
 log = logging.getLogger(__name__)
@@ -95,7 +89,7 @@ class VocoderTrainConfig(LoopConfig):
 class VocoderConfig:
     mel: MelConfig = field(default_factory=MelConfig)
     generator: VocosConfig = field(default_factory=VocosConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    discriminator: WaveDiscriminatorConfig = field(default_factory=WaveDiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: VocoderDataConfig = field(default_factory=VocoderDataConfig)
     train: VocoderTrainConfig = field(default_factory=VocoderTrainConfig)
@@ -178,7 +172,7 @@ class VocoderTrainer(TrainingLoop):
             return
         meta = read_folder(ck, "vocoder")
         training = meta.get("training", {})
-        for name, cls in (("mel", MelConfig), ("generator", VocosConfig), ("discriminator", DiscriminatorConfig)):
+        for name, cls in (("mel", MelConfig), ("generator", VocosConfig), ("discriminator", WaveDiscriminatorConfig)):
             try:
                 same = from_dict(cls, training.get(name, {}), name) == getattr(self.cfg, name)
             except ConfigError:
@@ -226,7 +220,7 @@ class VocoderTrainer(TrainingLoop):
                     g_fake = self.disc(fake)
                     with torch.no_grad():
                         g_real = self.disc(real)
-                adv = generator_adversarial_loss(g_fake, L.adversarial, self.disc_weights)
+                adv = generator_loss(g_fake, L.adversarial, self.disc_weights)
                 fm = feature_matching_loss(g_real, g_fake, self.disc_weights)
             finally:
                 self.disc.requires_grad_(True)

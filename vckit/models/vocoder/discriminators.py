@@ -7,9 +7,8 @@
 * Multi-resolution discriminator (UnivNet, Jang et al. 2021; used by Vocos):
   2-D convolutions over the linear magnitude spectrogram at several STFT
   resolutions, strided along frequency.
-* Losses: multi-resolution log-mel L1 (the reconstruction term, weight ~45),
-  feature matching (L1 between the discriminators' hidden activations on
-  real and generated audio), and a hinge or least-squares adversarial loss.
+* Their losses (adversarial, feature matching, the multi-resolution log-mel
+  L1) are in :mod:`vckit.training.losses`, with the mel discriminator's.
 
 Every sub-discriminator returns ``(logits, features)``: ``logits`` is
 ``(batch, n)`` (one score per time-frequency patch) and ``features`` the list
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from vckit.config import MelConfig, Range, Size
+from vckit.config import Range, Size
 from vckit.errors import ConfigError
 
 LRELU_SLOPE = 0.1
@@ -35,7 +34,7 @@ Output = tuple[torch.Tensor, list[torch.Tensor]]  # (logits (batch, n), hidden a
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class WaveDiscriminatorConfig:
     periods: tuple[Annotated[int, Range(2)], ...] = (2, 3, 5, 7, 11)
     period_channels: tuple[Size, ...] = (32, 128, 512, 1024, 1024)  # HiFi-GAN's MPD widths
     resolutions: tuple[tuple[Size, Size, Size], ...] = ((2048, 512, 2048), (1024, 256, 1024), (512, 128, 512))  # n_fft, hop, win
@@ -129,9 +128,9 @@ class Discriminators(nn.Module):
     the rest the resolution discriminators'.
     """
 
-    def __init__(self, config: DiscriminatorConfig | None = None):
+    def __init__(self, config: WaveDiscriminatorConfig | None = None):
         super().__init__()
-        self.config = c = config or DiscriminatorConfig()
+        self.config = c = config or WaveDiscriminatorConfig()
         self.mpd = nn.ModuleList(PeriodDiscriminator(p, c.period_channels) for p in c.periods)
         self.mrd = nn.ModuleList(ResolutionDiscriminator(*r, channels=c.resolution_channels) for r in c.resolutions)
 
@@ -141,84 +140,3 @@ class Discriminators(nn.Module):
     def weights(self, mrd_weight: float) -> list[float]:
         """Loss weight of each output: 1 for period, ``mrd_weight`` for resolution discriminators."""
         return [1.0] * len(self.mpd) + [mrd_weight] * len(self.mrd)
-
-
-# -- losses ----------------------------------------------------------------
-def discriminator_loss(real: list[Output], fake: list[Output], kind: str, weights: list[float]) -> torch.Tensor:
-    """What the discriminators minimise: real scored high, generated low.
-
-    hinge: ``mean(relu(1 - D(x))) + mean(relu(1 + D(G(s))))``;
-    lsgan: ``mean((1 - D(x))^2) + mean(D(G(s))^2)``; summed over sub-discriminators.
-    """
-    total = real[0][0].new_zeros((), dtype=torch.float32)
-    for (r, _), (f, _), w in zip(real, fake, weights):
-        r, f = r.float(), f.float()
-        if kind == "hinge":
-            total = total + w * (F.relu(1 - r).mean() + F.relu(1 + f).mean())
-        elif kind == "lsgan":
-            total = total + w * ((1 - r).pow(2).mean() + f.pow(2).mean())
-        else:
-            raise ConfigError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
-    return total
-
-
-def generator_adversarial_loss(fake: list[Output], kind: str, weights: list[float]) -> torch.Tensor:
-    """What the generator minimises: hinge ``mean(relu(1 - D(G(s))))``, lsgan ``mean((1 - D(G(s)))^2)``."""
-    total = fake[0][0].new_zeros((), dtype=torch.float32)
-    for (f, _), w in zip(fake, weights):
-        f = f.float()
-        if kind == "hinge":
-            total = total + w * F.relu(1 - f).mean()
-        elif kind == "lsgan":
-            total = total + w * (1 - f).pow(2).mean()
-        else:
-            raise ConfigError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
-    return total
-
-
-def feature_matching_loss(real: list[Output], fake: list[Output], weights: list[float]) -> torch.Tensor:
-    """Mean L1 between hidden activations on real (targets, not differentiated) and generated audio,
-    averaged over the layers of each sub-discriminator and summed over sub-discriminators."""
-    total = fake[0][0].new_zeros((), dtype=torch.float32)
-    for (_, fr), (_, ff), w in zip(real, fake, weights):
-        layer = sum((a.detach().float() - b.float()).abs().mean() for a, b in zip(fr, ff))
-        total = total + w * layer / len(ff)
-    return total
-
-
-class MultiResolutionMelLoss(nn.Module):
-    """Mean over resolutions of the L1 distance between log-mels of two waveforms ``(batch, samples)``.
-
-    Each resolution is ``(n_fft, hop, n_mels)`` with ``win = n_fft``; the mels
-    cover 0 to ``sample_rate / 2`` and use the front-end's log and floor.
-    """
-
-    def __init__(self, mel_config: MelConfig, resolutions: tuple[tuple[int, int, int], ...]):
-        super().__init__()
-        from vckit.audio import MelSpectrogram
-
-        if not resolutions:
-            raise ConfigError("loss.mel_resolutions must name at least one (n_fft, hop, n_mels)")
-        mels = []
-        for n_fft, hop, n_mels in resolutions:
-            try:
-                cfg = MelConfig(
-                    sample_rate=mel_config.sample_rate,
-                    n_fft=n_fft,
-                    hop_length=hop,
-                    win_length=n_fft,
-                    n_mels=n_mels,
-                    fmin=0.0,
-                    fmax=mel_config.sample_rate / 2,
-                    power=1.0,
-                    log_floor=mel_config.log_floor,
-                )
-            except ConfigError as e:
-                raise ConfigError(f"loss.mel_resolutions {[n_fft, hop, n_mels]}: {e}") from None
-            mels.append(MelSpectrogram(cfg))
-        self.mels = nn.ModuleList(mels)
-
-    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(fake.device.type, enabled=False):
-            fake, real = fake.float(), real.float()
-            return sum(F.l1_loss(m(fake), m(real)) for m in self.mels) / len(self.mels)

@@ -1,4 +1,5 @@
-"""A patch discriminator on log-mels, against over-smoothed output (training only)."""
+"""A patch discriminator on log-mels, against over-smoothed output (training only; its losses are in
+:mod:`vckit.training.losses`)."""
 
 from __future__ import annotations
 
@@ -36,16 +37,3 @@ class MelDiscriminator(nn.Module):
             x = F.leaky_relu(layer(x), 0.2)
             feats.append(x)
         return self.out(x).flatten(1), feats
-
-
-def discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """Least-squares: real patches toward 1, decoded ones toward 0."""
-    return (real.float() - 1).pow(2).mean() + fake.float().pow(2).mean()
-
-
-def generator_loss(fake: torch.Tensor) -> torch.Tensor:
-    return (fake.float() - 1).pow(2).mean()
-
-
-def feature_matching_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
-    return sum(F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real, fake)) / max(1, len(real))
