@@ -34,9 +34,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_train_sv(args: argparse.Namespace) -> int:
     from vckit.config_files import load_config
     from vckit.models.verifier import SVConfig
-    from vckit.training.verifier import train_sv
+    from vckit.training.loop import train
+    from vckit.training.verifier import VerifierTrainer
 
-    res = train_sv(load_config(args.config, args.set, cls=SVConfig), device=args.device, progress=not args.quiet)
+    res = train(VerifierTrainer, load_config(args.config, args.set, cls=SVConfig), resume=args.resume, device=args.device,
+                max_steps=args.max_steps, time_limit=args.time_limit, progress=not args.quiet)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(res.items())))
     return 0
 
@@ -264,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-sv", help="train the independent speaker-verification model used to judge conversions")
     s.add_argument("--config", required=True)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.steps=2000")
+    s.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in train.out_dir")
+    s.add_argument("--max-steps", type=int, default=None, help="stop at this step (the schedule still follows train.steps)")
+    s.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop (and save) after S seconds of wall time")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_train_sv)
 

@@ -20,7 +20,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: Any =
     d = _read_config_dict(Path(path), ())
     for ov in overrides or []:
         apply_override(d, ov)
-    return cls.from_dict(d) if cls is Config else from_dict(cls, d)
+    own = getattr(cls, "from_dict", None)  # a config class that reads older layouts has its own
+    return own(d) if own is not None else from_dict(cls, d)
 
 
 def _read_config_dict(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:

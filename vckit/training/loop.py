@@ -114,11 +114,15 @@ def lr_at(step: int, t: LoopConfig, elapsed: float = 0.0) -> float:
 
 
 def train(trainer: type[TrainingLoop], cfg: Any, *, resume: bool = False, device: str = "auto", max_steps: int | None = None,
-          time_limit: float | None = None, progress: bool = True, **options: Any) -> dict[str, float]:
-    """Build ``trainer(cfg, ...)`` (the VC model's, the vocoder's or the phone student's) and run it; tears the
-    process group down after. ``options`` go to the trainer (the VC trainer's ``init_from``)."""
+          time_limit: float | None = None, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Build ``trainer(cfg, ...)`` (the VC model's, the vocoder's, the phone student's or the judge's) and run it;
+    tears the process group down after. ``options`` go to the trainer (the VC trainer's ``init_from``). When the
+    run reached its end, the trainer's :meth:`~TrainingLoop.finish` follows (the judge's EER and folder) and its
+    figures are returned with the last logged ones."""
     try:
-        return trainer(cfg, device=device, resume=resume, **options).run(max_steps=max_steps, time_limit=time_limit, progress=progress)
+        run = trainer(cfg, device=device, resume=resume, **options)
+        last = run.run(max_steps=max_steps, time_limit=time_limit, progress=progress)
+        return {**last, **run.finish()} if run.dist.main and run.finished else last
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -232,6 +236,16 @@ class TrainingLoop:
         raise NotImplementedError
 
     def validate(self) -> dict[str, float]:
+        return {}
+
+    @property
+    def finished(self) -> bool:
+        """The run reached ``train.steps`` or its ``train.time_budget`` (not a signal, a step or a wall-time limit)."""
+        t = self.cfg.train
+        return self.step >= t.steps or (t.time_budget > 0 and self.elapsed >= t.time_budget)
+
+    def finish(self) -> dict[str, Any]:
+        """What a finished run does last (the judge measures its EER and writes its folder); its figures."""
         return {}
 
     def after_validate(self) -> None:

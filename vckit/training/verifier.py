@@ -1,13 +1,12 @@
-"""Training the speaker-verification judge (:mod:`vckit.models.verifier`) with AAM-softmax.
+"""Training the speaker-verification judge (:mod:`vckit.models.verifier`) with AAM-softmax, on the shared loop.
 
-    vckit train-sv --config recipes/speaker_verification/conf/base.yaml
+    vckit train-sv --config recipes/speaker_verification/conf/base.yaml [--resume]
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vckit.checkpoint import load_train_state, step_folder
+from vckit.data.features import FeatureStore, from_uint8
+from vckit.data.sampling import SegmentSampler, augment
 from vckit.errors import VckitError
-from vckit.models.verifier import SpeakerVerifier, SVConfig, embed_utterances, equal_error_rate, save_verifier
-from vckit.devices import pick_device
+from vckit.models.verifier import SpeakerVerifier, SVConfig, embed_utterances, equal_error_rate, load_verifier, save_verifier
+from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
 
 log = logging.getLogger(__name__)
 
@@ -49,66 +51,78 @@ def evaluate_eer(model: SpeakerVerifier, store: Any, utts: list[dict[str, Any]],
 
 
 def _utt_mel(store: Any, u: dict[str, Any]) -> torch.Tensor:
-    from vckit.data.features import from_uint8
-
     return from_uint8(store.mels[u["offset"] : u["offset"] + u["frames"]]).T
 
 
-def train_sv(cfg: SVConfig, device: str = "auto", progress: bool = True) -> dict[str, float]:
-    """Train the verifier on the training manifest; report EER on the validation one."""
-    from vckit.data.features import FeatureStore
-    from vckit.data.manifest import read_manifest
-    from vckit.data.sampling import SegmentSampler, augment
+class VerifierTrainer(TrainingLoop):
+    """The judge's run on the shared loop: AAM-softmax over the training speakers' segments; resumable like every
+    run. At the end, :func:`finish` measures the EER on the validation speakers and writes the judge's folder."""
 
-    dev = pick_device(device)
-    torch.manual_seed(cfg.seed)
-    store = FeatureStore.load(cfg.features, cfg.mel, dev)
-    train_paths = {r["path"] for r in read_manifest(cfg.train_manifest)}
-    valid_paths = {r["path"] for r in read_manifest(cfg.valid_manifest)}
-    train_utts = [u for u in store.utterances if u["path"] in train_paths]
-    valid_utts = [u for u in store.utterances if u["path"] in valid_paths]
-    if not train_utts:
-        raise VckitError("no training utterances for the speaker-verification model")
-    sampler = SegmentSampler(store, train_utts, cfg.segment_frames, power=0.0, seed=cfg.seed)
-    model = SpeakerVerifier(cfg).to(dev)
-    head = AAMSoftmax(cfg.encoder.dim, len(sampler.speakers), cfg.margin, cfg.scale).to(dev)
-    params = list(model.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    t0, step, elapsed = time.time(), 0, 0.0
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    loss_key = "loss/total"
+    progress_key = ("acc", "train/acc")
 
-        bar = tqdm(total=cfg.steps, unit="step", mininterval=30.0)
-    stats: dict[str, float] = {}
-    while step < cfg.steps and (cfg.time_budget <= 0 or elapsed < cfg.time_budget):
-        progress_frac = elapsed / cfg.time_budget if cfg.time_budget > 0 else step / cfg.steps
-        lr = cfg.lr * min(1.0, (step + 1) / 500) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_frac))))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        b = sampler.sample(cfg.batch_size)
-        b = augment(b, cfg.augment, sampler.rng, cfg.segment_frames)
-        # margin ramps in over the first 2000 steps
-        head.margin = cfg.margin * min(1.0, step / 2000)
-        with amp:
-            emb = model(b["mel"])
-        loss, acc = head(emb, b["speaker"])
-        opt.zero_grad(set_to_none=True)
+    def __init__(self, cfg: SVConfig, *, device: str = "auto", resume: bool = False):
+        self.cfg = cfg
+        self._setup(device)
+        d, t = cfg.data, cfg.train
+        self.store = FeatureStore.load(d.features, cfg.mel, self.device)
+        self.train_utts = self.store.utterances_in(d.train_manifest)
+        self.valid_utts = validation_utterances(self.store, d.valid_manifest)
+        if not self.train_utts:
+            raise VckitError(f"no training utterances for the speaker-verification model in {d.train_manifest}")
+        self.sampler = SegmentSampler(self.store, self.train_utts, d.segment_frames, power=d.speaker_sampling_power, seed=t.seed + 1000 * self.dist.rank)
+        self.model = SpeakerVerifier(cfg).to(self.device)
+        self.head = AAMSoftmax(cfg.encoder.dim, len(self.sampler.speakers), t.margin, t.scale).to(self.device)
+        self.net = nn.ModuleDict({"encoder": self.model, "head": self.head})
+        self.optimizer = make_optimizer(self.net, cfg)
+        self.step, self.elapsed, self.best = 0, 0.0, {}
+        if resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        ck = self._latest()
+        if ck is None:
+            return
+        model, _ = load_verifier(ck, self.device)
+        if model.cfg.encoder != self.cfg.encoder or model.cfg.mel != self.cfg.mel:
+            raise VckitError(f"{ck} was trained with another encoder or mel config; use a new out_dir or the same config")
+        self.model.load_state_dict(model.state_dict())
+        state = load_train_state(ck)
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._restore_loop_state(state)
+        log.info("resumed from %s at step %d", ck, self.step)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        d, t = self.cfg.data, self.cfg.train
+        lr = self._set_lr(self.optimizer)
+        b = augment(self.sampler.sample(t.batch_size), d.augment, self.sampler.rng, d.segment_frames)
+        self.head.margin = t.margin * min(1.0, self.step / max(1, t.margin_warmup_steps))
+        with autocast_for(self.device, t.amp):
+            emb = self.model(b["mel"])
+        loss, acc = self.head(emb, b["speaker"])
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        step += 1
-        elapsed = time.time() - t0
-        if bar:
-            bar.update(1)
-        if step % 200 == 0:
-            stats = {"loss": float(loss), "acc": float(acc), "step": step}
-            log.info("sv step %d loss %.3f acc %.3f", step, stats["loss"], stats["acc"])
-    if bar:
-        bar.close()
-    res = evaluate_eer(model, store, valid_utts, dev) if valid_utts else {}
-    stats.update(res)
-    stats["seconds"] = time.time() - t0
-    save_verifier(cfg.out_dir, model.cpu(), {"step": step, "eer": res.get("eer"), "threshold": res.get("threshold"), "trials": res.get("trials")})
-    return stats
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {"loss/total": loss.detach(), "train/acc": acc.detach(), "lr": torch.tensor(lr)}
+
+    def save(self) -> Path | None:
+        state = self._loop_state()
+        if not self.dist.main:
+            return None
+        state["head"] = self.head.state_dict()
+        state["optimizer"] = self.optimizer.state_dict()
+        path = save_verifier(step_folder(self.out_dir, self.step), self.model, {"step": self.step}, train_state=state)
+        return self._saved(path)
+
+    def set_train_mode(self) -> None:
+        self.net.train()
+
+    def finish(self) -> dict[str, Any]:
+        """The EER over every pair of validation utterances, and the judge with it in ``<train.out_dir>/judge``
+        (the folder to ship as ``checkpoints/speaker_verification``)."""
+        res = evaluate_eer(self.model, self.store, self.valid_utts, self.device) if self.valid_utts else {}
+        folder = save_verifier(self.out_dir / "judge", self.model, {"step": self.step, "eer": res.get("eer"), "threshold": res.get("threshold"), "trials": res.get("trials")})
+        return {**res, "step": self.step, "judge": str(folder)}
