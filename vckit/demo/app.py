@@ -76,14 +76,11 @@ class Result:
 
 @dataclass
 class _Target:
-    embedding: Any  # torch.Tensor (dim,)
+    voice: Any  # vckit.Voice: the embedding and F0 median that convert takes, the warnings about its references
     name: str
     audio: np.ndarray | None  # all reference clips at the model rate, one after another: for the picture and the judge
-    f0: float | None
-    refs: Any = None  # what reference_f0 can take (arrays), None for enrolled voices
     clips: int = 1  # how many reference clips make the voice
     speech_seconds: float | None = None  # speech in them (None: not measured, e.g. an enrolled voice)
-    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -207,7 +204,7 @@ class DemoService:
                     clips.append(self._load(ref, "reference", rate, trim=True))
                 except VckitError:
                     log.info("enrolled reference %s not usable for the picture", ref)
-            return _Target(voice.embedding, name, _joined(clips, rate), voice.f0_median, clips=len(clips))
+            return _Target(voice, name, _joined(clips, rate), clips=len(clips))
         if choice.startswith(EXAMPLE_PREFIX):
             references, name = self.example_voice(choice)
         elif choice == REFERENCE_CHOICE:
@@ -218,8 +215,7 @@ class DemoService:
             raise DemoError(f"unknown target voice {choice!r}")
         clips = [self._load(r, "reference", rate, trim=True) for r in references]
         voice = vc.voice(clips, sr=rate)  # the embedding, the F0 median and the speech checks, from one decode
-        audio = _joined(clips, rate)
-        return _Target(voice.embedding, name, audio, voice.f0_median, refs=audio, clips=len(clips), speech_seconds=voice.speech_seconds, warnings=voice.warnings)
+        return _Target(voice, name, _joined(clips, rate), clips=len(clips), speech_seconds=voice.speech_seconds)
 
     def _load(self, path: str | os.PathLike, what: str, rate: int, *, trim: bool) -> np.ndarray:
         """Check the length without decoding, then read: clear errors for long, unreadable or silent audio."""
@@ -273,12 +269,12 @@ class DemoService:
                 raise DemoError(f"pitch shift must be between -{MAX_SEMITONES:g} and {MAX_SEMITONES:g} semitones, got {shift:g}")
         elif pitch_mode == "match F0" and not vc.model.needs_f0:
             step(0.25, desc="matching the pitch range")
-            shift = vc.pitch_offset(src, tgt.refs if tgt.refs is not None else tgt.embedding, sr=rate, target_f0=tgt.f0)
+            shift = vc.pitch_offset(src, tgt.voice)
         step(0.35, desc="converting")
-        wav = vc.convert(src, tgt.embedding, sr=rate, pitch_shift=shift, target_f0=tgt.f0)
+        wav = vc.convert(src, tgt.voice, sr=rate, pitch_shift=shift)
         register = 0.0
         if vc.model.needs_f0:  # the F0 path always moves the source's contour to the target's register: show by how much
-            register = vc.pitch_offset(src, tgt.embedding, sr=rate, target_f0=tgt.f0)
+            register = vc.pitch_offset(src, tgt.voice)
             shift += register
         self._prune()
         out_dir = Path(tempfile.mkdtemp(prefix="req-", dir=self.workdir))
@@ -288,7 +284,7 @@ class DemoService:
         step(0.9, desc="drawing the spectrograms")
         mels = self._picture(vc, src, tgt, wav, out_dir / "mels.png")
         seconds = len(wav) / vc.sample_rate
-        res = Result(audio, mels, seconds, sims, shift, "", time.perf_counter() - t0, tgt.warnings, register_shift=register)
+        res = Result(audio, mels, seconds, sims, shift, "", time.perf_counter() - t0, tgt.voice.warnings, register_shift=register)
         res.summary = self.summary(res, tgt, vocoder or self.default_vocoder)
         step(1.0, desc="done")
         return res
