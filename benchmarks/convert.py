@@ -50,12 +50,12 @@ def one_case(src: str, vocoder: str, device: str, threads: int, precision: str =
 
     t0 = time.perf_counter()
     vc = vckit.load(device=device, vocoder=vocoder, precision=precision)
-    spk = vc.embed_speaker(str(DATA / REFERENCE))
+    voice = vc.voice(str(DATA / REFERENCE))
     load_s = time.perf_counter() - t0
     out = Path(tempfile.mkdtemp()) / "out.wav"
     dur = sf.info(src).duration
     t1 = time.perf_counter()
-    wav = vc.convert(src, target=spk)
+    wav = vc.convert(src, target=voice)
     vc.save(out, wav)
     if device == "cuda":
         torch.cuda.synchronize()

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             others.setdefault(r["speaker"], []).append(r)
     scorer = Scorer(heldout, others, before_vc.config.mel, 0 if args.no_asr else args.threads)
     t0 = time.time()
-    before = scorer.score(before_vc, before_vc.embed_speaker([r["file"] for r in tune]), sources)
+    before = scorer.score(before_vc, before_vc.voice([r["file"] for r in tune]).embedding, sources)
     score_s = time.time() - t0
 
     res = run_finetune(write_csv(tune, name, work / "tune.csv"), name, work / "model", work / "bank", args)

@@ -14,9 +14,10 @@ Everything is measured on the validation speakers of ``recipes/shared_dev``
   independent judge (``checkpoints/speaker_verification``): cosine to the
   held-out target utterance, cosine to the source utterance, share closer to
   the target, and share accepted as the target at the judge's EER threshold.
-* reconstruction: ``vc.reconstruct`` of validation utterances; mel L1 (natural
-  log units) between the input log-mel and the log-mel of the output WAV
-  (end to end) and of the model's mel (``convert_mel``, no vocoder).
+* reconstruction: ``vc.convert(x, target=x)`` of validation utterances (each
+  in its own voice); mel L1 (natural log units) between the input log-mel and
+  the log-mel of the output WAV (end to end) and of the model's mel
+  (``vc._convert_mel``, no vocoder).
 * DNSMOS P.835 / P.808 (``speechmos``) of sources and conversions.
 * intelligibility: Moonshine base ASR (``moonshine-cpp`` weights run with
   onnxruntime, see ``moonshine_asr.py``); WER against the corpus text where
@@ -294,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         r = rng.choice(cands[s])
         x = load_audio(r["file"], sr, trim=False)  # what convert() feeds the model
         m_in = log_mel(x, vc.config.mel)
-        m_model = vc.convert_mel(r["file"], target=r["file"])
-        y = vc.reconstruct(r["file"])
+        m_model = vc._convert_mel(r["file"], target=r["file"])  # the model's mels, before the vocoder
+        y = vc.convert(r["file"], target=r["file"])  # copy-synthesis: the file in its own voice
         with torch.inference_mode():
             v = vc.vocoder.vocode(m_in).float().numpy()  # vocoder alone, for comparison
         recon.append({
@@ -404,11 +405,11 @@ def print_report(pairs, recon, summary, judge, timing, args) -> None:
         print(f"| {p['kind']} | {p['source']['speaker']} {Path(p['source']['path']).name} | {p['target']} ({refs}; {Path(p['heldout']['path']).name}) "
               f"| {f(s['cos_target'])} | {f(s['cos_source'])} | {'yes' if s['closer_to_target'] else 'no'} | {f(p['baseline']['cos_source_to_target'])} |")
     r = summary["reconstruction"]
-    print(f"\n### Reconstruction ({r['utterances']} utterances, vc.reconstruct)\n")
+    print(f"\n### Reconstruction ({r['utterances']} utterances, vc.convert(x, target=x))\n")
     print("| path | mel L1 (nats) | judge cos of output to input |")
     print("|---|---|---|")
-    print(f"| model only (convert_mel, no vocoder) | {f(r['mel_l1_model'])} | - |")
-    print(f"| vc.reconstruct (model + HiFi-GAN) | {f(r['mel_l1_end_to_end'])} | {f(r['judge_cos_to_input'])} |")
+    print(f"| model only (vc._convert_mel, no vocoder) | {f(r['mel_l1_model'])} | - |")
+    print(f"| vc.convert(x, target=x) (model + HiFi-GAN) | {f(r['mel_l1_end_to_end'])} | {f(r['judge_cos_to_input'])} |")
     print(f"| HiFi-GAN copy-synthesis of the input mel (no model) | {f(r['mel_l1_vocoder_only'])} | {f(r['judge_cos_vocoder_only'])} |")
     if summary["dnsmos"]:
         print("\n### DNSMOS (P.835 OVRL / SIG / BAK, P.808)\n")

@@ -1,4 +1,4 @@
-"""The Python API on the shipped model: load, embed_speaker, convert, reconstruct."""
+"""The Python API on the shipped model: load, voice, convert."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 import vckit
-from vckit.audio import resample
+from vckit.audio import load_audio, resample
 from vckit.errors import CheckpointError, TooShortAudioError, VckitError
 
 HOP = 256
@@ -44,45 +44,70 @@ def test_loaded_model(vc):
     assert vc.model.classifier is None and not vc.model.training
 
 
-def test_embed_speaker(vc, files):
-    emb = vc.embed_speaker([files["ref_a"], files["ref_b"]])
+def test_voice_embedding(vc, files):
+    emb = vc.voice([files["ref_a"], files["ref_b"]]).embedding
     assert emb.shape == (128,) and emb.dtype == torch.float32 and torch.isfinite(emb).all()
-    a, b = vc.embed_speaker(files["ref_a"]), vc.embed_speaker(files["ref_b"])
+    a, b = vc.voice(files["ref_a"]).embedding, vc.voice(files["ref_b"]).embedding
     assert torch.allclose(emb, (a + b) / 2, atol=1e-5)  # several clips: the mean embedding
-    other = vc.embed_speaker(files["other"])
+    other = vc.voice(files["other"]).embedding
     cos = torch.nn.functional.cosine_similarity
     assert cos(a, b, dim=0) > cos(a, other, dim=0)  # same man closer than another speaker
 
 
 def test_convert_a_file(vc, files):
-    emb = vc.embed_speaker([files["ref_a"], files["ref_b"]])
-    wav = vc.convert(files["source"], target=emb)
+    voice = vc.voice([files["ref_a"], files["ref_b"]])
+    wav = vc.convert(files["source"], voice)
     assert isinstance(wav, np.ndarray) and wav.dtype == np.float32 and wav.ndim == 1
     assert abs(len(wav) - expected_samples(files["source"])) <= HOP
     assert np.isfinite(wav).all() and 0.001 < np.abs(wav).max() <= 1.0
-    # the target may also be given as reference audio
-    wav2 = vc.convert(files["source"], target=[files["ref_a"], files["ref_b"]])
-    assert len(wav2) == len(wav)
+    # the target may also be given as reference audio, made into the same Voice
+    assert np.array_equal(vc.convert(files["source"], target=[files["ref_a"], files["ref_b"]]), wav)
+
+
+def test_a_voice_built_by_hand_converts_as_the_one_voice_made(vc, files):
+    from vckit.api import Voice
+
+    made = vc.voice([files["ref_a"], files["ref_b"]])
+    by_hand = Voice(made.embedding.clone(), made.f0_median)  # numbers kept elsewhere: no model id, no speech figures
+    assert np.array_equal(vc.convert(files["source"], by_hand), vc.convert(files["source"], target=made))
+    src = load_audio(files["source"], vc.config.mel.sample_rate, trim=False)
+    assert vc.pitch_offset(src, by_hand) == vc.pitch_offset(src, made) != 0.0  # a woman's source, a man's voice
+    with pytest.raises(VckitError, match=r"shape \(64,\), but this model's speaker embeddings are \(128,\)"):
+        vc.convert(files["source"], Voice(torch.zeros(64), 200.0))
+
+
+def test_a_bare_embedding_is_refused_with_what_to_pass_instead(vc, files):
+    emb = vc.voice(files["ref_a"]).embedding
+    said = r"^a speaker embedding alone is not a target voice: pass a Voice, from vc\.voice\(refs\), vc\.enrolled\(name\) or vckit\.Voice\(embedding, f0_median\)$"
+    for bare in (emb, emb[None], emb.numpy()):
+        with pytest.raises(VckitError, match=said):
+            vc.convert(files["source"], bare)
+    with pytest.raises(VckitError, match=said):
+        vc.pitch_offset(np.zeros(22050, np.float32), emb)
+    with pytest.raises(TypeError):
+        vc.convert(files["source"], emb, target_f0=200.0)  # the F0 median travels in the Voice
+    for gone in ("embed_speaker", "reference_f0", "convert_mel", "reconstruct"):
+        assert not hasattr(vc, gone), gone  # the public surface: load, voice, convert (and enrolled, stream, save)
 
 
 def test_arrays_in_with_their_sample_rate(vc, files):
     x, sr = sf.read(str(files["source"]), dtype="float32")
     assert sr == 16000
     ref, _ = sf.read(str(files["ref_a"]), dtype="float32")
-    emb = vc.embed_speaker(ref, sr=16000)
-    assert torch.allclose(emb, vc.embed_speaker(files["ref_a"]), atol=1e-4)
-    wav = vc.convert(x, target=emb, sr=16000)
+    voice = vc.voice(ref, sr=16000)
+    assert torch.allclose(voice.embedding, vc.voice(files["ref_a"]).embedding, atol=1e-4)
+    wav = vc.convert(x, target=voice, sr=16000)
     assert abs(len(wav) - round(len(x) * 22050 / 16000)) <= HOP
     # the same audio as a tensor at another rate gives the same length
     x22 = torch.from_numpy(resample(x, 16000, 22050))
-    assert abs(len(vc.convert(x22, target=emb, sr=22050)) - len(wav)) <= HOP
+    assert abs(len(vc.convert(x22, target=voice, sr=22050)) - len(wav)) <= HOP
     with pytest.raises(VckitError, match="sr="):
-        vc.convert(x, target=emb)
+        vc.convert(x, target=voice)
 
 
-def test_convert_mel_changes_with_the_target(vc, files):
-    a = vc.convert_mel(files["source"], vc.embed_speaker(files["ref_a"]))
-    b = vc.convert_mel(files["source"], vc.embed_speaker(files["other"]))
+def test_converted_mels_change_with_the_target(vc, files):
+    a = vc._convert_mel(files["source"], vc.voice(files["ref_a"]))
+    b = vc._convert_mel(files["source"], vc.voice(files["other"]))
     assert a.shape == b.shape and a.shape[0] == 80
     assert (a - b).abs().mean() > 0.05
 
@@ -94,10 +119,10 @@ def test_quantize_switch_picks_codebook_or_continuous_codes(vq_checkpoint, files
     cont, quant, half, auto = load(False), load(True), load(0.5), load(None)
     assert not cont.config.model.vq.at_inference and quant.config.model.vq.at_inference
     assert half.config.model.vq.at_inference and half.config.model.vq.inference_mix == 0.5
-    src, ref = files["source"], cont.embed_speaker(files["ref_a"])
-    a, b, c = cont.convert_mel(src, ref), quant.convert_mel(src, ref), half.convert_mel(src, ref)
+    src, ref = files["source"], cont.voice(files["ref_a"])  # one model's weights: one voice serves all four
+    a, b, c = cont._convert_mel(src, ref), quant._convert_mel(src, ref), half._convert_mel(src, ref)
     assert a.shape == b.shape == c.shape and not torch.allclose(a, b) and not torch.allclose(a, c) and not torch.allclose(b, c)
-    torch.testing.assert_close(auto.convert_mel(src, ref), a)  # the checkpoint says: continuous codes
+    torch.testing.assert_close(auto._convert_mel(src, ref), a)  # the checkpoint says: continuous codes
     with pytest.raises(VckitError, match="between 0 and 1"):
         load(1.5)
 
@@ -109,13 +134,13 @@ def test_quantize_is_refused_for_a_model_without_a_codebook(vc):
         vckit.load(checkpoint="checkpoints/default", vocoder="griffinlim", device="cpu", quantize=True)
 
 
-def test_reconstruct(vc, files):
-    wav = vc.reconstruct(files["ref_b"])
+def test_copy_synthesis(vc, files):
+    wav = vc.convert(files["ref_b"], files["ref_b"])  # the source in its own voice
     assert abs(len(wav) - expected_samples(files["ref_b"])) <= HOP
     assert np.isfinite(wav).all() and np.abs(wav).max() > 0.001
     # the source is its own reference, so it needs a reference's second of speech
     with pytest.raises(TooShortAudioError, match=r"too short: 0\.9\d s \(need at least 1 s\)"):
-        vc.reconstruct(files["source"])  # 1.08 s with its silences, 0.9x s of speech
+        vc.convert(files["source"], files["source"])  # 1.08 s with its silences, 0.9x s of speech
 
 
 def test_too_short_reference(vc, files, tmp_path):
@@ -123,19 +148,19 @@ def test_too_short_reference(vc, files, tmp_path):
     t = np.arange(int(0.4 * sr)) / sr
     buzz = (0.2 * np.sign(np.sin(2 * np.pi * 140 * t)) * np.hanning(len(t)) ** 0.1).astype(np.float32)
     with pytest.raises(TooShortAudioError, match=r"^reference too short: 0\.4 s \(need at least 1 s\)$"):
-        vc.embed_speaker(buzz, sr=sr)
+        vc.voice(buzz, sr=sr)
     sf.write(tmp_path / "short.wav", buzz, sr)
     with pytest.raises(TooShortAudioError, match=r"^reference short\.wav too short: 0\.4 s \(need at least 1 s\)$"):
         vc.convert(files["source"], target=[files["ref_a"], tmp_path / "short.wav"])
     x, sr = sf.read(str(files["ref_a"]), dtype="float32")
     with pytest.raises(TooShortAudioError, match=r"too short: 0\.\d+ s \(need at least 1 s\)"):
-        vc.embed_speaker(x[: int(0.9 * sr)], sr=sr)  # real speech: silence trimmed first
+        vc.voice(x[: int(0.9 * sr)], sr=sr)  # real speech: silence trimmed first
     with pytest.raises(VckitError, match="no reference"):
-        vc.embed_speaker([])
+        vc.voice([])
 
 
 def test_save_writes_and_refuses_to_overwrite(vc, files, tmp_path):
-    wav = vc.reconstruct(files["ref_a"])
+    wav = vc.convert(files["ref_a"], files["ref_a"])
     p = vc.save(tmp_path / "o.wav", wav)
     assert sf.info(str(p)).frames == len(wav) and sf.info(str(p)).samplerate == vc.sample_rate
     with pytest.raises(VckitError, match="already exists"):
@@ -180,7 +205,6 @@ def synthetic(kind: str, seconds: float = 4.0, sr: int = 16000) -> np.ndarray:
 
 def test_measure_speech_tells_speech_from_noise_and_music(files):
     from vckit.activity import measure_speech
-    from vckit.audio import load_audio
 
     sr = 22050
     speech = load_audio(files["ref_a"], sr)
@@ -243,7 +267,6 @@ def test_a_voice_prints_what_a_reader_needs_not_its_128_numbers():
 
 def test_speech_span_cuts_the_room_tone_around_a_clip(files):
     from vckit.activity import speech_span
-    from vckit.audio import load_audio
 
     sr = 22050
     speech = load_audio(files["ref_a"], sr)

@@ -77,7 +77,7 @@ def test_match_pitch_shifts_a_male_source_up_to_a_female_reference(vc, files):
     from vckit.audio import load_audio
 
     src = load_audio(files["src"], 22050, trim=False)
-    shift = vc.pitch_offset(src, [files["ref1"]])
+    shift = vc.pitch_offset(src, vc.voice([files["ref1"]]))
     assert 6 < shift < 18  # about an octave up
     wav = vc.convert(files["src"], target=[files["ref1"]], match_pitch=True)
     assert abs(len(wav) - len(src)) <= 256
@@ -94,8 +94,7 @@ def test_long_input_is_chunked_and_keeps_its_length(vc, files, monkeypatch):
     calls = []
     real = vc.model.convert
     monkeypatch.setattr(vc.model, "convert", lambda m, s, **kw: calls.append(m.frames) or real(m, s, **kw))
-    spk = vc.embed_speaker(files["ref1"])
-    wav = vc.convert(long, target=spk, sr=sr)
+    wav = vc.convert(long, target=vc.voice(files["ref1"]), sr=sr)
     assert len(calls) > 1 and max(calls) <= 200 + 32
     expected = len(long) / sr * vc.sample_rate
     assert abs(len(wav) - expected) <= 256
@@ -255,7 +254,7 @@ def test_progress_rises_to_one_through_chunks_and_vocoder(vc, files, monkeypatch
     monkeypatch.setattr(api, "CHUNK_OVERLAP", 32)
     x, sr = sf.read(str(files["src"]), dtype="float32")
     shares = []
-    wav = vc.convert(np.tile(x, 3), target=vc.embed_speaker(files["ref1"]), sr=sr, progress=shares.append)
+    wav = vc.convert(np.tile(x, 3), target=vc.voice(files["ref1"]), sr=sr, progress=shares.append)
     assert len(shares) > 10 and shares[-1] == pytest.approx(1.0)
     assert all(b >= a for a, b in zip(shares, shares[1:])) and 0 < shares[0] < 1
     assert len(wav) > 0

@@ -90,8 +90,8 @@ def test_finetune_trains_only_the_chosen_parts_and_enrolls(source, voices, tmp_p
     prof = load_profile(bank, "me")
     assert prof.model_id == vc.model_id and prof.meta["finetuned"] and len(prof.meta["references"]) == 5
     refs = prof.meta["references"]
-    torch.testing.assert_close(prof.embedding, vc.embed_speaker(refs))  # what `vckit enroll` would store
-    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=prof.embedding)
+    torch.testing.assert_close(prof.embedding, vc.voice(refs).embedding)  # what `vckit enroll` would store
+    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=vc.enrolled("me", bank))
     assert np.isfinite(wav).all() and len(wav) > 0
 
     # never replaces an output or a profile unasked
@@ -272,7 +272,7 @@ def test_finetune_an_f0_model_end_to_end(f0_source, voices, featured_replay, tin
     voice = vc.voice(prof.meta["references"])
     torch.testing.assert_close(prof.embedding, voice.embedding)  # enrolled with one voice() call
     assert prof.f0_median == pytest.approx(voice.f0_median) and 70 < prof.f0_median < 200  # SM1 is a male voice
-    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=prof.embedding, target_f0=prof.f0_median)
+    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=vc.enrolled("me", bank))  # the profile's embedding and F0 median
     assert np.isfinite(wav).all() and len(wav) > 0
 
     # a replay cache without F0 cannot train this model: replay is skipped, with the reason
@@ -314,7 +314,7 @@ def test_finetune_a_phonetic_model_keeps_its_projection(phonetic_source, voices,
     for k in ("content_encoder.teacher_mean", "content_encoder.teacher_proj"):
         assert torch.equal(sd1[k], sd0[k])  # the trainer did not swap in another projection
     vc = vckit.load(out, device="cpu", vocoder="griffinlim")
-    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=load_profile(tmp_path / "bank", "me").embedding)
+    wav = vc.convert(str(voices / "sf1" / "100001.wav"), target=vc.enrolled("me", tmp_path / "bank"))
     assert np.isfinite(wav).all() and len(wav) > 0
 
     # a cache whose teacher features were projected otherwise cannot be replayed

@@ -345,7 +345,7 @@ def vc():
 
 @pytest.fixture(scope="module")
 def target(vc):
-    return vc.embed_speaker(DATA_DIR / "vcc2016" / "TM1" / "100001.wav")
+    return vc.voice(DATA_DIR / "vcc2016" / "TM1" / "100001.wav")
 
 
 def check_converted(vc, wav: np.ndarray, seconds: float, folder: Path) -> None:

@@ -6,8 +6,10 @@
     >>> wav = vc.convert("source.wav", target=voice)      # float32 at vc.sample_rate
     >>> vc.save("out.wav", wav)
 
-Paths or arrays go in (arrays with ``sr=``), float32 arrays come out at
-``vc.sample_rate``.
+Each step hands on one explicit object: :meth:`Converter.voice` (or
+:meth:`Converter.enrolled`) makes a :class:`Voice`, :meth:`Converter.convert`
+takes it. Paths or arrays go in (arrays with ``sr=``), float32 arrays come out
+at ``vc.sample_rate``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ VOCODER_CHUNK = 256  # mel frames per vocoder call: as fast as 512 on CPU, half 
 
 @dataclasses.dataclass
 class Voice:
-    """A target voice, as :meth:`Converter.voice` makes it from reference audio.
+    """A target voice, what :meth:`Converter.convert` takes: :meth:`Converter.voice`
+    makes it from reference audio, :meth:`Converter.enrolled` from a stored
+    speaker, and ``Voice(embedding, f0_median)`` from numbers kept elsewhere.
 
     ``embedding`` (dim,) is the speaker encoder's output; ``f0_median`` (Hz)
     the median F0 of the references, which sets the register of models with
@@ -67,8 +71,10 @@ class Voice:
                 f"in {self.seconds:.1f} s, model {self.model_id[:12] or 'unknown'}, {len(self.warnings)} warning(s))")
 
 
-Target = Union[Voice, AudioInput, Sequence[AudioInput], torch.Tensor]
+Target = Union[Voice, AudioInput, Sequence[AudioInput]]  # a Voice, or reference audio to make one from
 Progress = Union[Callable[[float], None], None]  # called with the share of a conversion done, rising to 1.0
+NOT_A_VOICE = ("a speaker embedding alone is not a target voice: pass a Voice, from vc.voice(refs), vc.enrolled(name) "
+               "or vckit.Voice(embedding, f0_median)")
 
 
 def _span(progress: Progress, lo: float, hi: float) -> Progress:
@@ -180,13 +186,10 @@ class Converter:
         seconds = float(prof.meta.get("seconds") or 0.0)
         return Voice(prof.embedding.to(self.device), prof.f0_median, prof.model_id, seconds, seconds)
 
-    def embed_speaker(self, refs: AudioInput | Sequence[AudioInput], sr: int | None = None) -> torch.Tensor:
-        """The speaker embedding ``(dim,)`` of :meth:`voice`."""
-        return self.voice(refs, sr).embedding
-
     @torch.inference_mode()
-    def convert_mel(self, source: AudioInput, target: Target, sr: int | None = None, pitch_shift: float = 0.0) -> torch.Tensor:
-        """Converted log-mel ``(n_mels, frames)`` of ``source`` in ``target``'s voice."""
+    def _convert_mel(self, source: AudioInput, target: Target, sr: int | None = None, pitch_shift: float = 0.0) -> torch.Tensor:
+        """Converted log-mel ``(n_mels, frames)`` of ``source`` in ``target``'s voice, before the
+        vocoder (benchmarks and tests compare the model's mels; the API hands out audio)."""
         wav = load_audio(source, self.config.mel.sample_rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
         return self._convert_wav(wav, self._voice_of(target, sr), pitch_shift)
 
@@ -223,7 +226,6 @@ class Converter:
         sr: int | None = None,
         pitch_shift: float = 0.0,
         match_pitch: bool = False,
-        target_f0: float | None = None,
         *,
         progress: Progress = None,
     ) -> np.ndarray:
@@ -231,16 +233,16 @@ class Converter:
 
         Args:
             source: path or array (then ``sr`` is needed).
-            target: a :class:`Voice` from :meth:`voice`, or reference audio
-                (path, array or a list of them), or an embedding from
-                :meth:`embed_speaker` (then give ``target_f0``).
+            target: a :class:`Voice`, from :meth:`voice`, :meth:`enrolled` or
+                built as ``Voice(embedding, f0_median)``; reference audio (a
+                path, an array or a list of them) is made into one with
+                :meth:`voice`. A bare embedding tensor raises
+                :class:`~vckit.errors.VckitError`: it carries no F0 median.
             sr: sample rate of array inputs.
             pitch_shift: semitones to move the converted voice's register.
             match_pitch: for models without an F0 path, shift the source so
                 its median F0 matches the target's before conversion (models
                 with an F0 path always take the target's register).
-            target_f0: the target's median F0 in Hz, when ``target`` is an
-                embedding (enrolled profiles store it).
             progress: called as the work proceeds with the share done, a
                 float rising to 1.0 (for a progress bar on long inputs).
 
@@ -252,12 +254,12 @@ class Converter:
         rate = self.config.mel.sample_rate
         wav = load_audio(source, rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
         source_wav = wav
-        voice = self._voice_of(target, sr, target_f0)
+        voice = self._voice_of(target, sr)
         shift = float(pitch_shift or 0.0)
         if not self.model.needs_f0:
             # no F0 path: move the source itself (a phase vocoder, which costs words)
             if match_pitch:
-                shift += self.pitch_offset(wav, voice, target_f0=voice.f0_median)
+                shift += self.pitch_offset(wav, voice)
             if shift:
                 from vckit.pitch import shift_pitch
 
@@ -283,30 +285,18 @@ class Converter:
             f0_shift = register_shift(x.f0[0], voice.f0_median, pitch_shift)
         return self._convert_chunked(x, voice.embedding, f0_shift, _span(progress, 0.3, 1.0))
 
-    def pitch_offset(self, source_wav: np.ndarray, target: Target, sr: int | None = None, target_f0: float | None = None) -> float:
-        """Semitones from the source's median F0 to the target's (0 when unknown)."""
+    def pitch_offset(self, source_wav: np.ndarray, voice: Voice) -> float:
+        """Semitones from the median F0 of ``source_wav`` (at the model's rate) to
+        ``voice``'s F0 median (0 when either is unknown): what ``match_pitch``
+        shifts by, and about what a model with an F0 path moves the register by."""
         from vckit.pitch import median_f0, semitones_between
 
-        rate = self.config.mel.sample_rate
-        if target_f0 is None:
-            target_f0 = self.reference_f0(target, sr)
-        src_f0 = median_f0(source_wav, rate)
+        target_f0 = self._voice_of(voice, None).f0_median
+        src_f0 = median_f0(source_wav, self.config.mel.sample_rate)
         if not src_f0 or not target_f0:
             log.warning("pitch matching skipped: no F0 found in the %s", "source" if not src_f0 else "reference")
             return 0.0
         return semitones_between(src_f0, target_f0)
-
-    def reference_f0(self, target: Target, sr: int | None = None) -> float | None:
-        """Median F0 (Hz) of reference audio or a :class:`Voice`; None for an embedding or unvoiced audio."""
-        if isinstance(target, Voice):
-            return target.f0_median
-        if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == self.config.model.speaker.dim:
-            return None
-        return self.voice(target, sr).f0_median
-
-    def reconstruct(self, source: AudioInput, sr: int | None = None) -> np.ndarray:
-        """Copy-synthesis through the model: ``source`` in its own voice."""
-        return self.convert(source, target=source, sr=sr)
 
     def save(self, path: str | os.PathLike, wav: np.ndarray, *, overwrite: bool = False, sample_rate: int | None = None) -> Path:
         """Write ``wav`` (from :meth:`convert`) atomically, resampled to
@@ -323,16 +313,18 @@ class Converter:
         return write_audio(path, wav, rate, overwrite=overwrite)
 
     # -- helpers -------------------------------------------------------------
-    def _voice_of(self, target: Target, sr: int | None, target_f0: float | None = None) -> Voice:
-        """``target`` as a :class:`Voice`; an embedding tensor keeps ``target_f0``."""
+    def _voice_of(self, target: Target, sr: int | None) -> Voice:
+        """``target`` as a :class:`Voice` on this converter's device: a Voice is checked, reference audio made into one."""
+        dim = self.config.model.speaker.dim
         if isinstance(target, Voice):
             if target.model_id and self.model_id and target.model_id != self.model_id:
                 raise VckitError(f"this voice was made by another model ({target.model_id[:12]}), not this one ({self.model_id[:12]}): make it again with vc.voice(refs)")
-            return dataclasses.replace(target, embedding=target.embedding.to(self.device), f0_median=target_f0 or target.f0_median)
-        if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == self.config.model.speaker.dim and target.is_floating_point():
-            return Voice(target.to(self.device), target_f0, self.model_id)
-        voice = self.voice(target, sr)
-        return dataclasses.replace(voice, f0_median=target_f0 or voice.f0_median)
+            if tuple(target.embedding.shape) != (dim,):
+                raise VckitError(f"this voice's embedding has shape {tuple(target.embedding.shape)}, but this model's speaker embeddings are ({dim},)")
+            return dataclasses.replace(target, embedding=target.embedding.to(self.device))
+        if isinstance(target, (torch.Tensor, np.ndarray)) and tuple(target.shape) in ((dim,), (1, dim)):
+            raise VckitError(NOT_A_VOICE)  # a waveform that short would be refused anyway (under MIN_REFERENCE_S)
+        return self.voice(target, sr)
 
     @torch.inference_mode()
     def _vocode(self, mel: torch.Tensor, *, progress: Progress = None) -> np.ndarray:
