@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 
 
@@ -37,6 +38,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, or not an address of this machine); None when it can."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -50,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from vckit.demo.page import build_app, launch_kwargs
     from vckit.errors import VckitError
 
+    busy = port_taken(args.host, args.port)  # before the models load, so the answer comes at once
+    if busy:
+        print(f"error: cannot listen on {args.host}:{args.port} ({busy}): choose another port with --port", file=sys.stderr)
+        return 1
     try:
         service = DemoService(args.checkpoint, args.device, args.vocoder, args.max_seconds, bank=args.bank, stream_checkpoint=args.stream_checkpoint)
         service.warm_up()
@@ -61,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     app.queue(default_concurrency_limit=max(1, args.concurrency), max_size=args.queue_size)
     try:
         # quiet: Gradio's own banner says to set share=True in launch(); this demo's switch is --share
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, quiet=True, prevent_thread_lock=True, **launch_kwargs(service))
+        try:
+            app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, quiet=True, prevent_thread_lock=True, **launch_kwargs(service))
+        except OSError as e:  # taken while the models loaded
+            print(f"error: cannot listen on {args.host}:{args.port} ({str(e).split('. ')[0]}): choose another port with --port", file=sys.stderr)
+            return 1
         public = f"; public link: {app.share_url}" if app.share_url else " (python demo.py --share also opens a public link)"
         print(f"vckit demo running on {app.local_url}{public}", flush=True)
         app.block_thread()

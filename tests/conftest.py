@@ -66,7 +66,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 # something), browser (drives chromium). `pytest -m unit` runs in under a minute; CI runs them all.
 UNIT = {"test_audio", "test_checkpoint", "test_config", "test_config_ranges", "test_data", "test_eval", "test_f0_phonetic", "test_files",
         "test_frame_features", "test_frontend", "test_fuzz_files", "test_layout", "test_models", "test_vocoder"}
-TRAIN = {"test_train", "test_reliability", "test_finetune", "test_recipes", "test_vocoder_fast", "test_phone_student"}
+TRAIN = {"test_train", "test_reliability", "test_finetune", "test_recipes", "test_vocoder_fast", "test_phone_student", "test_verifier"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

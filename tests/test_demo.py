@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -353,6 +354,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PORT_TAKEN = re.compile(r"error: cannot listen on .*choose another port", re.I)
+
+
+def start_demo(args: list[str], workdir: Path, *, timeout: float = 90, tries: int = 3) -> tuple[subprocess.Popen, str, Path]:
+    """``python demo.py --port P *args`` as a subprocess, answering on a free localhost port: (process, URL, log).
+
+    A port found free can be taken by another process before the demo binds it; then the demo exits saying
+    so, and it is started again on another port (up to ``tries`` times), so the race costs a retry, not a
+    failure. Any other early exit fails the test with the log's end."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio")}
+    for attempt in range(1, tries + 1):
+        port, log = free_port(), workdir / f"demo.{attempt}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "demo.py", "--port", str(port), *args], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            wait_for_server(url, proc, log, timeout, retry_if=PORT_TAKEN if attempt < tries else None)
+            return proc, url, log
+        except PortTaken:
+            continue
+        except BaseException:
+            stop_server(proc)
+            raise
+    pytest.fail(f"demo.py found its port taken {tries} times")
+
+
+class PortTaken(Exception):
+    """The demo exited because its port was taken before it could bind it."""
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -362,10 +393,12 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90, retry_if: re.Pattern | None = None) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
+            if retry_if is not None and retry_if.search(log.read_text()):
+                raise PortTaken(url)
             pytest.fail(f"demo.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
@@ -382,17 +415,38 @@ def demo_server(tmp_path: Path):
 
     ``VCKIT_DEMO_VOCODER`` picks the vocoder (default griffinlim, for speed).
     """
-    port = free_port()
-    log = tmp_path / "demo.log"
     vocoder = os.environ.get("VCKIT_DEMO_VOCODER", "griffinlim")
-    cmd = [sys.executable, "demo.py", "--port", str(port), "--vocoder", vocoder, "--device", "cpu", "--bank", str(tmp_path / "bank")]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url, _ = start_demo(["--vocoder", vocoder, "--device", "cpu", "--bank", str(tmp_path / "bank")], tmp_path)
     try:
-        wait_for_server(url, proc, log)
         yield url
+    finally:
+        stop_server(proc)
+
+
+def test_a_taken_port_is_one_clear_line_before_the_models_load(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = subprocess.run([sys.executable, "demo.py", "--port", str(port), "--device", "cpu", "--bank", str(tmp_path / "bank")],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use): choose another port with --port"
+
+
+def test_a_port_taken_in_the_race_costs_a_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """free_port's answer can be taken before the demo binds it: start_demo then tries another port."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken, real = held.getsockname()[1], free_port
+        ports = iter([taken])
+        monkeypatch.setitem(globals(), "free_port", lambda: next(ports, None) or real())
+        proc, url, _ = start_demo(["--vocoder", "griffinlim", "--device", "cpu", "--bank", str(tmp_path / "bank")], tmp_path)
+    try:
+        assert f":{taken}/" not in url and PORT_TAKEN.search((tmp_path / "demo.1.log").read_text())
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200
     finally:
         stop_server(proc)
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_demo import CHROMIUM_ARGS, REPO_ROOT, free_port, stop_server, wait_for_server
+from test_demo import CHROMIUM_ARGS, start_demo, stop_server
 from test_streaming import causal_checkpoint  # noqa: F401  (a fixture)
 from vckit.audio import load_audio, resample
 from vckit.demo.app import EXAMPLE_PREFIX, REFERENCE_CHOICE, DemoService
@@ -168,15 +165,9 @@ def test_browser_live_tab(sync_api, causal_checkpoint: Path, mic: np.ndarray, tm
     buffered playback and the downloaded stream all show converted audio coming back as one stream."""
     wav = tmp_path / "mic.wav"
     sf.write(str(wav), mic, BROWSER_RATE, subtype="PCM_16")
-    port, log = free_port(), tmp_path / "demo.log"
-    cmd = [sys.executable, "demo.py", "--port", str(port), "--vocoder", "griffinlim", "--device", "cpu", "--bank", str(tmp_path / "bank"), "--stream-checkpoint", str(causal_checkpoint)]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url, log = start_demo(["--vocoder", "griffinlim", "--device", "cpu", "--bank", str(tmp_path / "bank"), "--stream-checkpoint", str(causal_checkpoint)], tmp_path)
     args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required"]
     try:
-        wait_for_server(url, proc, log)
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
             try:
@@ -191,7 +182,8 @@ def test_browser_live_tab(sync_api, causal_checkpoint: Path, mic: np.ndarray, tm
                 page.locator("#live-mic").get_by_role("button", name=re.compile("record", re.I)).click()
                 sync_api.expect(status).to_contain_text(re.compile(r"Streaming: [1-9]\d*\.\d s streamed"), timeout=30_000)
                 sync_api.expect(status).to_contain_text(re.compile(r"delay: about \d+ ms"))
-                page.wait_for_timeout(1500)
+                # at least 2 s streamed before stopping: an event to wait for, not a span of wall time
+                sync_api.expect(status).to_contain_text(re.compile(r"Streaming: ([2-9]|\d{2,})\.\d s streamed"), timeout=30_000)
                 page.locator("#live-mic").get_by_role("button", name=re.compile("stop", re.I)).click()
                 sync_api.expect(status).to_contain_text(re.compile(r"Stopped: [1-9]\d*\.\d s streamed"), timeout=15_000)
                 sent = float(re.search(r"\(([\d.]+) s sent back\)", status.inner_text()).group(1))

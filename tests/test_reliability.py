@@ -313,20 +313,13 @@ DEMO_MAX_SECONDS = 5  # so the upload cap is demo_app's floor, 10 MB
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory: pytest.TempPathFactory):
     """``python demo.py`` with 8 conversions at a time, clips up to 5 s; yields its URL."""
-    from test_demo import free_port, wait_for_server
+    from test_demo import start_demo
 
     pytest.importorskip("gradio_client", reason="the demo tests need gradio (pip install -e '.[demo]')")
     root = tmp_path_factory.mktemp("demo")
-    port = free_port()
-    cmd = [sys.executable, "demo.py", "--port", str(port), "--vocoder", "griffinlim", "--device", "cpu", "--concurrency", "8"]
-    cmd += ["--max-seconds", str(DEMO_MAX_SECONDS), "--bank", str(root / "bank")]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(root / "gradio")}
-    log = root / "demo.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
+    args = ["--vocoder", "griffinlim", "--device", "cpu", "--concurrency", "8", "--max-seconds", str(DEMO_MAX_SECONDS), "--bank", str(root / "bank")]
+    proc, url, _ = start_demo(args, root, timeout=120)
     try:
-        wait_for_server(url, proc, log, timeout=120)
         yield url
     finally:
         end_process(proc, signal.SIGTERM)

@@ -20,8 +20,6 @@ from vckit.training.verifier import VerifierTrainer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE = REPO_ROOT / "recipes" / "speaker_verification" / "conf" / "smoke.yaml"
 
-pytestmark = pytest.mark.train
-
 
 def _config(tiny_cache: dict, out: Path, *overrides: str) -> SVConfig:
     data = [f"data.features={tiny_cache['features']}", f"data.train_manifest={tiny_cache['train']}", f"data.valid_manifest={tiny_cache['valid']}"]
