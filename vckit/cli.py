@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from vckit import __version__
 from vckit.errors import VckitError, reason
@@ -83,41 +84,29 @@ def _cmd_train_student(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import json
-
     from vckit.api import checkpoint_path
-    from vckit.checkpoint import KINDS, folder_kind, load_checkpoint
-    from vckit.models.vc import build_model, count_parameters
     from vckit.shipped import FOLDERS, shipped_dir
 
     name = str(args.checkpoint)
     path = shipped_dir(name) if name in FOLDERS and name != "examples" and not Path(name).exists() else checkpoint_path(name)
-    kind = folder_kind(path)
-    if kind != "vc":
-        return _info_other(path, kind, KINDS[kind][1])
-    cfg, sd, meta = load_checkpoint(path)
-    model = build_model(cfg, sd, for_training=any(k.startswith("classifier.") for k in sd))
-    print(f"checkpoint: {path}")
-    print(f"step: {meta.get('step', 0)}")
-    if "speakers" in meta:
-        print(f"training speakers: {len(meta['speakers'])}")
-    for k, v in meta.items():
-        if k not in ("config", "speakers", "format", "format_version", "step", "sha256"):
-            print(f"{k}: {v}")
-    print("parameters:")
-    for name, n in count_parameters(model).items():
-        print(f"  {name:<16} {n:>12,}")
-    print("config:")
-    print(json.dumps(cfg.to_dict(), indent=2))
+    _print_info(path, *_load_any(path))
     return 0
 
 
-def _info_other(path: Path, kind: str, what: str) -> int:
-    """``vckit info`` for the judge, a phone student or a fast vocoder: loaded (so weights and
-    config are checked) by its own reader, then its figures, parameters and settings."""
-    import json
+def _load_any(path: Path) -> tuple[str, Any, dict[str, Any]]:
+    """A checkpoint folder of any kind, loaded by its own reader (so weights and config are checked):
+    (what it is, the model, its metadata with the config as read)."""
+    from vckit.checkpoint import KINDS, folder_kind, load_checkpoint, read_folder
 
-    if kind == "verifier":
+    kind = folder_kind(path)
+    if kind == "vc":
+        from vckit.models.vc import build_model
+
+        cfg, sd, meta = load_checkpoint(path)
+        model = build_model(cfg, sd, for_training=any(k.startswith("classifier.") for k in sd))
+        speakers = meta.pop("speakers", None)
+        meta = {**({"training speakers": len(speakers)} if speakers is not None else {}), **meta, "config": cfg.to_dict()}
+    elif kind == "verifier":
         from vckit.models.verifier import load_verifier
 
         model, meta = load_verifier(path)
@@ -126,10 +115,19 @@ def _info_other(path: Path, kind: str, what: str) -> int:
 
         model, meta = load_student(path)
     else:
-        from vckit.checkpoint import read_folder
         from vckit.models.vocoder.vocos import Vocos
 
         model, meta = Vocos.from_folder(path), read_folder(path, kind)
+    return KINDS[kind][1], model, meta
+
+
+def _print_info(path: Path, what: str, model: Any, meta: dict[str, Any]) -> None:
+    """``vckit info``'s one layout for every kind: what and where, the figures, the parameters (per part where
+    there are several), then the settings."""
+    import json
+
+    from vckit.models.vc import count_parameters
+
     print(f"checkpoint: {path}")
     print(f"kind: {what}")
     print(f"step: {meta.get('step', 0)}")
@@ -141,11 +139,14 @@ def _info_other(path: Path, kind: str, what: str) -> int:
             nested[k] = v
         else:
             print(f"{k}: {v}")
-    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    counts = count_parameters(model)
+    print(f"parameters: {counts['total']:,}")
+    if len(counts) > 2:  # several parts besides the total
+        for part, n in counts.items():
+            print(f"  {part:<16} {n:>12,}")
     for k, v in nested.items():
         print(f"{k}:")
         print(json.dumps(v, indent=2))
-    return 0
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
