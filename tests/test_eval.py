@@ -487,3 +487,4 @@ def test_data_layouts(data_dir, tmp_path):
     (tmp_path / "spk" / "m.jsonl").write_text('{"path": "alice/100001.wav", "speaker": "a", "gender": "F", "text": "Hello, World!"}\n')
     (row,) = load_data(tmp_path / "spk" / "m.jsonl")  # relative to the manifest's folder
     assert row["file"] == str((tmp_path / "spk" / "alice" / "100001.wav").resolve()) and row["key"] == "text:hello world" and row["gender"] == "f"
+
