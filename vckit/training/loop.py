@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vckit.checkpoint import latest_checkpoint, prune_checkpoints
+from vckit.checkpoint import latest_checkpoint, load_train_state, prune_checkpoints
 from vckit.config import LoopConfig
 from vckit.devices import pick_device  # noqa: F401  (where trainers have always found it)
 from vckit.errors import VckitError
@@ -204,6 +204,26 @@ class TrainingLoop:
             self.sampler.load_state_dict({"rng": samplers[self.dist.rank]})
         else:
             log.warning("resuming on %d processes from a run on %d: batches will differ", self.dist.world, len(samplers))
+
+    def _training_state(self, **holders: Any) -> dict[str, Any] | None:
+        """What ``train_state.pt`` holds: the loop's state and each holder's ``state_dict()`` under its keyword
+        (None holders left out); None on the ranks that do not save. Collective under DDP: every rank calls it."""
+        state = self._loop_state()
+        if not self.dist.main:
+            return None
+        state.update({key: holder.state_dict() for key, holder in holders.items() if holder is not None})
+        return state
+
+    def _restore_training(self, ck: Path, **holders: Any) -> dict[str, Any]:
+        """Resume from checkpoint ``ck``'s ``train_state.pt``: each holder (an optimizer, a discriminator) loads
+        the entry of its keyword's name where the state has one, then the loop's own state; returns the state."""
+        state = load_train_state(ck)
+        for key, holder in holders.items():
+            if holder is not None and key in state:
+                holder.load_state_dict(state[key])
+        self._restore_loop_state(state)
+        log.info("resumed from %s at step %d", ck, self.step)
+        return state
 
     def _saved(self, path: Path) -> Path:
         """After :meth:`save` wrote ``path``: keep the newest ``train.keep_last`` checkpoints."""

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Callable
 
 import torch
 
-from vckit.checkpoint import latest_checkpoint, load_train_state, read_folder, step_folder
+from vckit.checkpoint import latest_checkpoint, read_folder, step_folder
 from vckit.config import Amount, Count, DataConfig, LoopConfig, MelConfig, Positive, Probability, Range, Size, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.data.features import FeatureStore, from_uint8
@@ -229,10 +229,9 @@ class StudentTrainer(TrainingLoop):
 
     # checkpoints ------------------------------------------------------------
     def save(self) -> Path | None:
-        state = self._loop_state()
-        if not self.dist.main:
+        state = self._training_state(optimizer=self.optimizer)
+        if state is None:
             return None
-        state["optimizer"] = self.optimizer.state_dict()
         path = save_student(step_folder(self.out_dir, self.step), self.model, step=self.step, extra={"training": to_dict(self.cfg)}, train_state=state)
         return self._saved(path)
 
@@ -244,10 +243,7 @@ class StudentTrainer(TrainingLoop):
         if model.cfg != self.cfg.model:
             raise VckitError(f"{ck} was trained with another model config; use a new out_dir or the same config")
         self.model.load_state_dict(model.state_dict(), strict=True)
-        state = load_train_state(ck)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._restore_loop_state(state)
-        log.info("resumed from %s at step %d", ck, self.step)
+        self._restore_training(ck, optimizer=self.optimizer)
 
     # one step ---------------------------------------------------------------
     def _batch(self) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from vckit.checkpoint import load_checkpoint, load_train_state, save_checkpoint, step_folder
+from vckit.checkpoint import load_checkpoint, save_checkpoint, step_folder
 from vckit.config import Config
 from vckit.data.features import FeatureStore
 from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batches
@@ -161,13 +161,9 @@ class Trainer(TrainingLoop):
 
     # checkpoints ------------------------------------------------------------
     def save(self) -> Path | None:
-        state = self._loop_state()
-        if not self.dist.main:
+        state = self._training_state(optimizer=self.optimizer, discriminator=self.disc, discriminator_optimizer=self.disc_opt)
+        if state is None:
             return None
-        state["optimizer"] = self.optimizer.state_dict()
-        if self.disc is not None:
-            state["discriminator"] = self.disc.state_dict()
-            state["discriminator_optimizer"] = self.disc_opt.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema
         path = save_checkpoint(
@@ -189,15 +185,9 @@ class Trainer(TrainingLoop):
         if cfg_ck.model != self.cfg.model or cfg_ck.mel != self.cfg.mel:
             raise VckitError(f"{ck} was trained with another model or mel config; use a new out_dir or the same config")
         self.model.load_state_dict(sd, strict=True)
-        state = load_train_state(ck)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.disc is not None and "discriminator" in state:
-            self.disc.load_state_dict(state["discriminator"])
-            self.disc_opt.load_state_dict(state["discriminator_optimizer"])
+        state = self._restore_training(ck, optimizer=self.optimizer, discriminator=self.disc, discriminator_optimizer=self.disc_opt)
         if self.cfg.train.ema > 0 and "ema" in state:
             self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
-        self._restore_loop_state(state)
-        log.info("resumed from %s at step %d", ck, self.step)
         return True
 
     # one step ---------------------------------------------------------------

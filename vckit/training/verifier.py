@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vckit.checkpoint import load_train_state, step_folder
+from vckit.checkpoint import step_folder
 from vckit.data.features import FeatureStore, from_uint8
 from vckit.data.sampling import SegmentSampler, augment
 from vckit.errors import VckitError
@@ -87,11 +87,7 @@ class VerifierTrainer(TrainingLoop):
         if model.cfg.encoder != self.cfg.encoder or model.cfg.mel != self.cfg.mel:
             raise VckitError(f"{ck} was trained with another encoder or mel config; use a new out_dir or the same config")
         self.model.load_state_dict(model.state_dict())
-        state = load_train_state(ck)
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._restore_loop_state(state)
-        log.info("resumed from %s at step %d", ck, self.step)
+        self._restore_training(ck, head=self.head, optimizer=self.optimizer)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         d, t = self.cfg.data, self.cfg.train
@@ -109,11 +105,9 @@ class VerifierTrainer(TrainingLoop):
         return {"loss/total": loss.detach(), "train/acc": acc.detach(), "lr": torch.tensor(lr)}
 
     def save(self) -> Path | None:
-        state = self._loop_state()
-        if not self.dist.main:
+        state = self._training_state(head=self.head, optimizer=self.optimizer)
+        if state is None:
             return None
-        state["head"] = self.head.state_dict()
-        state["optimizer"] = self.optimizer.state_dict()
         path = save_verifier(step_folder(self.out_dir, self.step), self.model, {"step": self.step}, train_state=state)
         return self._saved(path)
 

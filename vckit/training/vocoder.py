@@ -28,7 +28,7 @@ from typing import Annotated
 import torch
 
 from vckit.audio import MelSpectrogram
-from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, load_train_state, read_folder, read_weights, step_folder
+from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, latest_checkpoint, read_folder, read_weights, step_folder
 from vckit.config import Amount, Count, Fraction, LoopConfig, MelConfig, OneOf, Positive, Probability, Size, from_dict, to_dict
 from vckit.config_files import load_config
 from vckit.errors import CheckpointError, ConfigError, VckitError
@@ -151,11 +151,9 @@ class VocoderTrainer(TrainingLoop):
 
     # checkpoints ------------------------------------------------------------
     def save(self) -> Path | None:
-        state = self._loop_state()
-        if not self.dist.main:
+        state = self._training_state(opt_g=self.opt_g, opt_d=self.opt_d)
+        if state is None:
             return None
-        state["opt_g"] = self.opt_g.state_dict()
-        state["opt_d"] = self.opt_d.state_dict()
         path = save_vocos(
             step_folder(self.out_dir, self.step),
             self.generator,
@@ -181,11 +179,7 @@ class VocoderTrainer(TrainingLoop):
                 raise VckitError(f"{ck} was trained with another {name} config; use a new out_dir or the same config")
         _load_weights(self.generator, ck, WEIGHTS_FILE, meta, self.device)
         _load_weights(self.disc, ck, DISC_FILE, meta, self.device)
-        state = load_train_state(ck)
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self._restore_loop_state(state)
-        log.info("resumed from %s at step %d", ck, self.step)
+        self._restore_training(ck, opt_g=self.opt_g, opt_d=self.opt_d)
 
     # one step ---------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
