@@ -51,11 +51,11 @@ PAIRS = (
 LIVE_PAIRS = PAIRS[:2]  # the live model runs block by block, slower than real time on a busy machine: two pairs
 PUSH = 512  # samples per push, as a sound card's callback gives them
 
-# floors, each with what the shipped model measured: the default of 2026-12-06 (lineage step 10,222, trained with the
-# phonetic loss: more phones kept, a little less voice; the step-2,400 model before it measured 0.598; 0.909, lowest
-# 0.829), the live model of 2026-12-04 (step 3,800)
+# floors, each with what the shipped model measured: the default of 2026-12-06 (lineage step 13,104, the phonetic and
+# voice-consistency losses; the step-10,222 model before it, phonetic loss only, measured 0.503; 0.933, lowest 0.871,
+# and the step-2,400 one 0.598; 0.909, lowest 0.829), the live model of 2026-12-04 (step 3,800)
 FLOORS = {
-    "default": {"cos_target": 0.45, "phones": 0.88, "phones_each": 0.80},  # measured 0.503; 0.933, lowest 0.871
+    "default": {"cos_target": 0.56, "phones": 0.86, "phones_each": 0.78},  # measured 0.616; 0.910, lowest 0.843
     "stream": {"cos_target": 0.50, "phones": 0.45, "phones_each": 0.35},  # measured 0.604; 0.575, lowest 0.442
 }
 # decoder weights halved (the acceptance check of issue 27): cos_target 0.148, phones 0.567, two pairs not closer
@@ -180,7 +180,7 @@ def _f0_kept(scores: list[Scored], kind: str, sr: int) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in ("vuv_agreement", "f0_corr_robust")}
 
 
-@pytest.mark.xfail(strict=True, reason="card: F->M keeps voicing in 66 % of frames, F0 correlation 0.45 (issue 29 bar: 85 %, 0.7); here 0.70 and 0.47")
+@pytest.mark.xfail(strict=True, reason="card: F->M keeps voicing in 66 % of frames, F0 correlation 0.45 (issue 29 bar: 85 %, 0.7); here 0.65 and 0.58")
 def test_bar_female_to_male_keeps_voicing_and_intonation(default_scores):
     kept = _f0_kept(default_scores, "f2m", 22050)
     assert kept["vuv_agreement"] >= 0.85 and kept["f0_corr_robust"] >= 0.7, kept
