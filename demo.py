@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def port_error(host: str, port: int, why: str) -> int:
+    """Say in one line that ``host:port`` cannot be listened on, and why; the exit status."""
+    print(f"error: cannot listen on {host}:{port} ({why}): choose another port with --port", file=sys.stderr)
+    return 1
+
+
 def port_taken(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on (in use, or not an address of this machine); None when it can."""
     try:
@@ -63,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     busy = port_taken(args.host, args.port)  # before the models load, so the answer comes at once
     if busy:
-        print(f"error: cannot listen on {args.host}:{args.port} ({busy}): choose another port with --port", file=sys.stderr)
-        return 1
+        return port_error(args.host, args.port, busy)
     try:
         service = DemoService(args.checkpoint, args.device, args.vocoder, args.max_seconds, bank=args.bank, stream_checkpoint=args.stream_checkpoint)
         service.warm_up()
@@ -79,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, quiet=True, prevent_thread_lock=True, **launch_kwargs(service))
         except OSError as e:  # taken while the models loaded
-            print(f"error: cannot listen on {args.host}:{args.port} ({str(e).split('. ')[0]}): choose another port with --port", file=sys.stderr)
-            return 1
+            return port_error(args.host, args.port, str(e).split(". ")[0])
         public = f"; public link: {app.share_url}" if app.share_url else " (python demo.py --share also opens a public link)"
         print(f"vckit demo running on {app.local_url}{public}", flush=True)
         app.block_thread()

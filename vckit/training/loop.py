@@ -115,10 +115,9 @@ def lr_at(step: int, t: LoopConfig, elapsed: float = 0.0) -> float:
 
 def train(trainer: type[TrainingLoop], cfg: Any, *, resume: bool = False, device: str = "auto", max_steps: int | None = None,
           time_limit: float | None = None, progress: bool = True, **options: Any) -> dict[str, Any]:
-    """Build ``trainer(cfg, ...)`` (the VC model's, the vocoder's, the phone student's or the judge's) and run it;
-    tears the process group down after. ``options`` go to the trainer (the VC trainer's ``init_from``). When the
-    run reached its end, the trainer's :meth:`~TrainingLoop.finish` follows (the judge's EER and folder) and its
-    figures are returned with the last logged ones."""
+    """Build ``trainer(cfg, ..., **options)`` (``options``: the VC trainer's ``init_from``) and run it; a run that
+    reached its end then calls :meth:`~TrainingLoop.finish` (the judge: its EER and folder), whose figures join the
+    last logged ones. Tears the process group down after."""
     try:
         run = trainer(cfg, device=device, resume=resume, **options)
         last = run.run(max_steps=max_steps, time_limit=time_limit, progress=progress)
@@ -259,10 +258,13 @@ class TrainingLoop:
         return {}
 
     @property
+    def _budget_spent(self) -> bool:  # train.time_budget, when set, is used up: an end like train.steps
+        return 0 < self.cfg.train.time_budget <= self.elapsed
+
+    @property
     def finished(self) -> bool:
         """The run reached ``train.steps`` or its ``train.time_budget`` (not a signal, a step or a wall-time limit)."""
-        t = self.cfg.train
-        return self.step >= t.steps or (t.time_budget > 0 and self.elapsed >= t.time_budget)
+        return self.step >= self.cfg.train.steps or self._budget_spent
 
     def finish(self) -> dict[str, Any]:
         """What a finished run does last (the judge measures its EER and writes its folder); its figures."""
@@ -330,7 +332,7 @@ class TrainingLoop:
         self.set_train_mode()
         name, key = self.progress_key
         try:
-            while self.step < end and not (t.time_budget > 0 and self.elapsed >= t.time_budget):
+            while self.step < end and not self._budget_spent:
                 t_step, c_step = time.time(), time.process_time()
                 stats = self.train_step()
                 self.elapsed += time.time() - t_step
@@ -353,7 +355,7 @@ class TrainingLoop:
                     self.after_validate()
                     if v:
                         log.info("step %d %s", self.step, " ".join(f"{k}={x:.4f}" for k, x in v.items()))
-                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or (t.time_budget > 0 and self.elapsed >= t.time_budget)
+                timed_out = (time_limit is not None and time.time() - t0 > time_limit) or self._budget_spent
                 stop = self._agree_stop(self._stop or timed_out)
                 due = t.ckpt_minutes > 0 and self._agree_stop(time.time() - saved_time > 60 * t.ckpt_minutes)
                 if self.step % t.ckpt_every == 0 or stop or due:

@@ -11,6 +11,7 @@ from torch import nn
 from vckit.audio import MelSpectrogram
 from vckit.config import MelConfig
 from vckit.errors import ConfigError
+from vckit.models.vocoder.discriminators import Output
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,9 +94,8 @@ def model_losses(out: Any, batch: dict[str, torch.Tensor], cfg: Any) -> tuple[to
 
 
 # -- adversarial ----------------------------------------------------------------
-# A discriminator (the mel one, or each of the vocoder's sub-discriminators) returns (scores, hidden activations);
-# the losses take one such output per sub-discriminator and weigh each (1 where no weights are given).
-Output = tuple[torch.Tensor, list[torch.Tensor]]
+# A discriminator (the mel one, or each of the vocoder's sub-discriminators) returns an Output, (scores, hidden
+# activations); the losses take one per sub-discriminator and weigh each (1 where no weights are given).
 KINDS = ("hinge", "lsgan")
 
 
@@ -103,13 +103,17 @@ def _weights(outputs: list[Output], weights: list[float] | None) -> list[float]:
     return [1.0] * len(outputs) if weights is None else weights
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
+
+
 def discriminator_loss(real: list[Output], fake: list[Output], kind: str = "lsgan", weights: list[float] | None = None) -> torch.Tensor:
     """What the discriminators minimise: real scored high, generated low, summed over sub-discriminators.
 
     hinge: ``mean(relu(1 - D(x))) + mean(relu(1 + D(G(s))))``; lsgan: ``mean((1 - D(x))^2) + mean(D(G(s))^2)``.
     """
-    if kind not in KINDS:
-        raise ConfigError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
+    _check_kind(kind)
     total = real[0][0].new_zeros((), dtype=torch.float32)
     for (r, _), (f, _), w in zip(real, fake, _weights(real, weights)):
         r, f = r.float(), f.float()
@@ -120,8 +124,7 @@ def discriminator_loss(real: list[Output], fake: list[Output], kind: str = "lsga
 
 def generator_loss(fake: list[Output], kind: str = "lsgan", weights: list[float] | None = None) -> torch.Tensor:
     """What the generator minimises: hinge ``mean(relu(1 - D(G(s))))``, lsgan ``mean((1 - D(G(s)))^2)``."""
-    if kind not in KINDS:
-        raise ConfigError(f"adversarial loss must be 'hinge' or 'lsgan', got {kind!r}")
+    _check_kind(kind)
     total = fake[0][0].new_zeros((), dtype=torch.float32)
     for (f, _), w in zip(fake, _weights(fake, weights)):
         f = f.float()

@@ -58,7 +58,6 @@ class VerifierTrainer(TrainingLoop):
     """The judge's run on the shared loop: AAM-softmax over the training speakers' segments; resumable like every
     run. At the end, :func:`finish` measures the EER on the validation speakers and writes the judge's folder."""
 
-    loss_key = "loss/total"
     progress_key = ("acc", "train/acc")
 
     def __init__(self, cfg: SVConfig, *, device: str = "auto", resume: bool = False):
