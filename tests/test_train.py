@@ -382,3 +382,45 @@ def test_voice_consistency_teaches_the_decoder_and_leaves_the_speaker_encoder_st
         out.converted_speaker = own.roll(1, 0)
         crossed = float(trainer._voice_consistency(out))
     assert matched < 1e-3 < crossed, (matched, crossed)
+
+
+def test_grow_branches_a_run_into_a_model_with_new_parts_that_resumes_where_it_was(make_config, featured_cache, tiny_cache, tmp_path):
+    """recipes/shared_dev/grow.py: a run with the harmonic prior added starts from the old run's weights, moments,
+    moving average and step, converts exactly as before (the new layers are zero), and trains on."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+    from vckit.frontend import Frames
+    from vckit.models.vc import build_model
+
+    spec = importlib.util.spec_from_file_location("grow", REPO_ROOT / "recipes" / "shared_dev" / "grow.py")
+    grow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grow)
+    base = [f"data.features={featured_cache}", "data.augment.pitch_bins=0", "model.f0.enabled=true", "train.ema=0.9"]
+    old = Trainer(make_config("train.steps=4", "train.ckpt_every=4", *base, out_dir=tmp_path / "old"), device="cpu")
+    old.run(progress=False)
+    src = step_folder(tmp_path / "old", 4)
+    new = [*base, "model.f0.harmonic_prior=true", "train.steps=6", f"train.out_dir={tmp_path / 'new'}"]
+    argv = ["--from", str(src), "--out", str(tmp_path / "new"), "--config", str(tiny_cache["yaml"])]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["grow.py", *argv, *(a for kv in new for a in ("--set", kv))])
+        assert grow.main() == 0
+        assert grow.main() == 1  # the step folder exists now: never overwritten
+    cfg_new, sd_new, _ = load_checkpoint(step_folder(tmp_path / "new", 4))
+    cfg_old, sd_old, _ = load_checkpoint(src)
+    assert set(sd_new) - set(sd_old) == {"decoder.harm_in.weight", "decoder.harm_in.bias", "decoder.harm_late.weight", "decoder.harm_late.bias"}
+    a, b = build_model(cfg_old, sd_old).eval(), build_model(cfg_new, sd_new).eval()
+    torch.manual_seed(0)
+    frames = Frames(mel=torch.randn(1, cfg_old.mel.n_mels, 40), f0=torch.full((1, 40), 180.0))
+    spk = torch.nn.functional.normalize(torch.randn(1, cfg_old.model.speaker.dim), dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(b.convert(frames, spk), a.convert(frames, spk))
+    grown = Trainer(make_config(*new[:-1], out_dir=tmp_path / "new"), device="cpu", resume=True)
+    assert grown.step == 4 and grown.cpu_seconds == pytest.approx(old.cpu_seconds)
+    moments = {n: grown.optimizer.state[p]["exp_avg"] for n, p in grown.model.named_parameters() if p in grown.optimizer.state}
+    for n, p in old.model.named_parameters():
+        if p in old.optimizer.state:
+            torch.testing.assert_close(moments[n], old.optimizer.state[p]["exp_avg"], msg=n)
+    assert "decoder.harm_in.weight" not in moments and "decoder.harm_in.weight" in grown.ema
+    grown.run(progress=False)
+    assert grown.step == 6 and grown.model.decoder.harm_in.weight.abs().sum() > 0  # the new layers learn
