@@ -424,3 +424,20 @@ def test_grow_branches_a_run_into_a_model_with_new_parts_that_resumes_where_it_w
     assert "decoder.harm_in.weight" not in moments and "decoder.harm_in.weight" in grown.ema
     grown.run(progress=False)
     assert grown.step == 6 and grown.model.decoder.harm_in.weight.abs().sum() > 0  # the new layers learn
+    # wider content codes: the old codes fill the leading channels, the decoder and the adversary read the new ones
+    # with zero weights, so the wider model converts as the narrow one did; it resumes and trains on
+    dim = 2 * cfg_old.model.content.dim
+    wide = [*base, f"model.content.dim={dim}", "train.steps=6", f"train.out_dir={tmp_path / 'wide'}"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["grow.py", *argv[:3], str(tmp_path / "wide"), *argv[4:], *(a for kv in wide for a in ("--set", kv))])
+        assert grow.main() == 0
+    cfg_w, sd_w, _ = load_checkpoint(step_folder(tmp_path / "wide", 4))
+    assert sd_w["decoder.inp.weight"].shape[1] == dim and sd_w["decoder.inp.weight"][:, dim // 2:].abs().sum() == 0
+    with torch.no_grad():
+        torch.testing.assert_close(build_model(cfg_w, sd_w).eval().convert(frames, spk), a.convert(frames, spk))
+    widened = Trainer(make_config(*wide[:-1], out_dir=tmp_path / "wide"), device="cpu", resume=True)
+    adam = widened.optimizer.state[widened.model.decoder.inp.weight]
+    torch.testing.assert_close(adam["exp_avg"][:, : dim // 2], old.optimizer.state[old.model.decoder.inp.weight]["exp_avg"])
+    assert adam["exp_avg_sq"][:, dim // 2:].min() > 0  # new entries start at the tensor's mean second moment
+    widened.run(progress=False)
+    assert widened.step == 6 and widened.model.decoder.inp.weight[:, dim // 2:].abs().sum() > 0

@@ -11,8 +11,11 @@ restarts the warm-up and the adversary. This writes a step folder under
 had the new parts: every tensor the checkpoint has keeps its value and its
 optimizer state (matched by name); the new ones start as the model builds them
 (the harmonic prior's layers at zero, so the grown model converts exactly as
-before) with fresh moments. Only additions are allowed: a tensor that the new
-model lacks, or with another shape, is an error.
+before) with fresh moments. A tensor may also grow wider (wider content
+codes, ``model.content.dim`` 16 -> 32): the old values fill its leading slice,
+new inputs get zero weights and new outputs their fresh init, so again the
+grown model converts exactly as before. A tensor that the new model lacks, or
+holds narrower, is an error.
 """
 
 from __future__ import annotations
@@ -39,13 +42,35 @@ def _param_names(model: torch.nn.Module, cfg) -> list[str]:
     return [names[id(p)] for g in make_optimizer(model, cfg).param_groups for p in g["params"]]
 
 
-def grow_optimizer(state: dict, old: list[str], new: list[str], new_groups: list[list[str]]) -> dict:
-    """Re-key an optimizer state dict from ``old`` parameter order to ``new``; new parameters get no state."""
+def widen(old: torch.Tensor, built: torch.Tensor) -> torch.Tensor:
+    """``built`` (the new model's fresh tensor) with ``old`` in its leading slice. In a weight (out, in, ...), new
+    inputs get zero weights, so the wider layer computes what the narrow one did; new outputs keep their fresh init."""
+    out = built.detach().clone()
+    if out.dim() >= 2:
+        out[:, old.shape[1]:] = 0
+    return _into(old, out)
+
+
+def _into(old: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    out[tuple(slice(0, n) for n in old.shape)] = old
+    return out
+
+
+def grows(old: torch.Tensor, new: torch.Tensor) -> bool:
+    return old.dim() == new.dim() and all(a <= b for a, b in zip(old.shape, new.shape))
+
+
+def grow_optimizer(state: dict, old: list[str], new: list[str], new_groups: list[list[str]], built: dict[str, torch.Tensor]) -> dict:
+    """Re-key an optimizer state dict from ``old`` parameter order to ``new``. New parameters get no state (Adam
+    starts theirs); a widened one keeps its moments in the leading slice, and its new entries start with no
+    momentum and the tensor's mean second moment, so its first steps are no larger than the others'."""
     by_name = {old[i]: s for i, s in state["state"].items()}
     index = {n: i for i, n in enumerate(new)}
-    groups = []
-    for g, names in zip(state["param_groups"], new_groups):
-        groups.append({**g, "params": [index[n] for n in names]})
+    for n, s in by_name.items():
+        if s["exp_avg"].shape != built[n].shape:
+            s["exp_avg"] = _into(s["exp_avg"], torch.zeros_like(built[n]))
+            s["exp_avg_sq"] = _into(s["exp_avg_sq"], torch.full_like(built[n], float(s["exp_avg_sq"].mean())))
+    groups = [{**g, "params": [index[n] for n in names]} for g, names in zip(state["param_groups"], new_groups)]
     return {"state": {index[n]: s for n, s in by_name.items()}, "param_groups": groups}
 
 
@@ -65,25 +90,29 @@ def main() -> int:
         print(f"{folder} exists; choose another --out", file=sys.stderr)
         return 1
     old_model, model = build_model(old_cfg, for_training=True), build_model(cfg, for_training=True)
-    own = model.state_dict()
-    bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
+    built = model.state_dict()
+    bad = [k for k in sd if k not in built or not grows(sd[k], built[k])]
     if bad:
-        print(f"{args.config} is not a growth of {args.src}: {bad[0]} ({len(bad)} in all) is missing or reshaped", file=sys.stderr)
+        print(f"{args.config} is not a growth of {args.src}: {bad[0]} ({len(bad)} in all) is missing or narrower", file=sys.stderr)
         return 1
-    model.load_state_dict(sd, strict=False)
-    added = [k for k in own if k not in sd]
+    added = [k for k in built if k not in sd]
+    widened = [k for k in sd if sd[k].shape != built[k].shape]
+    model.load_state_dict({k: widen(v, built[k]) if k in widened else v for k, v in sd.items()}, strict=False)
+    grown = model.state_dict()
     state = load_train_state(args.src)
-    old_names = _param_names(old_model, old_cfg)
     opt = make_optimizer(model, cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
-    state["optimizer"] = grow_optimizer(state["optimizer"], old_names, [n for g in groups for n in g], groups)
+    flat = [n for g in groups for n in g]
+    state["optimizer"] = grow_optimizer(state["optimizer"], _param_names(old_model, old_cfg), flat, groups, grown)
     if "ema" in state:
-        grown = model.state_dict()
-        state["ema"].update({k: grown[k].detach().float().clone() for k in added if grown[k].is_floating_point()})
+        ema = state["ema"]
+        for k in widened:
+            ema[k] = widen(ema[k], grown[k].float())
+        ema.update({k: grown[k].detach().float().clone() for k in added if grown[k].is_floating_point()})
     extra = {k: v for k, v in meta.items() if k in ("speakers", "training_cpu_hours")}
-    save_checkpoint(folder, cfg, model.state_dict(), step=int(meta["step"]), extra=extra, train_state=state)
-    print(f"{args.src} -> {folder}: {len(added)} new tensors ({', '.join(added[:4])}{', ...' if len(added) > 4 else ''})")
+    save_checkpoint(folder, cfg, grown, step=int(meta["step"]), extra=extra, train_state=state)
+    print(f"{args.src} -> {folder}: {len(added)} new tensors, {len(widened)} widened ({', '.join((added + widened)[:6])})")
     return 0
 
 
