@@ -208,7 +208,7 @@ def test_batch_keeps_going_past_a_bad_file_and_fails_at_the_end(vckit_cli, files
     assert proc.returncode == 1
     assert sorted(p.name for p in out.iterdir()) == ["200001.wav", "200002.wav"]
     assert all(sf.info(str(p)).samplerate == 16000 for p in out.iterdir())
-    assert proc.stdout.strip().endswith(f"converted 2 files into {out}; 1 failed (listed below)")
+    assert proc.stdout.strip().endswith(f"converted 2 files into {out}; 1 failed (listed above)")
     assert "failed:" in proc.stderr and "broken.wav" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -353,6 +353,8 @@ def test_array_job_shards_split_a_batch_exactly(vckit_cli, files, tmp_path):
     assert not got[0] & got[1] and sorted(got[0] | got[1]) == ["SF1/200002.wav", "SF1/200003.wav", "SM1/200001.wav", "SM1/200002.wav"]
     bad = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", tmp_path / "x", "--shard", "2/2", *COMMON)
     assert bad.returncode == 2 and "between 0 and N-1" in bad.stderr
+    empty = vckit_cli("convert", manifest, "--ref", files["ref1"], "-o", tmp_path / "y", "--shard", "5/6", *COMMON)  # 4 files, 6 tasks
+    assert empty.returncode == 0 and empty.stdout.strip() == "shard 5/6: no files fall to this shard: nothing to convert"
 
 
 def test_torchrun_shares_a_batch_among_its_ranks_once_and_resumes(files, tmp_path):

@@ -208,10 +208,12 @@ def _convert_jobs(args: argparse.Namespace, jobs: list[tuple[Path, Path]], out: 
 
 
 def _summary(jobs: int, done: int, failed: int, there: int, out: Path, shard: Shard) -> str:
+    if not jobs:
+        return "no files fall to this shard: nothing to convert"
     if not done and not failed:
         return f"nothing to convert: all {jobs} outputs are already in {out} (--overwrite converts them again)"
     parts = [f"converted {done} file{'s' if done != 1 else ''} into {out}{shard.label()}"]
-    parts += [f"{failed} failed (listed below)"] if failed else []
+    parts += [f"{failed} failed (listed above)"] if failed else []
     parts += [f"{there} already in {out} left as they were (--overwrite converts them again)"] if there else []
     return "; ".join(parts)
 
