@@ -127,6 +127,22 @@ def test_replay_mixes_the_source_data_into_each_batch(source, voices, tiny_cache
     assert res.replay == str(tiny_cache["train"]) and 1 <= res.replay_speakers < 5  # 6 s: one utterance of a few speakers
     res = finetune(source, voices / "sm1", tmp_path / "b", speaker="me", config=dataclasses.replace(auto, steps=1), enroll=False, device="cpu", progress=False)
     assert res.replay == "" and res.replay_speakers == 0
+    # an interrupted "auto" run resumes with the same replay: the source's data, not its own deleted work folder
+    from vckit.training.finetune import FineTuner
+
+    step = FineTuner.train_step
+
+    def stopped_at_1(self):
+        stats = step(self)
+        if self.step == 1:
+            self._handle_signal(2, None)
+        return stats
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FineTuner, "train_step", stopped_at_1)
+        assert finetune(here, voices / "sm1", tmp_path / "r", speaker="me", config=auto, enroll=False, device="cpu", progress=False).interrupted
+    res = finetune(here, None, tmp_path / "r", enroll=False, device="cpu", progress=False, resume=True)
+    assert res.steps == 2 and res.replay == str(tiny_cache["train"]) and res.replay_speakers >= 1
     with pytest.raises(VckitError, match="not a prepared cache"):
         finetune(source, voices / "sm1", tmp_path / "n", speaker="me", config=FinetuneConfig(replay=str(tmp_path)), device="cpu", progress=False)
     with pytest.raises(ConfigError, match="replay_fraction"):

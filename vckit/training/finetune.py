@@ -293,7 +293,8 @@ def finetune(
     needed = frame_features_needed(source_cfg)
     projection = source_projection(start, source_sd) if "phonetic" in needed else None
     del source_sd
-    replay = find_replay(ft.replay, source_cfg)
+    # the replay data is the source model's: an interrupted run's own config names its deleted work folder
+    replay = find_replay(ft.replay, load_checkpoint(source)[0] if resume else source_cfg)
     if replay is not None:
         problem = replay_problem(replay[1], needed, projection)
         if problem:
