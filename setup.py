@@ -1,4 +1,4 @@
-"""The wheel carries the shipped models: the build step copies ``checkpoints/<name>`` into ``vckit/_shipped/<name>``.
+"""The wheel carries the shipped models: the build step copies ``checkpoints/<name>`` (and ``examples/``) into ``vckit/_shipped/<name>``.
 
 Everything else is in pyproject.toml. An editable install (``pip install -e .``, the clone) reads
 ``checkpoints/`` in place and copies nothing.
@@ -18,10 +18,11 @@ class BuildWithModels(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return
-        root = Path(__file__).resolve().parent / "checkpoints"
+        root = Path(__file__).resolve().parent
         for name in SHIPPED:
-            if (root / name).is_dir():
-                shutil.copytree(root / name, Path(self.build_lib) / "vckit" / "_shipped" / name, dirs_exist_ok=True)
+            folder = root / name if name == "examples" else root / "checkpoints" / name  # as vckit/shipped.py's clone_dir
+            if folder.is_dir():
+                shutil.copytree(folder, Path(self.build_lib) / "vckit" / "_shipped" / name, dirs_exist_ok=True)
 
 
 setup(cmdclass={"build_py": BuildWithModels})

@@ -1,4 +1,4 @@
-"""Make the example conversions in checkpoints/examples/ and print their judge scores.
+"""Make the example conversions in examples/ and print their judge scores.
 
 Validation speakers only (never trained on), and only corpora whose terms
 allow redistribution with attribution (VCTK, LibriSpeech/LibriTTS, CMU
@@ -11,7 +11,7 @@ and the one whose conversion the judge puts furthest towards the target
 (cosine to the held-out target utterance minus cosine to the source) is
 kept. All candidates' scores are written to the README, so the pick is open.
 
-    python benchmarks/examples.py --out checkpoints/examples
+    python benchmarks/examples.py --out examples
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def candidates(rows, dur, src_ok, tgt_ok, n, rng):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(REPO / "checkpoints/examples"))
+    ap.add_argument("--out", default=str(REPO / "examples"))
     ap.add_argument("--candidates", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)

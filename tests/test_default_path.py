@@ -2,7 +2,7 @@
 model from ``vckit.load()`` (no arguments), a voice from a reference, the
 default HiFi-GAN vocoder; and the README's first command, ``vckit convert``
 with its defaults, run as a user runs it. Inputs are the shipped examples
-(``checkpoints/examples``), so this needs nothing beside the repository.
+(``examples/``), so this needs nothing beside the repository.
 Every other conversion test uses Griffin-Lim or a tiny model.
 """
 
@@ -19,7 +19,7 @@ from vckit.models.vocoder.hifigan import HiFiGAN
 
 from conftest import REPO_ROOT, vckit_command
 
-EXAMPLES = REPO_ROOT / "checkpoints" / "examples"
+EXAMPLES = REPO_ROOT / "examples"
 SOURCE = EXAMPLES / "02_f2m_source.wav"  # a woman, 3.3 s
 REFERENCE = EXAMPLES / "04_m2m_reference.wav"  # a man, 5.5 s (4.8 s of speech), as the README's Python block
 HOP = 256  # the output is as long as the input within one hop
@@ -72,8 +72,7 @@ def test_the_readmes_first_command_converts(tmp_path):
     the defaults: the shipped model, HiFi-GAN, 16-bit WAV at 22050 Hz, as long as the source."""
     args = first_readme_command()
     assert not any(a.startswith("--") and a not in ("--ref",) for a in args), f"the first command should use the defaults: {args}"
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "examples").symlink_to(EXAMPLES)
+    (tmp_path / "examples").symlink_to(EXAMPLES)
     proc = subprocess.run([*vckit_command(), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / args[args.index("-o") + 1]

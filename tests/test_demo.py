@@ -463,7 +463,7 @@ def test_browser_swap(sync_api, demo_server: str, tmp_path: Path, data_dir: Path
     """Upload a source and a reference, convert, download the result; a silent source gets a message;
     a reference without speech after a good result gets a message and leaves that result on the page.
 
-    The clips are the first example swap (checkpoints/examples, else two
+    The clips are the first example swap (examples, else two
     validation speakers from shared/data).
 
     The screenshot goes to ``$VCKIT_DEMO_SCREENSHOT`` if set (``docs/demo.png``

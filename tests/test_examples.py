@@ -1,8 +1,8 @@
-"""The six shipped example conversions (checkpoints/examples) come out of today's code.
+"""The six shipped example conversions (examples) come out of today's code.
 
 ``benchmarks/examples.py`` made ``NN_kind_converted.wav`` with
 ``vckit.load().convert(source, target=[reference])`` on the original files
-under ``shared/data`` that ``checkpoints/examples/README.md`` names. Those
+under ``shared/data`` that ``examples/README.md`` names. Those
 WAVs are not reproducible bit for bit on another machine: the convolutions'
 float sums depend on the number of CPU threads (1 and 2 threads already differ
 by a few 16-bit steps). So this test checks what does hold everywhere:
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "checkpoints" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MAX_STEPS = 64  # 16-bit steps; thread-count differences measured up to 21
 
 

@@ -55,10 +55,11 @@ def test_python_blocks_run_as_written(block, tmp_path, monkeypatch):
     """Run in a folder that looks like the repository's root (its shipped files linked in),
     so that relative paths resolve as they do for a reader, and outputs land in ``tmp_path``."""
     (tmp_path / "checkpoints").symlink_to(REPO_ROOT / "checkpoints")
+    (tmp_path / "examples").symlink_to(REPO_ROOT / "examples")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
-    written = sorted(p.name for p in tmp_path.iterdir() if p.name != "checkpoints")
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("checkpoints", "examples"))
     assert all((tmp_path / name).stat().st_size > 44 for name in written), written  # more than a WAV header
 
 

@@ -21,7 +21,7 @@ import soundfile as sf
 
 from conftest import REPO_ROOT
 from vckit import __version__
-from vckit.shipped import FOLDERS
+from vckit.shipped import FOLDERS, clone_dir
 
 README = (REPO_ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
@@ -37,7 +37,7 @@ def installed(tmp_path_factory) -> Path:
         copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy
         copy(REPO_ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     for name in FOLDERS:
-        shutil.copytree(REPO_ROOT / "checkpoints" / name, src / "checkpoints" / name)
+        shutil.copytree(clone_dir(name), src / clone_dir(name).relative_to(REPO_ROOT))
     build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(root / "dist"), str(src)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
@@ -81,9 +81,8 @@ def test_from_an_empty_folder_info_convert_and_stream_work(installed, tmp_path):
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[f"python{i}" for i in range(len(PYTHON_BLOCKS))])
 def test_the_readme_python_blocks_run_on_the_wheel(installed, block, tmp_path):
-    """As the README says, from a folder whose checkpoints/examples are the shipped examples: here the wheel's."""
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "examples").symlink_to(installed / "vckit" / "_shipped" / "examples")
+    """As the README says, from a folder whose examples/ are the shipped examples: here the wheel's."""
+    (tmp_path / "examples").symlink_to(installed / "vckit" / "_shipped" / "examples")
     (tmp_path / "block.py").write_text(block)
     out = run(installed, tmp_path, "block.py")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,6 +1,7 @@
 """Where the shipped models are: a clone's ``checkpoints/``, or the copy inside an installed wheel.
 
-A clone (``pip install -e .``) reads ``checkpoints/<name>`` beside the package.
+A clone (``pip install -e .``) reads ``checkpoints/<name>`` beside the package
+(and the example swaps in ``examples/``).
 A wheel carries the same folders as package data, ``vckit/_shipped/<name>``
 (``setup.py``'s build step copies them in), so ``vckit.load()``, ``vckit info
 default``, the live model and the demo's judge and examples work from any
@@ -20,13 +21,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ROOTS = (REPO_ROOT / "checkpoints", Path(__file__).resolve().parent / "_shipped")  # a clone first, then the wheel's copy
 
 
+def clone_dir(name: str) -> Path:
+    """Where a clone keeps shipped folder ``name``: the models in ``checkpoints/``, the examples at the top."""
+    return REPO_ROOT / name if name == "examples" else ROOTS[0] / name
+
+
 def shipped_dir(name: str) -> Path:
     """The folder of shipped model ``name`` (one of :data:`FOLDERS`); where a clone keeps it when none is found,
     so that an error can name the path."""
-    for root in ROOTS:
-        if (root / name).is_dir():
-            return root / name
-    return ROOTS[0] / name
+    for folder in (clone_dir(name), ROOTS[1] / name):
+        if folder.is_dir():
+            return folder
+    return clone_dir(name)
 
 
 def is_shipped(path: str | os.PathLike) -> bool:
