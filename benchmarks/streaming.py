@@ -7,7 +7,7 @@ speakers never trained on, each source converted to a speaker of the other
 gender, "cross", and of the same gender, "same"), each source is
 
 * **streamed**: pushed through ``vc.stream(voice)`` in 512-sample pieces as
-  a sound card would (``vckit.live.stream_file``), HiFi-GAN block by block;
+  a sound card would (``vckit.stream_io.stream_file``), HiFi-GAN block by block;
 * converted **offline by the same causal model** in one go (``vc.convert``);
 * converted **offline by the default model** (``vckit.load()``), what
   ``vckit convert`` gives.
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import vckit
     from vckit.audio import load_audio, log_mel
     from vckit.data.manifest import read_manifest
-    from vckit.live import stream_file
+    from vckit.stream_io import stream_file
     from vckit.models.verifier import load_verifier
 
     items = build_set(read_manifest(args.manifest), args.n, 0)

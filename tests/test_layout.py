@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vckit"
 LOWER = ("vckit.config", "vckit.config_types", "vckit.config_files", "vckit.errors", "vckit.files", "vckit.shipped", "vckit.devices", "vckit.audio", "vckit.activity", "vckit.pitch", "vckit.frontend", "vckit.speakers", "vckit.checkpoint", "vckit.models", "vckit.data")
-HIGHER = ("vckit.training", "vckit.evaluation", "vckit.api", "vckit.streaming", "vckit.live", "vckit.cli", "vckit.cli_convert", "vckit.cli_prepare", "vckit.cli_stream", "vckit.shards", "vckit.demo")
+HIGHER = ("vckit.training", "vckit.evaluation", "vckit.api", "vckit.streaming", "vckit.stream_io", "vckit.cli", "vckit.cli_convert", "vckit.cli_prepare", "vckit.cli_stream", "vckit.shards", "vckit.demo")
 MAX_LINES = 410
 
 
@@ -75,7 +75,7 @@ def test_losses_live_in_training():
 
 def test_inference_never_imports_training():
     """What converts (the API, the live path) does not need the trainers: they may be left out of an install."""
-    inference = ("vckit.api", "vckit.streaming", "vckit.live", "vckit.shipped", "vckit.devices", "vckit.models")
+    inference = ("vckit.api", "vckit.streaming", "vckit.stream_io", "vckit.shipped", "vckit.devices", "vckit.models")
     bad = []
     for path in sorted(PACKAGE.rglob("*.py")):
         mod = _module(path)
@@ -85,7 +85,7 @@ def test_inference_never_imports_training():
 
 
 def test_models_never_import_data_the_api_or_the_faces():
-    faces = ("vckit.data", "vckit.api", "vckit.streaming", "vckit.live", "vckit.cli", "vckit.cli_convert", "vckit.cli_prepare", "vckit.cli_stream", "vckit.demo", "vckit.training", "vckit.evaluation")
+    faces = ("vckit.data", "vckit.api", "vckit.streaming", "vckit.stream_io", "vckit.cli", "vckit.cli_convert", "vckit.cli_prepare", "vckit.cli_stream", "vckit.demo", "vckit.training", "vckit.evaluation")
     bad = []
     for path in sorted((PACKAGE / "models").rglob("*.py")):
         bad += [f"{_module(path)} imports {name}" for name in sorted(_imports(path)) if _under(name, faces)]
@@ -96,7 +96,7 @@ def test_the_front_end_knows_no_network_and_inference_reads_no_cache():
     """Audio -> Frames sits in the audio layer: it is given the teacher, it imports no model. What converts
     (the API, the live path) takes its input from the front-end, never from the training caches in data/."""
     bad = [f"vckit.frontend imports {name}" for name in sorted(_imports(PACKAGE / "frontend.py")) if _under(name, ("vckit.models", "vckit.data", "vckit.training", "vckit.api", "vckit.streaming"))]
-    for name in ("api.py", "streaming.py", "live.py", "speakers.py", "__init__.py"):
+    for name in ("api.py", "streaming.py", "stream_io.py", "speakers.py", "__init__.py"):
         bad += [f"vckit/{name} imports {m}" for m in sorted(_imports(PACKAGE / name)) if _under(m, ("vckit.data", "vckit.training"))]
     assert not bad, bad
 

@@ -184,10 +184,10 @@ def test_a_missing_or_busy_audio_device_is_one_line(monkeypatch, capsys, causal_
     err = capsys.readouterr().err
     assert "PortAudio" in err and err.count("\n") == 1
     monkeypatch.setattr(builtins, "__import__", real_import)
-    import vckit.live as live
+    import vckit.stream_io as stream_io
 
     fake = _FakeSoundDevice()
-    monkeypatch.setattr(live, "sounddevice", lambda: fake)
+    monkeypatch.setattr(stream_io, "sounddevice", lambda: fake)
     assert cli.main(["stream", "--list-devices"]) == 0 and "fake mic" in capsys.readouterr().out
     assert cli.main(["stream", "--checkpoint", str(causal_checkpoint), "--ref", str(speech)]) == 2
     err = capsys.readouterr().err
@@ -231,10 +231,10 @@ def test_a_model_reading_teacher_and_mel_streams_as_in_one_go(tmp_path, speech):
 
 
 def test_the_live_report_says_when_the_machine_cannot_keep_up():
-    from vckit.live import LiveReport
+    from vckit.stream_io import StreamReport
 
     def report(ms):
-        return LiveReport(seconds=10.0, block_ms=69.7, delay_ms=127.0, compute_ms=list(ms))
+        return StreamReport(seconds=10.0, block_ms=69.7, delay_ms=127.0, compute_ms=list(ms))
 
     assert report([30.0] * 200).verdict() == "" and "\n" not in report([30.0] * 200).summary()
     assert report([30.0] * 190 + [60.0] * 10).verdict().startswith("keeps up with little margin: the 99th percentile uses 86% of each block")

@@ -11,11 +11,11 @@ from vckit.errors import VckitError
 
 
 def run(args: argparse.Namespace) -> int:
-    from vckit import live
+    from vckit import stream_io
     from vckit.api import load
 
     if args.list_devices:
-        print(live.list_devices())
+        print(stream_io.list_devices())
         return 0
     if not (args.ref or args.speaker):
         raise VckitError("give the target voice with either --ref FILE [FILE ...] or --speaker NAME")
@@ -24,20 +24,20 @@ def run(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise VckitError(f"{args.output} exists: pass --overwrite to replace it")
     if not args.input:
-        live.sounddevice()  # a machine without PortAudio says so before the model loads
+        stream_io.sounddevice()  # a machine without PortAudio says so before the model loads
     check_target(args)
     vc = load(args.checkpoint or "stream", device="cpu", precision=args.precision)
     if not args.input:  # a machine without PortAudio, or a device that cannot take the rate, says so before any work
-        live.check_devices(args.input_device, args.output_device, vc.sample_rate)
+        stream_io.check_devices(args.input_device, args.output_device, vc.sample_rate)
     stream = vc.stream(_target(args, vc), pitch_shift=args.pitch_shift, chunk_ms=args.block_ms)
     if args.input:
         from vckit.audio import load_audio
 
-        out, report = live.stream_file(stream, load_audio(args.input, vc.sample_rate, trim=False, min_seconds=0.1))
+        out, report = stream_io.stream_file(stream, load_audio(args.input, vc.sample_rate, trim=False, min_seconds=0.1))
         vc.save(args.output, out, overwrite=args.overwrite)
         print(f"wrote {args.output}: {report.summary()}")
         return 0
-    report = live.run_devices(stream, input_device=args.input_device, output_device=args.output_device, on_start=lambda m: print(m, file=sys.stderr))
+    report = stream_io.run_devices(stream, input_device=args.input_device, output_device=args.output_device, on_start=lambda m: print(m, file=sys.stderr))
     print(report.summary(), file=sys.stderr)
     return 0
 

@@ -60,7 +60,7 @@ def build_app(service: DemoService) -> Any:
     """The Gradio Blocks page over ``service`` (not yet queued or launched)."""
     import gradio as gr
 
-    from vckit.demo.live_tab import build_live_tab
+    from vckit.demo.stream_tab import build_stream_tab
 
     choices = service.target_choices()
     with gr.Blocks(title="vckit voice conversion", delete_cache=(3600, 3600)) as app:
@@ -105,7 +105,7 @@ def build_app(service: DemoService) -> Any:
                 )
                 ex.load_input_event.then(on_convert, inputs, outputs, concurrency_id="convert")
         with gr.Tab("Live", id="live", elem_id="live-tab"):
-            build_live_tab(gr, app, service)
+            build_stream_tab(gr, app, service)
     return app
 
 

@@ -28,7 +28,7 @@ MARGIN = 0.7  # the share of each block's duration that compute may take with a 
 
 
 @dataclasses.dataclass
-class LiveReport:
+class StreamReport:
     """How a stream kept up: per step (one block converted), compute time against the block's duration."""
 
     seconds: float  # input streamed
@@ -98,7 +98,7 @@ def check_devices(input_device: str | int | None, output_device: str | int | Non
         raise _device_error(e) from None
 
 
-def stream_file(stream: "Stream", wav: np.ndarray, *, callback: int = FILE_CALLBACK) -> tuple[np.ndarray, LiveReport]:
+def stream_file(stream: "Stream", wav: np.ndarray, *, callback: int = FILE_CALLBACK) -> tuple[np.ndarray, StreamReport]:
     """Push ``wav`` (float32 at the stream's rate) in ``callback``-sample pieces, as a sound card would.
 
     Returns the converted signal with the delay removed (exactly as long as
@@ -113,7 +113,7 @@ def stream_file(stream: "Stream", wav: np.ndarray, *, callback: int = FILE_CALLB
             times.append(1000.0 * (time.perf_counter() - t0))
     out.append(stream.flush())
     converted = np.concatenate(out)[stream.delay : stream.delay + len(wav)]
-    return converted, LiveReport(len(wav) / stream.sample_rate, stream.block_ms, stream.delay_ms, times)
+    return converted, StreamReport(len(wav) / stream.sample_rate, stream.block_ms, stream.delay_ms, times)
 
 
 def run_devices(
@@ -122,7 +122,7 @@ def run_devices(
     input_device: str | int | None = None,
     output_device: str | int | None = None,
     on_start: Callable[[str], None] | None = None,
-) -> LiveReport:
+) -> StreamReport:
     """Microphone -> ``stream`` -> speakers until Ctrl-C; returns how it kept up."""
     sd = sounddevice()
     times: list[float] = []
@@ -149,7 +149,7 @@ def run_devices(
         raise _device_error(e, f"; a busy device or one that cannot take {stream.sample_rate} Hz gives this") from None
     except ValueError as e:  # sounddevice: no such device, or an ambiguous name
         raise _device_error(e) from None
-    return LiveReport(time.time() - t_start, stream.block_ms, stream.delay_ms, times, late[0])
+    return StreamReport(time.time() - t_start, stream.block_ms, stream.delay_ms, times, late[0])
 
 
 def _device(spec: str | int | None) -> str | int | None:

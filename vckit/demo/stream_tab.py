@@ -1,14 +1,14 @@
 """The demo's live tab: the browser's microphone through the streaming converter and back.
 
 Gradio sends the microphone in chunks of :data:`STREAM_EVERY` seconds at the
-browser's rate (16-bit, maybe stereo). :class:`LiveDemo` turns each chunk
+browser's rate (16-bit, maybe stereo). :class:`StreamTab` turns each chunk
 into mono float at the model's rate with a :class:`ChunkResampler` (exactly
 what resampling the whole recording would give, so chunk edges do not
 click), pushes it through one :class:`vckit.streaming.Stream` per browser
 session and recording, and hands as many converted samples as went in to
 that recording's player: one long-running generator per recording, so the
 browser gets one continuous audio stream rather than a new file per chunk.
-Gradio is imported inside :func:`build_live_tab` only.
+Gradio is imported inside :func:`build_stream_tab` only.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class LiveSession:
         self.lock = threading.Lock()  # one chunk at a time; the stop waits for a chunk in progress
 
 
-class LiveDemo:
+class StreamTab:
     """The live tab's handlers over a :class:`~vckit.demo.app.DemoService`; they never raise.
 
     Sessions are kept by key (Gradio's session hash: one per browser tab), a
@@ -329,9 +329,9 @@ class LiveDemo:
         return "\n".join(lines)
 
 
-def build_live_tab(gr: Any, app: Any, service: DemoService, stream_every: float = STREAM_EVERY) -> LiveDemo:
+def build_stream_tab(gr: Any, app: Any, service: DemoService, stream_every: float = STREAM_EVERY) -> StreamTab:
     """The live tab's components and events, inside the caller's ``gr.Tab``."""
-    live = LiveDemo(service, stream_every)
+    live = StreamTab(service, stream_every)
     choices = service.target_choices()
     first = next((c for c in choices if c.startswith(EXAMPLE_PREFIX)), REFERENCE_CHOICE)
     gr.Markdown(live.intro(), elem_id="live-intro")

@@ -15,16 +15,16 @@ from test_demo import CHROMIUM_ARGS, start_demo, stop_server
 from test_streaming import causal_checkpoint  # noqa: F401  (a fixture)
 from vckit.audio import load_audio, resample
 from vckit.demo.app import EXAMPLE_PREFIX, REFERENCE_CHOICE, DemoService
-from vckit.demo.live_tab import STREAM_EVERY, ChunkResampler, LiveDemo, to_mono_float
+from vckit.demo.stream_tab import STREAM_EVERY, ChunkResampler, StreamTab, to_mono_float
 
 BROWSER_RATE = 48000
 
 
 @pytest.fixture(scope="module")
-def live(causal_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> LiveDemo:
+def live(causal_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> StreamTab:
     root = tmp_path_factory.mktemp("live")
     svc = DemoService(device="cpu", default_vocoder="griffinlim", bank=root / "bank", workdir=root / "work", stream_checkpoint=causal_checkpoint)
-    return LiveDemo(svc)
+    return StreamTab(svc)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_chunked_resampling_equals_the_whole_signal_resampled(rate: int) -> None
     np.testing.assert_allclose(joined, whole[: len(joined)], atol=1e-5)
 
 
-def run_session(live: LiveDemo, key: str, pieces: list[np.ndarray], choice: str, reference: str | None = None) -> tuple[list, str]:
+def run_session(live: StreamTab, key: str, pieces: list[np.ndarray], choice: str, reference: str | None = None) -> tuple[list, str]:
     live.begin(key)
     outs, text = [], ""
     for piece in pieces:
@@ -69,7 +69,7 @@ def run_session(live: LiveDemo, key: str, pieces: list[np.ndarray], choice: str,
     return outs, text
 
 
-def test_live_handler_streams_the_microphone(live: LiveDemo, mic: np.ndarray, speech: Path) -> None:
+def test_live_handler_streams_the_microphone(live: StreamTab, mic: np.ndarray, speech: Path) -> None:
     outs, text = run_session(live, "tab-1", chunks(mic), REFERENCE_CHOICE, str(speech))
     assert all(o is not None and o[0] == 22050 and o[1].dtype == np.int16 and o[1].ndim == 1 for o in outs)
     out = np.concatenate([o[1] for o in outs])
@@ -96,7 +96,7 @@ def test_live_handler_streams_the_microphone(live: LiveDemo, mic: np.ndarray, sp
     assert live.stop("never-recorded") == "Stopped before any audio arrived."
 
 
-def test_two_sessions_share_nothing(live: LiveDemo, mic: np.ndarray, speech: Path) -> None:
+def test_two_sessions_share_nothing(live: StreamTab, mic: np.ndarray, speech: Path) -> None:
     pieces = chunks(mic[: 2 * BROWSER_RATE])
     alone, _ = run_session(live, "alone", pieces, REFERENCE_CHOICE, str(speech))
     noise = np.random.default_rng(1).integers(-20000, 20000, (len(pieces[0]), 2), dtype=np.int16)  # a loud stereo visitor
@@ -116,7 +116,7 @@ def test_two_sessions_share_nothing(live: LiveDemo, mic: np.ndarray, speech: Pat
     assert b.stopped and b.stream is None
 
 
-def test_example_voice_and_bad_targets(live: LiveDemo, mic: np.ndarray) -> None:
+def test_example_voice_and_bad_targets(live: StreamTab, mic: np.ndarray) -> None:
     if live.service.voices:
         ex = live.service.voices[0]
         outs, text = run_session(live, "ex", chunks(mic[:BROWSER_RATE]), f"{EXAMPLE_PREFIX}{ex.label}")
@@ -129,17 +129,17 @@ def test_without_the_streaming_model_the_tab_says_so(tmp_path: Path, mic: np.nda
     import vckit.demo.app as app
 
     monkeypatch.setattr(app, "STREAM_DIR", tmp_path / "checkpoints" / "stream")  # as before the streaming model ships
-    live = LiveDemo(DemoService(device="cpu", default_vocoder="griffinlim", bank=tmp_path / "bank", workdir=tmp_path / "work"))
+    live = StreamTab(DemoService(device="cpu", default_vocoder="griffinlim", bank=tmp_path / "bank", workdir=tmp_path / "work"))
     assert "live conversion needs the streaming model (checkpoints/stream)" in live.intro()
     live.begin("k")
     audio, text = live.chunk("k", (BROWSER_RATE, mic[:24000]), REFERENCE_CHOICE, None)
     assert audio is None and "live conversion needs the streaming model (checkpoints/stream)" in text
     assert live.chunk("k", (BROWSER_RATE, mic[:24000]), REFERENCE_CHOICE, None) == (None, text)  # not retried for every chunk
-    missing = LiveDemo(DemoService(device="cpu", workdir=tmp_path / "w2", stream_checkpoint=tmp_path / "nope"))
+    missing = StreamTab(DemoService(device="cpu", workdir=tmp_path / "w2", stream_checkpoint=tmp_path / "nope"))
     assert missing.available() == f"no streaming model at {tmp_path / 'nope'}"
 
 
-def test_build_app_has_the_live_tab(live: LiveDemo) -> None:
+def test_build_app_has_the_live_tab(live: StreamTab) -> None:
     import gradio as gr
 
     from vckit.demo.page import build_app
@@ -207,10 +207,10 @@ def test_browser_live_tab(sync_api, causal_checkpoint: Path, mic: np.ndarray, tm
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
-def test_a_player_that_never_comes_holds_little(live: LiveDemo, mic: np.ndarray, speech: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vckit.demo.live_tab as live_tab
+def test_a_player_that_never_comes_holds_little(live: StreamTab, mic: np.ndarray, speech: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vckit.demo.stream_tab as stream_tab
 
-    monkeypatch.setattr(live_tab, "PLAYER_QUEUE", 2)
+    monkeypatch.setattr(stream_tab, "PLAYER_QUEUE", 2)
     run_session(live, "deaf", chunks(mic[: 2 * BROWSER_RATE]), REFERENCE_CHOICE, str(speech))  # 4 chunks, nobody playing
     assert live.session("deaf").out.qsize() == 2
     live.stop("deaf")
