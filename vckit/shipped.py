@@ -29,7 +29,7 @@ def clone_dir(name: str) -> Path:
 def shipped_dir(name: str) -> Path:
     """The folder of shipped model ``name`` (one of :data:`FOLDERS`); where a clone keeps it when none is found,
     so that an error can name the path."""
-    for folder in (clone_dir(name), ROOTS[1] / name):
+    for folder in (clone_dir(name), *(root / name for root in ROOTS[1:])):
         if folder.is_dir():
             return folder
     return clone_dir(name)
