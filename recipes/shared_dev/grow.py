@@ -57,6 +57,7 @@ def _into(old: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def grows(old: torch.Tensor, new: torch.Tensor) -> bool:
+    """Whether ``new`` is ``old``'s shape or wider in some dimensions (never narrower, never another rank)."""
     return old.dim() == new.dim() and all(a <= b for a, b in zip(old.shape, new.shape))
 
 
