@@ -256,17 +256,22 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return read_folder(folder, "vc")
 
 
+def read_config(folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> Config:
+    """The config of a VC checkpoint folder (from ``meta``, its parsed ``config.json``, when given), weights unread."""
+    meta = read_folder(folder, "vc") if meta is None else meta
+    folder = Path(folder)
+    try:
+        return Config.from_dict(meta["config"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{folder.parent if folder.is_file() else folder}/{CONFIG_FILE} holds an invalid config: {e}") from None
+
+
 def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
     """Read a VC checkpoint folder: (config, float32 state dict, metadata)."""
     meta = read_folder(folder, "vc")
+    config = read_config(folder, meta)
     folder = Path(folder)
-    if folder.is_file():
-        folder = folder.parent
-    try:
-        config = Config.from_dict(meta["config"])
-    except (ConfigError, KeyError) as e:
-        raise CheckpointError(f"{folder}/{CONFIG_FILE} holds an invalid config: {e}") from None
-    return config, read_weights(folder, meta, device=device), meta
+    return config, read_weights(folder.parent if folder.is_file() else folder, meta, device=device), meta
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:

@@ -36,10 +36,10 @@ from vckit.models.vc import build_model  # noqa: E402
 from vckit.training.loop import make_optimizer  # noqa: E402
 
 
-def _param_names(model: torch.nn.Module, cfg) -> list[str]:
-    """Parameter names in the optimizer's order (its groups concatenated), found by identity."""
+def _param_groups(model: torch.nn.Module, cfg) -> list[list[str]]:
+    """The names of ``model``'s parameters in the optimizer's groups and order (found by identity)."""
     names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for g in make_optimizer(model, cfg).param_groups for p in g["params"]]
+    return [[names[id(p)] for p in g["params"]] for g in make_optimizer(model, cfg).param_groups]
 
 
 def widen(old: torch.Tensor, built: torch.Tensor) -> torch.Tensor:
@@ -101,11 +101,9 @@ def main() -> int:
     model.load_state_dict({k: widen(v, built[k]) if k in widened else v for k, v in sd.items()}, strict=False)
     grown = model.state_dict()
     state = load_train_state(args.src)
-    opt = make_optimizer(model, cfg)
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups = [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
-    flat = [n for g in groups for n in g]
-    state["optimizer"] = grow_optimizer(state["optimizer"], _param_names(old_model, old_cfg), flat, groups, grown)
+    groups = _param_groups(model, cfg)
+    old_names = [n for g in _param_groups(old_model, old_cfg) for n in g]
+    state["optimizer"] = grow_optimizer(state["optimizer"], old_names, [n for g in groups for n in g], groups, grown)
     if "ema" in state:
         ema = state["ema"]
         for k in widened:

@@ -12,7 +12,7 @@ from vckit.shipped import REPO_ROOT, shipped_dir
 
 EXAMPLES_DIR = shipped_dir("examples")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-# used when examples holds no examples: (name, source, reference) under shared/data
+# used when examples/ holds no examples: (name, source, reference) under shared/data
 FALLBACK_PAIRS = [
     ("m2f", "vcc2016/SM1/200001.wav", "vcc2016/SF1/200002.wav"),
     ("f2m", "vcc2016/SF1/200003.wav", "vcc2016/TM1/200004.wav"),

@@ -38,7 +38,7 @@ from typing import Annotated, Any
 
 import torch
 
-from vckit.checkpoint import check_state_dict, load_checkpoint, read_meta, save_checkpoint
+from vckit.checkpoint import check_state_dict, load_checkpoint, read_config, read_meta, save_checkpoint
 from vckit.config import Amount, Config, Count, DataConfig, Fraction, Positive, Range, Size, TrainConfig, check_ranges, from_dict, to_dict
 from vckit.data.features import cache_features, merge_feature_caches, subset_feature_cache
 from vckit.data.manifest import read_manifest, write_manifest
@@ -294,7 +294,7 @@ def finetune(
     projection = source_projection(start, source_sd) if "phonetic" in needed else None
     del source_sd
     # the replay data is the source model's: an interrupted run's own config names its deleted work folder
-    replay = find_replay(ft.replay, load_checkpoint(source)[0] if resume else source_cfg)
+    replay = find_replay(ft.replay, read_config(source) if resume else source_cfg)
     if replay is not None:
         problem = replay_problem(replay[1], needed, projection)
         if problem:
