@@ -148,6 +148,25 @@ def test_formats_load(tmp_path, sr, channels, subtype):
     assert 0.05 < np.sqrt(np.mean(wav**2)) < 0.2  # normalised to about -20 dBFS
 
 
+def test_a_file_that_decodes_shorter_than_it_declares_is_refused_not_cut(tmp_path):
+    """An Ogg file with bytes damaged three quarters in declares 1 s but decodes about half: converting that half
+    would lose the rest unnoticed (the fuzz run of 2026-12-06 found it), so both reading paths refuse it."""
+    p = tmp_path / "damaged.ogg"
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (44100, 2)).astype(np.float32)
+    sf.write(p, x, 44100, format="OGG", subtype="VORBIS")
+    intact, _ = read_audio(p)
+    mono, _ = read_audio(p, mono=True)  # block by block
+    assert intact.shape == (2, 44100) and np.allclose(mono, intact.mean(axis=0), atol=1e-6)
+    data = bytearray(p.read_bytes())
+    at = int(0.75 * len(data))
+    data[at : at + 8] = bytes(b ^ 0x5A for b in data[at : at + 8])
+    p.write_bytes(bytes(data))
+    assert sf.info(str(p)).frames == 44100
+    for as_mono in (False, True):
+        with pytest.raises(UnreadableAudioError, match=r"damaged.ogg is damaged: it declares 1.00 s but only 0\.\d\d s"):
+            read_audio(p, mono=as_mono)
+
+
 def test_stereo_24bit_44k_real_file(data_dir):
     p = data_dir / "misc_public_domain" / "jfk" / "jfk_inaugural_1961_excerpt.flac"
     info = sf.info(str(p))

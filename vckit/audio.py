@@ -61,14 +61,25 @@ def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarr
     try:
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
+            declared, exact = f.frames, f.format != "MPEG"  # an MP3's length is an estimate
             if not mono or f.channels == 1:
                 data = f.read(dtype="float32", always_2d=True).T
-                return np.ascontiguousarray(data[0] if mono else data), int(sr)
-            with np.errstate(invalid="ignore"):  # inf and -inf mix to NaN, which check_signal reports
-                blocks = [b.mean(axis=1, dtype=np.float64).astype(np.float32) for b in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)]
+                wav = np.ascontiguousarray(data[0] if mono else data)
+            else:
+                blocks = []  # read, not f.blocks(): that yields a full block, garbage after a short read
+                while len(b := f.read(1 << 16, dtype="float32", always_2d=True)):
+                    with np.errstate(invalid="ignore"):  # inf and -inf mix to NaN, which check_signal reports
+                        blocks.append(b.mean(axis=1, dtype=np.float64).astype(np.float32))
+                wav = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     except Exception as e:  # soundfile raises several types for bad files
         raise UnreadableAudioError(f"cannot read audio file {path.name}: {reason(e)}") from None
-    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), int(sr)
+    decoded = wav.shape[-1]
+    if exact and declared - decoded > max(1024, declared // 100):  # e.g. an Ogg page lost mid-file
+        raise UnreadableAudioError(
+            f"audio file {path.name} is damaged: it declares {declared / sr:.2f} s but only "
+            f"{decoded / sr:.2f} s of it decode; repair or re-export it (converting part of it would lose the rest unnoticed)"
+        )
+    return wav, int(sr)
 
 
 def to_mono(wav: np.ndarray) -> np.ndarray:
