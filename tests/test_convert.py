@@ -191,6 +191,34 @@ def test_a_voice_enrolled_with_the_default_model_works_live(files, tmp_path):
     assert default.enrolled("sf1", bank).model_id == default.model_id  # and it still serves the default model
 
 
+def test_models_that_share_a_speaker_encoder_share_voices_and_speakers(files, tmp_path):
+    """A model trained with train.speaker_from (the live one takes the default's speaker encoder) takes the
+    other's voices and enrolled speakers as they are; a model with another speaker encoder still refuses them."""
+    import vckit
+    from vckit.checkpoint import load_checkpoint, save_checkpoint
+    from vckit.speakers import enroll
+
+    cfg, sd, _ = load_checkpoint(CKPT)
+    sibling = {k: v + 0.01 if k.startswith("decoder.") and v.is_floating_point() else v for k, v in sd.items()}
+    stranger = {k: v + 0.01 if k.startswith("speaker_encoder.") and v.is_floating_point() else v for k, v in sibling.items()}
+    default = vckit.load(CKPT, vocoder="griffinlim", device="cpu")
+    a = vckit.load(save_checkpoint(tmp_path / "sibling", cfg, sibling, step=1), vocoder="griffinlim", device="cpu")
+    b = vckit.load(save_checkpoint(tmp_path / "stranger", cfg, stranger, step=1), vocoder="griffinlim", device="cpu")
+    assert a.model_id != default.model_id and a.speaker_id == default.speaker_id != b.speaker_id
+    voice = default.voice(files["ref1"])
+    assert voice.speaker_id == default.speaker_id and len(a.convert(files["src"], target=voice)) > 0
+    with pytest.raises(VckitError, match="made by another model"):
+        b.convert(files["src"], target=voice)
+    ref = tmp_path / "ref.wav"
+    ref.write_bytes(files["ref1"].read_bytes())
+    enroll(default, "sf1", [ref], bank=tmp_path / "bank")
+    ref.unlink()  # no reference left to remake the voice from: a sibling takes the stored one as it is
+    back = a.enrolled("sf1", tmp_path / "bank")
+    torch.testing.assert_close(back.embedding, voice.embedding)
+    with pytest.raises(VckitError, match="'sf1' was enrolled with"):
+        b.enrolled("sf1", tmp_path / "bank")
+
+
 def test_ref_and_speaker_together_or_neither(vckit_cli, files, tmp_path):
     neither = vckit_cli("convert", files["src"], "-o", tmp_path / "o.wav", *COMMON)
     assert "either --ref" in one_line_error(neither)

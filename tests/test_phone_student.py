@@ -51,6 +51,36 @@ def test_the_lookahead_is_exact(lookahead):
                 assert not torch.allclose(model(edge)[..., t], base[..., t])
 
 
+def test_heard_block_by_block_the_student_gives_what_it_gives_the_whole_utterance():
+    """As a live model's phonetic source (StudentTeacher): with the student's look-ahead and receptive field
+    inside each window, a stream's blocks get exactly the whole-utterance hidden layer (the utterance's first
+    receptive field and last frames aside, where the whole-utterance mel pads by reflection)."""
+    from vckit.config import StreamConfig
+    from vckit.frontend import Frontend
+    from vckit.models.phone_student import StudentTeacher
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, lookahead_frames=3)
+    mel = MelConfig()
+    teacher = StudentTeacher(PhoneStudent(cfg).eval(), mel)
+    t = np.arange(int(1.5 * mel.sample_rate)) / mel.sample_rate
+    wav = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * np.random.default_rng(0).standard_normal(len(t))).astype(np.float32)
+    n = len(wav) // mel.hop_length
+    whole = teacher.frames(wav, mel.sample_rate, n, mel.hop_length).hidden
+    assert whole.shape == (n, 16) and teacher.hidden_dim == 16
+    look_ms = 1000 * (3 * mel.hop_length + mel.n_fft - mel.hop_length // 2) / mel.sample_rate  # 58 ms: frame t + 3 heard whole
+    for ms, exact in ((look_ms, True), (20.0, False)):
+        stream = StreamConfig(causal=True, teacher_lookahead_ms=ms, teacher_context_s=0.3, phonetic="student", student=cfg)
+        streamed = Frontend(mel, phonetic=True, stream=stream, teacher=teacher).features(wav, n).hidden
+        inner = slice(cfg.receptive_field + 2, n - 8)
+        if exact:
+            np.testing.assert_allclose(streamed[inner], whole[inner], atol=1e-4)
+        else:  # a shorter look-ahead cuts the student's short at each block's end
+            assert np.abs(streamed[inner] - whole[inner]).max() > 1e-2
+    with pytest.raises(ConfigError, match="the model's mel"):
+        teacher.frames(wav, 16000, n, mel.hop_length)
+
+
 def test_a_frozen_student_passes_gradients_to_its_input_only(tmp_path):
     save_student(tmp_path / "s", PhoneStudent(TINY))
     student, _ = load_student(tmp_path / "s")

@@ -230,6 +230,41 @@ def test_a_model_reading_teacher_and_mel_streams_as_in_one_go(tmp_path, speech):
     assert np.abs(whole[one.delay :]).max() > 0
 
 
+def test_a_model_carrying_its_phone_student_streams_without_hama(tmp_path, speech, monkeypatch):
+    """stream.phonetic: student: the model's own causal student makes its phonetic input, live and offline,
+    the same whatever the push sizes; hama is never loaded."""
+    import vckit
+    from vckit.audio import load_audio
+    from vckit.checkpoint import save_checkpoint
+    from vckit.config import PhoneStudentConfig
+    from vckit.models import teacher
+    from vckit.models.phone_student import StudentTeacher
+
+    monkeypatch.setattr(teacher.PhoneticTeacher, "__init__", lambda *a, **k: pytest.fail("hama was loaded"))
+    student = PhoneStudentConfig(channels=8, blocks=2, kernel=3, dilations=(1, 2), lookahead_frames=3)
+    cfg = causal_config("phonetic+mel", phonetic="student", student=student, teacher_lookahead_ms=58.0, teacher_context_s=0.5)
+    torch.manual_seed(2)
+    model = build_model(cfg)
+    assert model.content_encoder.teacher_proj.shape == (6, 8) and not any(p.requires_grad for p in model.content_encoder.student.parameters())
+    with torch.no_grad():
+        model.content_encoder.teacher_proj.normal_(0, 0.3)
+    vc = vckit.load(save_checkpoint(tmp_path / "ck", cfg, model.state_dict(), step=1), vocoder="griffinlim", device="cpu")
+    assert isinstance(vc.teacher, StudentTeacher)
+    for k, v in model.content_encoder.student.state_dict().items():
+        torch.testing.assert_close(vc.model.content_encoder.student.state_dict()[k], v)
+    voice = vc.voice(speech)
+    wav = load_audio(speech, SR)[: SR + 555]
+    one = vc.stream(voice)
+    assert one.delay_ms == pytest.approx(1000 * ((6 - 1 + 2) * 256 + 128 + round(0.058 * SR)) / SR)
+    whole = np.concatenate([one.push(wav), one.flush()])
+    two = vc.stream(voice)
+    parts = [two.push(wav[i : i + 777]) for i in range(0, len(wav), 777)] + [two.flush()]
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-4)
+    assert np.abs(whole[one.delay :]).max() > 0
+    out = vc.convert(wav, target=voice, sr=SR)
+    assert len(out) == pytest.approx(len(wav), abs=256) and np.isfinite(out).all()
+
+
 def test_the_live_report_says_when_the_machine_cannot_keep_up():
     from vckit.stream_io import StreamReport
 

@@ -217,6 +217,49 @@ def test_a_model_with_every_new_part_trains_and_resumes(make_config, featured_ca
     torch.testing.assert_close(resumed.model.content_encoder.teacher_proj, proj)
 
 
+def test_a_live_model_trains_on_a_students_streamed_features_and_carries_the_student(make_config, featured_cache, tmp_path, monkeypatch, speech):
+    """prepare stream-features --student, then a causal model reading them: the trainer copies the student that
+    made them into the model, which converts with it and no hama; a changed student or a model that reads hama
+    is refused."""
+    import vckit
+    from vckit.checkpoint import WEIGHTS_FILE, latest_checkpoint
+    from vckit.config import PhoneStudentConfig
+    from vckit.data.stream_features import build, student_stream
+    from vckit.models import teacher
+    from vckit.models.phone_student import PhoneStudent, StudentTeacher, save_student
+
+    torch.manual_seed(0)
+    student = PhoneStudent(PhoneStudentConfig(channels=24, blocks=2, kernel=3, dilations=(1, 2), lookahead_frames=2))
+    folder = save_student(tmp_path / "student", student)
+    feats = tmp_path / "features_student"
+    summary = build(featured_cache, feats, student_stream(folder, teacher_lookahead_ms=50.0, teacher_context_s=0.5), student=folder, progress=False)
+    assert summary["phonetic"] == "student" and 0 < summary["explained_variance"] <= 1
+    overrides = [
+        f"data.features={feats}", "data.augment.pitch_bins=0", "train.batch_size=4", "data.segment_frames=48", "model.f0.enabled=true",
+        "model.content.input=phonetic+mel", "model.content.input_dim=16", "model.stream.causal=true", "model.stream.phonetic=student",
+        "model.stream.teacher_lookahead_ms=50.0", "model.stream.teacher_context_s=0.5", "model.stream.student.channels=24",
+        "model.stream.student.blocks=2", "model.stream.student.kernel=3", "model.stream.student.dilations=[1, 2]",
+        "model.stream.student.lookahead_frames=2", "train.steps=4", "train.ckpt_every=4",
+    ]
+    trainer = Trainer(make_config(*overrides), device="cpu")
+    enc = trainer.model.content_encoder
+    assert enc.teacher_proj.shape == (16, 24) and enc.teacher_proj.abs().sum() > 0
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(enc.student.state_dict()[k], v)
+    trainer.run(progress=False)
+    for k, v in student.state_dict().items():  # frozen
+        torch.testing.assert_close(enc.student.state_dict()[k], v)
+    monkeypatch.setattr(teacher.PhoneticTeacher, "__init__", lambda *a, **k: pytest.fail("hama was loaded"))
+    vc = vckit.load(latest_checkpoint(tmp_path / "run"), vocoder="griffinlim", device="cpu")
+    assert isinstance(vc.teacher, StudentTeacher)
+    assert np.isfinite(vc.convert(speech, target=vc.voice(speech))).all()
+    with pytest.raises(VckitError, match="made block by block"):  # a model that reads hama, on the student's features
+        Trainer(make_config(*overrides[:8], "train.steps=4", out_dir=tmp_path / "hama"), device="cpu")
+    (folder / WEIGHTS_FILE).write_bytes((folder / WEIGHTS_FILE).read_bytes()[:-4] + b"    ")  # retrained since
+    with pytest.raises(VckitError, match="no longer"):
+        Trainer(make_config(*overrides, out_dir=tmp_path / "again"), device="cpu")
+
+
 def test_a_cache_without_the_features_a_model_needs_is_refused(make_config):
     with pytest.raises(VckitError, match="f0"):
         Trainer(make_config("model.f0.enabled=true"), device="cpu")
@@ -242,6 +285,23 @@ def test_resume_with_init_from_warm_starts_once_then_resumes(make_config, tmp_pa
     assert again.step == 2
     for k, v in again.model.state_dict().items():
         torch.testing.assert_close(v, trained[k], msg=k)
+
+
+def test_speaker_from_shares_a_frozen_speaker_encoder(make_config, tmp_path):
+    """train.speaker_from: the model starts with that checkpoint's speaker encoder and never changes it."""
+    from vckit.checkpoint import latest_checkpoint
+
+    Trainer(make_config("train.steps=2", out_dir=tmp_path / "donor"), device="cpu").run(progress=False)
+    donor = latest_checkpoint(tmp_path / "donor")
+    _, donor_sd, _ = load_checkpoint(donor)
+    trainer = Trainer(make_config("train.steps=3", f"train.speaker_from={donor}", out_dir=tmp_path / "shared"), device="cpu")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run(progress=False)
+    after = trainer.model.state_dict()
+    for k, v in after.items():
+        if k.startswith("speaker_encoder."):
+            torch.testing.assert_close(v, donor_sd[k], msg=k)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("decoder."))
 
 
 def test_threads_file_sets_the_cpu_threads_and_a_bad_one_is_ignored(make_config, tmp_path, caplog):

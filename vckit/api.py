@@ -64,6 +64,7 @@ class Voice:
     seconds: float = 0.0
     speech_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
+    speaker_id: str = ""  # what makes the embedding (vckit.speakers.speaker_id): models that share it share voices
 
     def __repr__(self) -> str:  # the embedding's numbers say nothing to a reader: its size does
         f0 = f"{self.f0_median:.0f} Hz" if self.f0_median else "unknown"
@@ -96,6 +97,7 @@ class Converter:
         self.vocoder = vocoder
         self.device = device
         self.model_id = model_id  # sha256 of the weights: enrolled embeddings belong to one model
+        self.speaker_id = ""  # ... or to every model with this speaker encoder (set by load)
         self._teacher = None  # the phonetic teacher, loaded on first use by models that read it
         self.checkpoint: Path | None = None  # the folder it was loaded from (set by load)
         # the one step from audio to what the model reads (a causal model hears the teacher block by block)
@@ -117,11 +119,17 @@ class Converter:
 
     @property
     def teacher(self):
-        """The phonetic teacher (:class:`vckit.models.teacher.PhoneticTeacher`), loaded on first use."""
+        """The phonetic teacher (:class:`vckit.models.teacher.PhoneticTeacher`), loaded on first use; for a
+        model that carries its own phone student (``model.stream.phonetic: student``), that student."""
         if self._teacher is None:
-            from vckit.models.teacher import PhoneticTeacher
+            if self.model.content_encoder.student is not None:
+                from vckit.models.phone_student import StudentTeacher
 
-            self._teacher = PhoneticTeacher(threads=max(1, torch.get_num_threads()))
+                self._teacher = StudentTeacher(self.model.content_encoder.student, self.config.mel)
+            else:
+                from vckit.models.teacher import PhoneticTeacher
+
+                self._teacher = PhoneticTeacher(threads=max(1, torch.get_num_threads()))
         return self._teacher
 
     def stream(self, voice: "Voice | AudioInput | Sequence[AudioInput]", *, pitch_shift: float = 0.0, chunk_ms: float | None = None, bf16: bool | None = None):
@@ -165,7 +173,7 @@ class Converter:
         for w in warnings:
             reference_log.warning("%s", w)
         seconds, speech = sum(m.seconds for _, m in measures), sum(m.speech_seconds for _, m in measures)
-        return Voice(torch.stack(embs).mean(0), f0_median, self.model_id, seconds, speech, warnings)
+        return Voice(torch.stack(embs).mean(0), f0_median, self.model_id, seconds, speech, warnings, self.speaker_id)
 
     def enrolled(self, name: str, bank: str | os.PathLike | None = None) -> Voice:
         """The :class:`Voice` of a speaker stored by ``vckit enroll`` (or ``finetune``), for :meth:`convert`.
@@ -177,14 +185,16 @@ class Converter:
         from vckit.speakers import check_profile_model, default_bank, load_profile
 
         prof = load_profile(bank or default_bank(), name)
-        if prof.model_id and self.model_id and prof.model_id != self.model_id:
+        shared = bool(self.speaker_id) and prof.meta.get("speaker_id") == self.speaker_id
+        if prof.model_id and self.model_id and prof.model_id != self.model_id and not shared:
             refs = [r for r in prof.meta.get("references", []) if os.path.isfile(r)]
             if refs:
                 log.info("speaker %r was enrolled with another model: its voice is made for this one from its %d reference file(s)", name, len(refs))
                 return self.voice(refs)
-        check_profile_model(prof, self.model_id, str(self.checkpoint or ""))
+        if not shared:
+            check_profile_model(prof, self.model_id, str(self.checkpoint or ""))
         seconds = float(prof.meta.get("seconds") or 0.0)
-        return Voice(prof.embedding.to(self.device), prof.f0_median, prof.model_id, seconds, seconds)
+        return Voice(prof.embedding.to(self.device), prof.f0_median, prof.model_id, seconds, seconds, speaker_id=prof.meta.get("speaker_id", ""))
 
     @torch.inference_mode()
     def _convert_mel(self, source: AudioInput, target: Target, sr: int | None = None, pitch_shift: float = 0.0) -> torch.Tensor:
@@ -317,7 +327,8 @@ class Converter:
         """``target`` as a :class:`Voice` on this converter's device: a Voice is checked, reference audio made into one."""
         dim = self.config.model.speaker.dim
         if isinstance(target, Voice):
-            if target.model_id and self.model_id and target.model_id != self.model_id:
+            shared = bool(self.speaker_id) and target.speaker_id == self.speaker_id
+            if target.model_id and self.model_id and target.model_id != self.model_id and not shared:
                 raise VckitError(f"this voice was made by another model ({target.model_id[:12]}), not this one ({self.model_id[:12]}): make it again with vc.voice(refs)")
             if tuple(target.embedding.shape) != (dim,):
                 raise VckitError(f"this voice's embedding has shape {tuple(target.embedding.shape)}, but this model's speaker embeddings are ({dim},)")
@@ -355,6 +366,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
     import dataclasses
 
     from vckit.models.vocoder import load_vocoder
+    from vckit.speakers import speaker_id
 
     from vckit.devices import pick_device, vocoder_dtype
 
@@ -378,7 +390,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
         voc = voc.to(voc_dtype)
     model_id = recorded or _weights_hash(path)
     vc = Converter(model, config, voc, dev, model_id)
-    vc.checkpoint = path
+    vc.checkpoint, vc.speaker_id = path, speaker_id(model, config.mel)
     return vc
 
 

@@ -302,13 +302,19 @@ MEL_CHUNK_FRAMES = 4096  # long inputs are analysed in slices of this many frame
 def log_mel_frames(wav: np.ndarray, cfg: MelConfig, first: int, frames: int) -> torch.Tensor:
     """Mel frames ``[first, first + frames)`` of a stream ``(samples,)`` -> ``(n_mels, frames)``,
     as :func:`log_mel` frames them; samples before the stream began count as silence."""
-    if cfg not in _MEL_CACHE:
-        _MEL_CACHE[cfg] = MelSpectrogram(cfg)
     pad = (cfg.n_fft - cfg.hop_length) // 2
     lo, hi = first * cfg.hop_length - pad, (first + frames - 1) * cfg.hop_length - pad + cfg.n_fft
     piece = np.concatenate([np.zeros(max(0, -lo), np.float32), wav[max(0, lo) : hi]])
+    return log_mel_padded(piece, cfg)
+
+
+def log_mel_padded(piece: np.ndarray, cfg: MelConfig) -> torch.Tensor:
+    """The log-mel of samples that start ``(n_fft - hop) / 2`` before the first frame's hop, as
+    :func:`log_mel` pads them: ``(samples,)`` -> ``(n_mels, (samples - n_fft) // hop + 1)``."""
+    if cfg not in _MEL_CACHE:
+        _MEL_CACHE[cfg] = MelSpectrogram(cfg)
     with torch.no_grad():
-        return _MEL_CACHE[cfg].to("cpu").analyse_padded(torch.from_numpy(piece)[None])[0]
+        return _MEL_CACHE[cfg].to("cpu").analyse_padded(torch.from_numpy(np.ascontiguousarray(piece, np.float32))[None])[0]
 
 
 def log_mel(wav: np.ndarray | torch.Tensor, cfg: MelConfig, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -27,6 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     sf.add_argument("--block-frames", type=int, default=StreamConfig.block_frames)
     sf.add_argument("--lookahead-ms", type=float, default=StreamConfig.teacher_lookahead_ms)
     sf.add_argument("--context-s", type=float, default=StreamConfig.teacher_context_s)
+    sf.add_argument("--student", default=None, metavar="DIR", help="hear this causal phone student (vckit train-student) instead of hama; the model then carries it")
     sf.add_argument("--threads", type=int, default=1)
     sf.add_argument("--quiet", action="store_true", help="no progress bar")
     sf.set_defaults(func=_stream_features)
@@ -44,8 +45,14 @@ def _stream_features(args: argparse.Namespace) -> int:
 
     if args.block_frames < 1 or args.threads < 1 or args.lookahead_ms < 0 or args.context_s <= 0:
         raise VckitError("--block-frames and --threads must be at least 1, --lookahead-ms at least 0, --context-s above 0")
-    stream = StreamConfig(causal=True, block_frames=args.block_frames, teacher_lookahead_ms=args.lookahead_ms, teacher_context_s=args.context_s)
-    summary = build(args.src, args.dst, stream, threads=args.threads, progress=not args.quiet)
+    settings = {"block_frames": args.block_frames, "teacher_lookahead_ms": args.lookahead_ms, "teacher_context_s": args.context_s}
+    if args.student:
+        from vckit.data.stream_features import student_stream
+
+        stream = student_stream(args.student, **settings)
+    else:
+        stream = StreamConfig(causal=True, **settings)
+    summary = build(args.src, args.dst, stream, student=args.student, threads=args.threads, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 

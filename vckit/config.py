@@ -191,16 +191,57 @@ class DiscriminatorConfig:
     layers: Size = 4
 
 
+WHOLE_UTTERANCE = -1  # PhoneStudentConfig.lookahead_frames: symmetric context, half the receptive field each side
+
+
+@dataclass(frozen=True)
+class PhoneStudentConfig:
+    """A phone student (:mod:`vckit.models.phone_student`): an input convolution, ``blocks`` residual
+    dilated convolutions (dilations cycle through ``dilations``) and a 1x1 output over hama's symbols."""
+
+    n_mels: Size = 80
+    channels: Size = 128
+    blocks: Count = 6
+    kernel: Size = 5
+    dilations: tuple[Size, ...] = (1, 2, 4)
+    lookahead_frames: Annotated[int, Range(WHOLE_UTTERANCE)] = WHOLE_UTTERANCE  # 0 causal, N frames, -1 whole utterance (symmetric)
+    classes: Size = 191  # hama's symbols (vckit.models.teacher.N_CLASSES)
+    mel_mean: Real = -5.5  # the units it reads: (log_mel - mel_mean) / mel_std, as the VC model's
+    mel_std: Positive = 2.2
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "model")
+        if not self.dilations:
+            raise ConfigError("model.dilations needs at least one dilation")
+
+    @property
+    def receptive_field(self) -> int:
+        """Input frames one output frame depends on."""
+        dil = [self.dilations[i % len(self.dilations)] for i in range(self.blocks)]
+        return 1 + (self.kernel - 1) * (1 + sum(dil))
+
+    @property
+    def lookahead(self) -> int:
+        """Future frames one output frame hears (``lookahead_frames``, or half the receptive field)."""
+        return (self.receptive_field - 1) // 2 if self.lookahead_frames == WHOLE_UTTERANCE else self.lookahead_frames
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """Live conversion (vckit.streaming): causal convolutions, running norms from a learned prior
-    worth ``norm_prior_frames``, and phonetic input made block by block (vckit.data.stream_features)."""
+    worth ``norm_prior_frames``, and phonetic input made block by block (vckit.data.stream_features).
+
+    ``phonetic`` says what makes that input: ``hama``, the phonetic teacher (ONNX), or ``student``, a causal
+    phone student of shape ``student`` that the model carries in its weights (``content_encoder.student``)
+    and whose last hidden layer it reads (vckit prepare stream-features --student)."""
 
     causal: bool = False
     norm_prior_frames: Size = 16
     block_frames: Size = 6  # mel frames per block (a multiple of the content encoder's hop)
     teacher_lookahead_ms: Amount = 40.0  # audio the teacher hears past the block's last frame centre
     teacher_context_s: Positive = 2.0  # audio the teacher hears before it
+    phonetic: Annotated[str, OneOf(("hama", "student"))] = "hama"
+    student: PhoneStudentConfig = field(default_factory=PhoneStudentConfig)  # with phonetic: student
 
 
 @dataclass(frozen=True)
@@ -293,6 +334,9 @@ class TrainConfig(LoopConfig):
     # embedding it was decoded with, the speaker encoder held still for this term, so that the decoder keeps the
     # voice it is given (a counterweight to the phone loss, which pulls towards the training speakers' average)
     voice_consistency: Amount = 0.0
+    # a checkpoint whose speaker encoder this model takes at its start and keeps frozen: a voice made with one
+    # model then converts with the other (the live model shares the default's)
+    speaker_from: str = ""
     mel_gan: Amount = 0.0  # >0 (with model.discriminator): least-squares adversarial loss on the decoded mel
     feature_matching: Amount = 0.0  # L1 between the discriminator's features of decoded and real mels
     gan_start_step: Count = 0  # the discriminator trains from the start; the decoder feels it from this step

@@ -106,6 +106,19 @@ def list_profiles(bank: str | os.PathLike) -> list[SpeakerProfile]:
     return out
 
 
+def speaker_id(model: Any, mel: Any) -> str:
+    """A sha256 of what makes a model's speaker embeddings: its speaker encoder's weights (as float16, the
+    shipped precision) and its mel analysis. Two models with the same (the live model takes the default's:
+    ``train.speaker_from``) take each other's voices and enrolled speakers."""
+    import hashlib
+
+    h = hashlib.sha256(repr(sorted(vars(mel).items())).encode())
+    for k, v in sorted(model.speaker_encoder.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float16).numpy().tobytes())
+    return h.hexdigest()
+
+
 def new_profile(name: str, embedding: torch.Tensor, model_id: str, refs: list[str], seconds: float, f0_median: float | None, *,
                 checkpoint: str = "", speech_seconds: float | None = None) -> SpeakerProfile:
     """A profile; ``checkpoint`` (the model folder that made ``embedding``) is kept so a refusal can name it.
@@ -148,6 +161,8 @@ def enroll(converter: Any, name: str, refs: list[str | os.PathLike], *, bank: st
     prof = new_profile(name, voice.embedding, converter.model_id, [str(Path(r).resolve()) for r in refs], voice.seconds, voice.f0_median,
                        checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "", speech_seconds=voice.speech_seconds)
     prof.meta.update(meta or {})
+    if getattr(converter, "speaker_id", ""):
+        prof.meta["speaker_id"] = converter.speaker_id
     return Enrolled(prof, save_profile(bank, prof, overwrite=overwrite), voice)
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from vckit.config import ContentConfig, StreamConfig
 from vckit.models.layers import ConvBlock, call, make_norm, pad_to_multiple
+from vckit.models.phone_student import PhoneStudent
 from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP
 
 
@@ -35,10 +36,14 @@ class ContentEncoder(nn.Module):
         self.cfg = cfg
         self.hop = math.prod(cfg.downsample)
         n_in = {"mel": n_mels, "phonetic": cfg.input_dim}.get(cfg.input, cfg.input_dim + n_mels)
+        self.student = None  # the causal phone student whose hidden layer a live model reads (stream.phonetic: student)
         if cfg.input != "mel":
-
-            self.register_buffer("teacher_mean", torch.zeros(HIDDEN_DIM))
-            self.register_buffer("teacher_proj", torch.zeros(cfg.input_dim, HIDDEN_DIM))
+            hidden = HIDDEN_DIM
+            if stream is not None and stream.phonetic == "student":
+                self.student = PhoneStudent(stream.student).requires_grad_(False)  # frozen: its weights come with the features
+                hidden = stream.student.channels
+            self.register_buffer("teacher_mean", torch.zeros(hidden))
+            self.register_buffer("teacher_proj", torch.zeros(cfg.input_dim, hidden))
         self.inp = nn.Conv1d(n_in, cfg.channels, 1)
         causal = stream is not None and stream.causal
         norm, prior = ("causal", stream.norm_prior_frames) if causal else ("instance", 16)
@@ -47,7 +52,7 @@ class ContentEncoder(nn.Module):
         self.norm = make_norm(norm if cfg.out_norm else "none", cfg.dim, prior)
 
     def project_teacher(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Teacher hidden frames (batch, frames, 256) -> whitened (batch, input_dim, frames), clipped to +-4 as cached."""
+        """Teacher hidden frames (batch, frames, 256, or the student's channels) -> whitened (batch, input_dim, frames), clipped to +-4 as cached."""
         x = (hidden.to(self.teacher_proj.dtype) - self.teacher_mean) @ self.teacher_proj.T
         return x.clamp(-PHONETIC_CLIP, PHONETIC_CLIP).transpose(1, 2)
 

@@ -23,53 +23,21 @@ checkpoint of kind ``phone_student`` (:mod:`vckit.checkpoint`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
-from vckit.config import Count, Positive, Range, Real, Size, check_ranges, from_dict, to_dict
+from vckit.config import WHOLE_UTTERANCE, PhoneStudentConfig, from_dict, to_dict
 from vckit.errors import CheckpointError, ConfigError
-from vckit.models.teacher import N_CLASSES
 
-WHOLE_UTTERANCE = -1  # lookahead_frames: symmetric context, half the receptive field each side
-
-
-@dataclass(frozen=True)
-class PhoneStudentConfig:
-    """The student network: an input convolution, ``blocks`` residual dilated
-    convolutions (dilations cycle through ``dilations``) and a 1x1 output."""
-
-    n_mels: Size = 80
-    channels: Size = 128
-    blocks: Count = 6
-    kernel: Size = 5
-    dilations: tuple[Size, ...] = (1, 2, 4)
-    lookahead_frames: Annotated[int, Range(WHOLE_UTTERANCE)] = WHOLE_UTTERANCE  # 0 causal, N frames, -1 whole utterance (symmetric)
-    classes: Size = N_CLASSES
-    mel_mean: Real = -5.5  # the units it reads: (log_mel - mel_mean) / mel_std, as the VC model's
-    mel_std: Positive = 2.2
-
-    def __post_init__(self) -> None:
-        check_ranges(self, "model")
-        if not self.dilations:
-            raise ConfigError("model.dilations needs at least one dilation")
-
-    @property
-    def receptive_field(self) -> int:
-        """Input frames one output frame depends on."""
-        dil = [self.dilations[i % len(self.dilations)] for i in range(self.blocks)]
-        return 1 + (self.kernel - 1) * (1 + sum(dil))
-
-    @property
-    def lookahead(self) -> int:
-        """Future frames one output frame hears (``lookahead_frames``, or half the receptive field)."""
-        return (self.receptive_field - 1) // 2 if self.lookahead_frames == WHOLE_UTTERANCE else self.lookahead_frames
-
+if TYPE_CHECKING:
+    from vckit.config import MelConfig
+    from vckit.models.teacher import TeacherFrames
 
 class _CausalConv(nn.Conv1d):
     """A dilated convolution left-padded with zeros: output ``t`` reads inputs ``<= t``.
@@ -124,15 +92,77 @@ class PhoneStudent(nn.Module):
         """Log-mel in nats -> the units the student reads (those of the VC decoder's output)."""
         return (log_mel - self.cfg.mel_mean) / self.cfg.mel_std
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel: (batch, n_mels, frames) normalised -> logits (batch, classes, frames)."""
+    def hidden(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: (batch, n_mels, frames) normalised -> its last hidden layer (batch, channels, frames),
+        which the logits are a 1x1 convolution of (what a live model reads: :class:`StudentTeacher`)."""
         n = self.lookahead
-        x = F.pad(mel, (0, n)) if n else mel
-        h = self.inp(x)
+        h = self.inp(F.pad(mel, (0, n)) if n else mel)
         for block in self.blocks:
             h = block(h)
-        logits = self.out(F.gelu(self.norm(h)))
-        return logits[..., n:] if n else logits
+        h = F.gelu(self.norm(h))
+        return h[..., n:] if n else h
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel: (batch, n_mels, frames) normalised -> logits (batch, classes, frames)."""
+        return self.out(self.hidden(mel))
+
+
+class StudentTeacher:
+    """A causal phone student heard as the front-end hears the phonetic teacher (:mod:`vckit.frontend`):
+    ``frames`` over a whole utterance, ``window_hidden`` over one window of a stream, both giving the
+    student's last hidden layer ``(frames, channels)`` at the model's mel frames.
+
+    It reads the log-mel of the model's own analysis (``mel``), so it costs a few small convolutions
+    per block where hama's recogniser costs a transformer run; frames it would hear before the window
+    (or the stream) began are silence, and frames past the window's end are padded as the student was
+    trained (its look-ahead is then cut short: give the stream ``teacher_lookahead_ms`` of at least
+    ``lookahead * hop + n_fft - hop / 2`` samples to hear all of it).
+    """
+
+    def __init__(self, student: PhoneStudent, mel: "MelConfig"):
+        if student.cfg.n_mels != mel.n_mels:
+            raise ConfigError(f"the phone student reads {student.cfg.n_mels} mel bands, the model {mel.n_mels}")
+        self.student, self.mel = student, mel
+        self.hidden_dim = student.cfg.channels
+
+    @torch.no_grad()
+    def _hidden(self, log_mel: torch.Tensor) -> np.ndarray:
+        w = next(self.student.parameters())
+        x = self.student.normalize(log_mel.to(w.device, torch.float32))[None].to(w.dtype)
+        return self.student.hidden(x)[0].T.float().cpu().numpy()
+
+    def frames(self, wav: np.ndarray, sr: int, n_frames: int, hop_length: int = 256) -> "TeacherFrames":
+        """The hidden layer ``(n_frames, channels)`` over a whole utterance (no posteriors: ``log_probs`` is None)."""
+        from vckit.audio import log_mel
+        from vckit.models.teacher import TeacherFrames
+
+        self._check(sr, hop_length)
+        h = self._hidden(log_mel(np.asarray(wav, np.float32), self.mel))
+        h = np.concatenate([h, np.repeat(h[-1:], max(0, n_frames - len(h)), axis=0)])[:n_frames] if len(h) else np.zeros((n_frames, self.hidden_dim), np.float32)
+        return TeacherFrames(h, None)
+
+    def window_hidden(self, window: np.ndarray, sr: int, start: int, frames: np.ndarray, hop_length: int) -> np.ndarray:
+        """The hidden layer at mel ``frames`` (consecutive) from the stream's samples ``[start, start + len(window))``."""
+        self._check(sr, hop_length)
+        frames = np.asarray(frames)
+        if len(frames) == 0:
+            return np.zeros((0, self.hidden_dim), np.float32)
+        a, b = int(frames[0]), int(frames[-1]) + 1
+        cfg, look = self.student.cfg, self.student.lookahead
+        first = max(0, a + look - cfg.receptive_field + 1)  # the mel frames the outputs read: [first, b + look)
+        pad = (self.mel.n_fft - self.mel.hop_length) // 2
+        lo, hi = first * hop_length - pad, (b + look - 1) * hop_length - pad + self.mel.n_fft
+        piece = np.zeros(hi - lo, np.float32)  # silence outside the window
+        s, e = max(lo, start), min(hi, start + len(window))
+        if e > s:
+            piece[s - lo : e - lo] = window[s - start : e - start]
+        from vckit.audio import log_mel_padded
+
+        return self._hidden(log_mel_padded(piece, self.mel))[a - first : b - first]
+
+    def _check(self, sr: int, hop_length: int) -> None:
+        if (sr, hop_length) != (self.mel.sample_rate, self.mel.hop_length):
+            raise ConfigError(f"the phone student hears the model's mel ({self.mel.sample_rate} Hz, hop {self.mel.hop_length}), not {sr} Hz, hop {hop_length}")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -180,4 +210,4 @@ def load_student(folder: str | os.PathLike, device: str | torch.device = "cpu", 
     return model, meta
 
 
-__all__ = ["PhoneStudent", "PhoneStudentConfig", "WHOLE_UTTERANCE", "count_parameters", "load_student", "save_student"]
+__all__ = ["PhoneStudent", "PhoneStudentConfig", "StudentTeacher", "WHOLE_UTTERANCE", "count_parameters", "load_student", "save_student"]

@@ -14,7 +14,6 @@ parameters as a run never stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
@@ -58,6 +57,8 @@ class Trainer(TrainingLoop):
         self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_speakers=n_spk))
         self._check_store(cfg)
         self.model = build_model(cfg, for_training=True).to(self.device)
+        if t.speaker_from:
+            self.model.speaker_encoder.requires_grad_(False)  # shared with the model in train.speaker_from
         self.optimizer = make_optimizer(self.model, cfg)
         self.disc, self.disc_opt = None, None
         if cfg.model.discriminator.enabled and (t.mel_gan > 0 or t.feature_matching > 0):
@@ -82,6 +83,8 @@ class Trainer(TrainingLoop):
             log.info("initialised %d tensors from %s", len(sd), init_from)
         if not resumed and self.model.needs_phonetic:
             self._set_projection()
+        if not resumed and t.speaker_from:
+            self._share_speaker_encoder()
         if t.ema > 0 and self.ema is None:  # a new run, or one saved before it kept an average
             self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items() if v.is_floating_point()}
         self.net: torch.nn.Module = self.model
@@ -150,14 +153,36 @@ class Trainer(TrainingLoop):
         cos = torch.nn.functional.cosine_similarity(emb.float(), out.converted_speaker.detach().float(), dim=1)
         return (1.0 - cos).mean()
 
+    def _share_speaker_encoder(self) -> None:
+        """Take ``train.speaker_from``'s speaker encoder (frozen since the model was built)."""
+        _, sd, _ = load_checkpoint(self.cfg.train.speaker_from, self.device)
+        own = self.model.speaker_encoder.state_dict()
+        part = {k.removeprefix("speaker_encoder."): v for k, v in sd.items() if k.startswith("speaker_encoder.")}
+        if part.keys() != own.keys() or any(v.shape != own[k].shape for k, v in part.items()):
+            raise VckitError(f"the speaker encoder of {self.cfg.train.speaker_from} is not of this model's shape (model.speaker)")
+        self.model.speaker_encoder.load_state_dict({k: v.to(own[k].dtype) for k, v in part.items()})
+        log.info("speaker encoder from %s, frozen", self.cfg.train.speaker_from)
+
     def _set_projection(self) -> None:
-        """Copy the cache's teacher projection into the model, which carries it to conversion."""
+        """Copy the cache's teacher projection into the model, which carries it to conversion; and, for a model
+        that reads a phone student's features, that student's weights (checked against the ones that made them)."""
         from vckit.data.frame_features import load_projection
 
         proj = load_projection(self.cfg.data.features)
         enc = self.model.content_encoder
+        if proj["mean"].shape != enc.teacher_mean.shape:
+            raise VckitError(f"the cache's phonetic projection reads {proj['mean'].shape[0]} features, the model's {enc.teacher_mean.shape[0]}")
         enc.teacher_mean.copy_(torch.from_numpy(proj["mean"]))
         enc.teacher_proj.copy_(torch.from_numpy(proj["proj"]))
+        if enc.student is not None:
+            from vckit.data.stream_features import made_settings, student_sha256
+            from vckit.models.phone_student import load_student
+
+            made = made_settings(self.cfg.data.features) or {}
+            folder = made.get("student_folder", "")
+            if not Path(folder, "config.json").is_file() or student_sha256(folder) != made.get("student_sha256"):
+                raise VckitError(f"the phone student that made {self.cfg.data.features} is no longer at {folder or '(none recorded)'} as it was: remake the features")
+            enc.student.load_state_dict(load_student(folder)[0].state_dict())
 
     # checkpoints ------------------------------------------------------------
     def save(self) -> Path | None:
@@ -323,10 +348,9 @@ class Trainer(TrainingLoop):
 
 def _check_stream_features(cfg: Config) -> None:
     """A causal model must read phonetic features made as its stream will hear them, and only such a model."""
-    from vckit.data.stream_features import SETTINGS_FILE, stream_settings
+    from vckit.data.stream_features import made_settings, stream_settings
 
-    path = Path(cfg.data.features) / SETTINGS_FILE
-    made = json.loads(path.read_text()) if path.is_file() else None
+    made = made_settings(cfg.data.features)
     if cfg.model.stream.causal:
         want = stream_settings(cfg.model.stream)
         if made is None or any(made.get(k) != v for k, v in want.items()):
