@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from test_demo import CHROMIUM_ARGS, start_demo, stop_server
-from test_streaming import causal_checkpoint  # noqa: F401  (a fixture)
+from conftest import CI
 from vckit.audio import load_audio, resample
 from vckit.demo.app import EXAMPLE_PREFIX, REFERENCE_CHOICE, DemoService
 from vckit.demo.stream_tab import STREAM_EVERY, ChunkResampler, StreamTab, to_mono_float
@@ -189,6 +189,7 @@ def test_browser_live_tab(sync_api, causal_checkpoint: Path, mic: np.ndarray, tm
                 sent = float(re.search(r"\(([\d.]+) s sent back\)", status.inner_text()).group(1))
                 assert sent > 0.5
                 if shutil.which("ffmpeg") is None:  # no playback: the tab says why, and the counts above are what there is
+                    assert not CI, "ffmpeg is not installed, so the live tab's playback goes unchecked (scripts/test.sh installs it)"
                     sync_api.expect(page.locator("#live-intro")).to_contain_text("this server has no ffmpeg")
                     return
                 player = page.locator("#live-out audio")

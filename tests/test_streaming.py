@@ -6,35 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from vckit.config import Config, ContentConfig, DecoderConfig, F0Config, ModelConfig, SpeakerConfig, StreamConfig
+from conftest import causal_config
 from vckit.errors import VckitError
 from vckit.models.layers import CausalConv1d, CausalNorm
 from vckit.models.vc import Frames, build_model
 
 SR = 22050
-
-
-def causal_config(content_input: str = "phonetic", **stream) -> Config:
-    return Config(model=ModelConfig(
-        content=ContentConfig(channels=32, blocks=2, kernel_size=3, downsample=(1, 2), dim=4, input=content_input, input_dim=6),
-        speaker=SpeakerConfig(channels=32, blocks=2, kernel_size=3, dim=16),
-        decoder=DecoderConfig(channels=32, blocks=2, kernel_size=3),
-        f0=F0Config(enabled=True),
-        stream=StreamConfig(causal=True, **stream),
-    ))
-
-
-@pytest.fixture(scope="module")
-def causal_checkpoint(tmp_path_factory):
-    """A small causal model (untrained, random teacher projection), saved as training saves one."""
-    from vckit.checkpoint import save_checkpoint
-
-    cfg = causal_config()
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.content_encoder.teacher_proj.normal_(0, 0.1)
-    return save_checkpoint(tmp_path_factory.mktemp("causal") / "ck", cfg, model.state_dict(), step=1)
 
 
 @pytest.fixture(scope="module")
