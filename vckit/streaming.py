@@ -28,7 +28,7 @@ How a block is made (``B`` = ``model.stream.block_frames`` mel frames):
    samples are cross-faded with the previous block's guess at them.
 
 The delay is ``(B - 1 + vocoder_lookahead) * hop + hop / 2 + teacher look-ahead``:
-127 ms for the shipped streaming model at 22.05 kHz.
+145 ms for the shipped streaming model at 22.05 kHz (its phone student hears 58 ms ahead).
 """
 
 from __future__ import annotations
