@@ -68,7 +68,7 @@ def test_heard_block_by_block_the_student_gives_what_it_gives_the_whole_utteranc
     n = len(wav) // mel.hop_length
     whole = teacher.frames(wav, mel.sample_rate, n, mel.hop_length).hidden
     assert whole.shape == (n, 16) and teacher.hidden_dim == 16
-    look_ms = 1000 * (3 * mel.hop_length + mel.n_fft - mel.hop_length // 2) / mel.sample_rate  # 58 ms: frame t + 3 heard whole
+    look_ms = 1000 * (3 * mel.hop_length + mel.n_fft // 2) / mel.sample_rate + 1e-6  # 58 ms: frame t + 3's window heard whole
     for ms, exact in ((look_ms, True), (20.0, False)):
         stream = StreamConfig(causal=True, teacher_lookahead_ms=ms, teacher_context_s=0.3, phonetic="student", student=cfg)
         streamed = Frontend(mel, phonetic=True, stream=stream, teacher=teacher).features(wav, n).hidden

@@ -116,7 +116,7 @@ class StudentTeacher:
     per block where hama's recogniser costs a transformer run; frames it would hear before the window
     (or the stream) began are silence, and frames past the window's end are padded as the student was
     trained (its look-ahead is then cut short: give the stream ``teacher_lookahead_ms`` of at least
-    ``lookahead * hop + n_fft - hop / 2`` samples to hear all of it).
+    ``lookahead * hop + n_fft / 2`` samples to hear all of it, 58 ms for 3 frames at 22050 Hz).
     """
 
     def __init__(self, student: PhoneStudent, mel: "MelConfig"):
