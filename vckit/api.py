@@ -185,13 +185,11 @@ class Converter:
         from vckit.speakers import check_profile_model, default_bank, load_profile
 
         prof = load_profile(bank or default_bank(), name)
-        shared = bool(self.speaker_id) and prof.meta.get("speaker_id") == self.speaker_id
-        if prof.model_id and self.model_id and prof.model_id != self.model_id and not shared:
+        if not self._takes(prof.model_id, prof.meta.get("speaker_id", "")):
             refs = [r for r in prof.meta.get("references", []) if os.path.isfile(r)]
             if refs:
                 log.info("speaker %r was enrolled with another model: its voice is made for this one from its %d reference file(s)", name, len(refs))
                 return self.voice(refs)
-        if not shared:
             check_profile_model(prof, self.model_id, str(self.checkpoint or ""))
         seconds = float(prof.meta.get("seconds") or 0.0)
         return Voice(prof.embedding.to(self.device), prof.f0_median, prof.model_id, seconds, seconds, speaker_id=prof.meta.get("speaker_id", ""))
@@ -323,12 +321,16 @@ class Converter:
         return write_audio(path, wav, rate, overwrite=overwrite)
 
     # -- helpers -------------------------------------------------------------
+    def _takes(self, model_id: str, speaker_id: str) -> bool:
+        """Whether an embedding made by the model ``model_id`` (speaker encoder ``speaker_id``) serves this model:
+        the same weights, the same speaker encoder, or an origin that one side does not know."""
+        return not model_id or not self.model_id or model_id == self.model_id or (bool(self.speaker_id) and speaker_id == self.speaker_id)
+
     def _voice_of(self, target: Target, sr: int | None) -> Voice:
         """``target`` as a :class:`Voice` on this converter's device: a Voice is checked, reference audio made into one."""
         dim = self.config.model.speaker.dim
         if isinstance(target, Voice):
-            shared = bool(self.speaker_id) and target.speaker_id == self.speaker_id
-            if target.model_id and self.model_id and target.model_id != self.model_id and not shared:
+            if not self._takes(target.model_id, target.speaker_id):
                 raise VckitError(f"this voice was made by another model ({target.model_id[:12]}), not this one ({self.model_id[:12]}): make it again with vc.voice(refs)")
             if tuple(target.embedding.shape) != (dim,):
                 raise VckitError(f"this voice's embedding has shape {tuple(target.embedding.shape)}, but this model's speaker embeddings are ({dim},)")

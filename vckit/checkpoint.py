@@ -269,9 +269,9 @@ def read_config(folder: str | os.PathLike, meta: dict[str, Any] | None = None) -
 def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
     """Read a VC checkpoint folder: (config, float32 state dict, metadata)."""
     meta = read_folder(folder, "vc")
-    config = read_config(folder, meta)
     folder = Path(folder)
-    return config, read_weights(folder.parent if folder.is_file() else folder, meta, device=device), meta
+    folder = folder.parent if folder.is_file() else folder
+    return read_config(folder, meta), read_weights(folder, meta, device=device), meta
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:

@@ -187,24 +187,41 @@ def cache_frame_features(
     seconds = time.time() - t0
     fit = set(fit_paths) if fit_paths is not None and given is None else None
     rows = [np.arange(u["offset"], u["offset"] + u["frames"]) for u in utts if fit is None or u["path"] in fit]
-    sel = np.concatenate(rows) if rows else np.arange(total)
-    rng = np.random.default_rng(0)
-    sample = hidden[rng.choice(sel, size=min(len(sel), 200_000), replace=False)].astype(np.float32)
+    sample = sample_frames(hidden, np.concatenate(rows) if rows else None)
     if given is None:
         projection = fit_projection(sample, dims)
     else:
         projection = {**given, "explained": np.float32(explained_variance(sample, given["proj"]))}
-    phon = np.zeros((total, dims), dtype=np.uint8)
-    for s in range(0, total, 100_000):
-        phon[s : s + 100_000] = quantize_phonetic(project(hidden[s : s + 100_000].astype(np.float32), projection))
+    phon = quantize_frames(hidden, projection)
     for name, arr in (("f0", f0), ("phonetic", phon), ("posteriors_idx", post_idx), ("posteriors_p", post_p)):
         with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-    meta = {"dims": dims, "top_k": top_k, "explained_variance": float(projection["explained"]), "teacher": "hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer",
-            "fitted": given is None, "mean": projection["mean"].tolist(), "proj": projection["proj"].tolist()}
-    write_text_atomically(folder / PROJECTION_FILE, json.dumps(meta))
+    write_projection(folder, projection, "hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer", fitted=given is None, top_k=top_k)
     voiced = float((f0 > 0).mean())
     return {"frames": total, "seconds": seconds, "explained_variance": float(projection["explained"]), "voiced": voiced}
+
+
+def sample_frames(hidden: np.ndarray, rows: np.ndarray | None = None, size: int = 200_000) -> np.ndarray:
+    """Up to ``size`` of the frames ``rows`` (default: all) of teacher frames ``(N, D)``, drawn with seed 0, as float32:
+    what a projection is fitted on or measured with."""
+    pool = len(hidden) if rows is None else rows  # an int draws from range(int), as from the rows 0..N-1
+    pick = np.random.default_rng(0).choice(pool, size=min(len(hidden) if rows is None else len(rows), size), replace=False)
+    return hidden[pick].astype(np.float32)
+
+
+def quantize_frames(hidden: np.ndarray, projection: dict[str, np.ndarray], chunk: int = 100_000) -> np.ndarray:
+    """Teacher frames ``(N, D)`` -> the cache's ``phonetic.npy``, uint8 ``(N, dims)``, ``chunk`` frames at a time."""
+    phon = np.zeros((len(hidden), projection["proj"].shape[0]), dtype=np.uint8)
+    for s in range(0, len(hidden), chunk):
+        phon[s : s + chunk] = quantize_phonetic(project(hidden[s : s + chunk].astype(np.float32), projection))
+    return phon
+
+
+def write_projection(folder: str | os.PathLike, projection: dict[str, np.ndarray], teacher: str, *, fitted: bool, **extra: Any) -> None:
+    """Write ``projection`` as ``folder``'s :data:`PROJECTION_FILE`, saying what ``teacher`` made the frames it projects."""
+    meta = {"dims": int(projection["proj"].shape[0]), **extra, "explained_variance": float(projection["explained"]), "teacher": teacher,
+            "fitted": fitted, "mean": projection["mean"].tolist(), "proj": projection["proj"].tolist()}
+    write_text_atomically(Path(folder) / PROJECTION_FILE, json.dumps(meta))
 
 
 def load_projection(folder: str | os.PathLike) -> dict[str, np.ndarray]:

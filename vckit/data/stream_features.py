@@ -68,7 +68,7 @@ def build(
     ``student``: a phone-student folder; the features are then its hidden layer (``stream`` must say
     ``phonetic: student`` with that student's shape: :func:`student_stream` makes such settings)."""
     from vckit.audio import load_audio
-    from vckit.data.frame_features import PROJECTION_FILE, fit_projection, load_projection, project, quantize_phonetic
+    from vckit.data.frame_features import PROJECTION_FILE, fit_projection, load_projection, project, quantize_frames, quantize_phonetic, sample_frames, write_projection
     from vckit.frontend import Frontend
 
     src, dst = Path(src).resolve(), Path(dst)
@@ -99,7 +99,7 @@ def build(
         extra = {"student_folder": str(Path(student).resolve()), "student_sha256": student_sha256(student)}
     frontend = Frontend(mel, phonetic=True, stream=stream, teacher=teacher)
     total = int(index["frames"])
-    hidden = np.zeros((total, teacher.hidden_dim), np.float32) if student is not None else None
+    hidden = np.zeros((total, teacher.hidden_dim), np.float32) if student is not None else None  # projected once all is heard
     phon = np.zeros((total, dims), np.uint8)
     utts = index["utterances"]
     it = utts
@@ -117,21 +117,18 @@ def build(
         else:
             phon[off : off + n] = quantize_phonetic(project(h, projection))
     if hidden is not None:  # the student's own whitened principal components
-        sample = hidden[np.random.default_rng(0).choice(total, size=min(total, 200_000), replace=False)]
-        projection = fit_projection(sample, dims)
-        for s in range(0, total, 100_000):
-            phon[s : s + 100_000] = quantize_phonetic(project(hidden[s : s + 100_000], projection))
+        projection = fit_projection(sample_frames(hidden), dims)
+        phon = quantize_frames(hidden, projection)
         extra["explained_variance"] = round(float(projection["explained"]), 4)
+    own = {"phonetic.npy", SETTINGS_FILE} | ({PROJECTION_FILE} if student is not None else set())  # written here; the rest linked
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.name not in ("phonetic.npy", SETTINGS_FILE) and not (student is not None and f.name == PROJECTION_FILE) and not f.name.endswith(".tmp"):
+        if f.name not in own and not f.name.endswith(".tmp"):
             (dst / f.name).symlink_to(f)
     with atomic_path(dst / "phonetic.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, phon)
     if student is not None:
-        meta = {"dims": dims, "teacher": f"phone student {extra['student_folder']}, last hidden layer", "fitted": True,
-                "explained_variance": extra["explained_variance"], "mean": projection["mean"].tolist(), "proj": projection["proj"].tolist()}
-        write_text_atomically(dst / PROJECTION_FILE, json.dumps(meta))
+        write_projection(dst, projection, f"phone student {extra['student_folder']}, last hidden layer", fitted=True)
     summary = {**stream_settings(stream), **extra, "frames": total, "seconds": round(time.time() - t0, 1)}
     write_text_atomically(dst / SETTINGS_FILE, json.dumps(summary, indent=1))
     return summary
