@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vckit.audio import log_mel, log_mel_padded
 from vckit.checkpoint import WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
 from vckit.config import WHOLE_UTTERANCE, PhoneStudentConfig, from_dict, to_dict
 from vckit.errors import CheckpointError, ConfigError
@@ -126,14 +127,14 @@ class StudentTeacher:
         self.hidden_dim = student.cfg.channels
 
     @torch.no_grad()
-    def _hidden(self, log_mel: torch.Tensor) -> np.ndarray:
+    def _hidden(self, spec: torch.Tensor) -> np.ndarray:
+        """Log-mel ``(n_mels, frames)`` -> the student's hidden layer ``(frames, channels)``."""
         w = next(self.student.parameters())
-        x = self.student.normalize(log_mel.to(w.device, torch.float32))[None].to(w.dtype)
+        x = self.student.normalize(spec.to(w.device, torch.float32))[None].to(w.dtype)
         return self.student.hidden(x)[0].T.float().cpu().numpy()
 
     def frames(self, wav: np.ndarray, sr: int, n_frames: int, hop_length: int = 256) -> "TeacherFrames":
         """The hidden layer ``(n_frames, channels)`` over a whole utterance (no posteriors: ``log_probs`` is None)."""
-        from vckit.audio import log_mel
         from vckit.models.teacher import TeacherFrames
 
         self._check(sr, hop_length)
@@ -156,8 +157,6 @@ class StudentTeacher:
         s, e = max(lo, start), min(hi, start + len(window))
         if e > s:
             piece[s - lo : e - lo] = window[s - start : e - start]
-        from vckit.audio import log_mel_padded
-
         return self._hidden(log_mel_padded(piece, self.mel))[a - first : b - first]
 
     def _check(self, sr: int, hop_length: int) -> None:
