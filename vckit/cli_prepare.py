@@ -3,7 +3,10 @@
 - ``vckit prepare stream-features SRC DST``: a copy of a feature cache with the
   phonetic teacher's features as a live stream hears them (for causal models);
 - ``vckit prepare virtual-speakers CACHE``: the training speakers again with
-  pitch and formants scaled.
+  pitch and formants scaled;
+- ``vckit prepare vocoder-teacher``: log-mels of real speech and of
+  conversions, each with the universal HiFi-GAN's waveform (what the fast
+  vocoder distils, :mod:`vckit.data.distill`).
 
 A recipe's own ``prepare.py`` makes the cache these start from.
 """
@@ -37,6 +40,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     vs.add_argument("--out", default=None, help="default: CACHE/virtual")
     vs.add_argument("--quiet", action="store_true", help="no progress bar")
     vs.set_defaults(func=_virtual_speakers)
+    vt = tools.add_parser("vocoder-teacher", help="log-mels of speech and of conversions, with the universal HiFi-GAN's waveform for each (the fast vocoder distils it)")
+    vt.add_argument("--out", default="cache/vocoder_teacher")
+    vt.add_argument("--train", default="cache/shared_dev/train.jsonl", help="manifest the training mels come from")
+    vt.add_argument("--valid", default="cache/shared_dev/valid.jsonl", help="manifest of held-out speakers")
+    vt.add_argument("--minutes", type=float, default=12.0, help="of real speech's mels (a speaker at a time)")
+    vt.add_argument("--converted-minutes", type=float, default=12.0, help="of conversions' mels: each source in another training speaker's voice")
+    vt.add_argument("--valid-minutes", type=float, default=1.0, help="of each kind, from the held-out speakers")
+    vt.add_argument("--checkpoint", default=None, help="the VC model that converts (default: the shipped one)")
+    vt.add_argument("--seed", type=int, default=0)
+    vt.set_defaults(func=_vocoder_teacher)
     return pr
 
 
@@ -65,4 +78,50 @@ def _virtual_speakers(args: argparse.Namespace) -> int:
     cache = Path(args.cache)
     s = build(cache / "features", cache / "train.jsonl", Path(args.out) if args.out else cache / "virtual", args.ratios, progress=not args.quiet)
     print(f"virtual speakers: {s['rows']} rows, {s['speakers']} speakers, {s['frames']} frames")
+    return 0
+
+
+def _vocoder_teacher(args: argparse.Namespace) -> int:
+    import random
+
+    import torch
+
+    from vckit.api import load
+    from vckit.audio import load_audio, log_mel
+    from vckit.data.distill import write_teacher_cache
+    from vckit.data.manifest import read_manifest
+    from vckit.data.waves import round_robin
+
+    if min(args.minutes, args.converted_minutes, args.valid_minutes) < 0 or args.minutes + args.converted_minutes <= 0:
+        raise VckitError("--minutes, --converted-minutes and --valid-minutes must be at least 0, and some training minutes asked")
+    vc = load(args.checkpoint, device="cpu", precision="fp32")  # the teacher's float32 waveform is the target
+    cfg, rate = vc.config.mel, vc.config.mel.sample_rate
+    rng = random.Random(args.seed)
+
+    def items(split: str, rows: list[dict], kind: str, minutes: float):
+        taken, refs = 0.0, [r for r in rows if r.get("duration", 2.0) >= 2.0]
+        for r in round_robin(rows, rng.randrange(2**31)):
+            if taken >= minutes * 60:
+                return
+            wav = load_audio(r["path"], rate)
+            if kind == "real":
+                mel = log_mel(wav, cfg)
+            else:  # the shipped model's conversion into a random other speaker of the split
+                ref = rng.choice([q for q in refs if q["speaker"] != r["speaker"]])
+                mel = vc.convert_mel(wav, vc.voice(ref["path"]), sr=rate)
+            taken += mel.shape[1] * cfg.hop_length / rate
+            yield {"path": r["path"], "speaker": r["speaker"], "split": split, "kind": kind}, mel.numpy()
+
+    def teacher(mel):
+        with torch.inference_mode():
+            return vc.vocoder.vocode(torch.from_numpy(mel)).numpy()
+
+    train, valid = read_manifest(args.train), read_manifest(args.valid)
+    todo = [("train", train, "real", args.minutes), ("train", train, "converted", args.converted_minutes),
+            ("valid", valid, "real", args.valid_minutes), ("valid", valid, "converted", args.valid_minutes)]
+    stream = (item for split, rows, kind, minutes in todo if minutes > 0 for item in items(split, rows, kind, minutes))
+    index = write_teacher_cache(stream, args.out, teacher, sample_rate=rate, hop=cfg.hop_length, teacher_name=f"{vc.vocoder.name} float32")
+    for split, kind in {(u["split"], u["kind"]) for u in index["utterances"]}:
+        utts = [u for u in index["utterances"] if (u["split"], u["kind"]) == (split, kind)]
+        print(f"{split} {kind}: {len(utts)} utterances, {sum(u['frames'] for u in utts) * cfg.hop_length / rate / 60:.1f} min")
     return 0

@@ -68,7 +68,7 @@ def write_wave_cache(
     for split, rows in splits.items():
         cap = (max_minutes or {}).get(split, 0.0) * 60 * sample_rate
         if cap > 0:
-            rows = _round_robin(rows, seed)
+            rows = round_robin(rows, seed)
         it: Iterable = rows
         if progress:
             from tqdm import tqdm
@@ -107,7 +107,7 @@ def write_wave_cache(
     return index
 
 
-def _round_robin(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+def round_robin(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Rows shuffled, then reordered so each speaker's k-th file comes before anyone's (k+1)-th."""
     rows = list(rows)
     random.Random(seed).shuffle(rows)

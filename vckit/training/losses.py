@@ -176,3 +176,33 @@ class MultiResolutionMelLoss(nn.Module):
         with torch.autocast(fake.device.type, enabled=False):
             fake, real = fake.float(), real.float()
             return sum(F.l1_loss(m(fake), m(real)) for m in self.mels) / len(self.mels)
+
+
+class ComplexSpectralLoss(nn.Module):
+    """L1 between power-compressed complex STFTs, and between their magnitudes, at the front-end's own analysis.
+
+    ``|S|^c e^{i phase}`` with ``c = compress`` (0.3): loud bins weigh more than
+    quiet ones, but not by their full dynamic range, and a bin's phase counts
+    in proportion to its compressed magnitude. Only a target whose phase is a
+    function of the mel (a teacher vocoder's waveform) makes this a fair loss.
+    """
+
+    def __init__(self, mel_config: MelConfig, compress: float = 0.3):
+        super().__init__()
+        self.n_fft, self.hop, self.compress = mel_config.n_fft, mel_config.hop_length, compress
+        self.register_buffer("window", torch.hann_window(mel_config.win_length), persistent=False)
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor, first: int, frames: int) -> torch.Tensor:
+        """Waveforms ``(batch, samples)`` aligned with their mel; compare STFT frames ``[first, first + frames)``,
+        which need ``(n_fft - hop) / 2`` samples before frame ``first`` (so ``first >= 2`` at 1024 / 256)."""
+        pad = (self.n_fft - self.hop) // 2
+        lo, hi = first * self.hop - pad, (first + frames - 1) * self.hop - pad + self.n_fft
+        if lo < 0 or hi > fake.shape[1]:
+            raise ValueError(f"STFT frames [{first}, {first + frames}) need samples [{lo}, {hi}) of {fake.shape[1]}")
+        with torch.autocast(fake.device.type, enabled=False):
+            specs = [torch.stft(x[:, lo:hi].float(), self.n_fft, self.hop, win_length=self.window.shape[0], window=self.window,
+                                center=False, return_complex=True) for x in (fake, real)]
+            mags = [s.abs().clamp(min=1e-7) for s in specs]
+            squashed = [m.pow(self.compress) for m in mags]
+            f, r = (s * (q / m) for s, q, m in zip(specs, squashed, mags))
+            return (f - r).abs().mean() + F.l1_loss(squashed[0], squashed[1])

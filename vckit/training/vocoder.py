@@ -6,7 +6,12 @@
 
 Each step draws random waveform segments on the device from the cache that
 ``recipes/vocoder/prepare.py`` writes, computes their log-mels on the device
-with the front-end, and vocodes them. For the first ``disc_start_step`` steps
+with the front-end, and vocodes them. With ``data.teacher`` (a cache of
+``vckit prepare vocoder-teacher``) it distils instead: it draws windows of
+cached log-mels, real and converted, and the target is the teacher vocoder's
+waveform for them, which fixes each bin's phase too, so ``loss.spectral_weight``
+can teach the STFT itself (:class:`~vckit.training.losses.ComplexSpectralLoss`)
+and no discriminator is needed. For the first ``disc_start_step`` steps
 the generator learns from the multi-resolution mel L1 alone; after that each
 step updates the discriminators (hinge or LSGAN), then the generator (mel L1
 x 45 + feature matching + adversarial). Two AdamW optimisers with exponential
@@ -35,7 +40,8 @@ from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.vocoder.discriminators import Discriminators, WaveDiscriminatorConfig
 from vckit.models.vocoder.vocos import Vocos, VocosConfig, export_vocos, save_vocos
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer
-from vckit.training.losses import MultiResolutionMelLoss, discriminator_loss, feature_matching_loss, generator_loss
+from vckit.training.losses import ComplexSpectralLoss, MultiResolutionMelLoss, discriminator_loss, feature_matching_loss, generator_loss
+from vckit.data.distill import TeacherSampler, TeacherStore
 from vckit.data.waves import WaveSampler, WaveStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,8 @@ class VocoderDataConfig:
     gain_db: Amount = 3.0  # random gain, uniform +- (peak kept below 0.99)
     valid_utterances: Count = 8
     valid_seconds: Positive = 5.0  # each validation utterance is cut to this
+    teacher: str = ""  # a teacher cache (vckit prepare vocoder-teacher): learn its waveforms, not real audio
+    context_frames: Count = 8  # teacher mode: mel frames the student hears either side of the segment the loss reads
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class LossConfig:
     mrd_weight: Amount = 1.0  # weight of the resolution discriminators relative to the period ones
     adversarial: Annotated[str, OneOf(("hinge", "lsgan"))] = "hinge"
     mel_resolutions: tuple[tuple[Size, Size, Size], ...] = ((512, 128, 40), (1024, 256, 80), (2048, 512, 128))  # n_fft, hop, n_mels
+    spectral_weight: Amount = 0.0  # teacher mode: L1 of power-compressed complex STFTs (magnitude and phase)
+    spectral_compress: Probability = 0.3  # the compression exponent of that loss
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,10 @@ class VocoderConfig:
     def __post_init__(self) -> None:
         if self.data.segment % self.mel.hop_length or self.data.segment < 4 * self.mel.hop_length:
             raise ConfigError(f"data.segment must be a multiple of hop_length {self.mel.hop_length} and at least 4 hops")
+        if self.data.teacher and self.data.context_frames < 2:
+            raise ConfigError("data.context_frames must be at least 2 with a teacher cache (the STFT loss reads 1.5 frames past the segment)")
+        if self.loss.spectral_weight and not self.data.teacher:
+            raise ConfigError("loss.spectral_weight needs data.teacher: only a teacher's waveform has the phase of the mel it was made from")
         if self.train.amp == "fp16":
             raise ConfigError("train.amp fp16 needs a grad scaler the vocoder trainer does not have: use bf16 or none")
 
@@ -120,14 +134,21 @@ class VocoderTrainer(TrainingLoop):
         self.cfg = cfg
         self._setup(device)
         t = cfg.train
-        self.store = WaveStore.load(cfg.data.cache, cfg.mel.sample_rate, self.device)
-        self.valid_utts = self.store.split("valid")[: cfg.data.valid_utterances]
         seed = t.seed + 1000 * self.dist.rank + 1
-        self.sampler = WaveSampler(self.store, self.store.split("train"), cfg.data.segment, seed, cfg.data.gain_db)
+        self.context = cfg.data.context_frames if cfg.data.teacher else 0
+        if cfg.data.teacher:
+            m = cfg.mel
+            self.store = TeacherStore.load(cfg.data.teacher, sample_rate=m.sample_rate, hop=m.hop_length, n_mels=m.n_mels, device=self.device)
+            self.sampler = TeacherSampler(self.store, self.store.split("train"), segment=cfg.data.segment // m.hop_length, context=self.context, seed=seed)
+        else:
+            self.store = WaveStore.load(cfg.data.cache, cfg.mel.sample_rate, self.device)
+            self.sampler = WaveSampler(self.store, self.store.split("train"), cfg.data.segment, seed, cfg.data.gain_db)
+        self.valid_utts = self.store.split("valid")[: cfg.data.valid_utterances]
         self.mel = MelSpectrogram(cfg.mel).to(self.device)
         self.generator = Vocos(cfg.generator, cfg.mel).to(self.device)
         self.disc = Discriminators(cfg.discriminator).to(self.device)
         self.mel_loss = MultiResolutionMelLoss(cfg.mel, cfg.loss.mel_resolutions).to(self.device)
+        self.spectral_loss = ComplexSpectralLoss(cfg.mel, cfg.loss.spectral_compress).to(self.device)
         self.disc_weights = self.disc.weights(cfg.loss.mrd_weight)
         self.opt_g = make_optimizer(self.generator, cfg)  # AdamW; reads cfg.train.lr, betas, weight_decay
         self.opt_d = make_optimizer(self.disc, cfg)
@@ -184,13 +205,17 @@ class VocoderTrainer(TrainingLoop):
     # one step ---------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
         t, L = self.cfg.train, self.cfg.loss
-        real = self.sampler.sample(t.batch_size)  # (batch, segment)
-        with torch.no_grad():
-            mel = self.mel(real)  # (batch, n_mels, segment / hop)
+        mel, real = self._batch(t.batch_size)  # (batch, n_mels, frames), (batch, frames * hop)
         lr = self._set_lr(self.opt_g, self.opt_d)
         stats: dict[str, torch.Tensor] = {"lr": torch.tensor(lr)}
         with autocast_for(self.device, t.amp):
-            fake = self.gen_net(mel, clamp=False)  # (batch, segment), float32
+            fake = self.gen_net(mel, clamp=False)  # (batch, frames * hop), float32
+        spectral = None
+        if L.spectral_weight:  # the middle frames' STFTs, read from the whole window (teacher mode)
+            spectral = self.spectral_loss(fake, real, self.context, mel.shape[-1] - 2 * self.context)
+        if self.context:  # the losses read the middle: the samples whose mel context the student heard
+            hop = self.cfg.mel.hop_length
+            fake, real = (x[:, self.context * hop : x.shape[1] - self.context * hop] for x in (fake, real))
         adversarial = self.step >= t.disc_start_step
 
         if adversarial:  # discriminator step: real high, generated low
@@ -207,6 +232,9 @@ class VocoderTrainer(TrainingLoop):
         mel_l1 = self.mel_loss(fake, real)
         loss_g = L.mel_weight * mel_l1
         stats["loss/mel_l1"] = mel_l1.detach()
+        if spectral is not None:
+            loss_g = loss_g + L.spectral_weight * spectral
+            stats["loss/spectral"] = spectral.detach()
         if adversarial:  # generator step through the updated discriminators, whose weights stay put
             self.disc.requires_grad_(False)
             try:
@@ -229,22 +257,35 @@ class VocoderTrainer(TrainingLoop):
         stats["loss/gen_total"] = loss_g.detach()
         return stats  # tensors: converted to floats only when logged
 
+    def _batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training examples: (log-mel ``(n, n_mels, frames)``, target waveform ``(n, frames * hop)``)."""
+        if self.context:
+            return self.sampler.sample(n)  # cached mels and the teacher's waveform for them
+        real = self.sampler.sample(n)
+        with torch.no_grad():
+            return self.mel(real), real
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Copy-synthesis mel L1 (nats, the front-end's mel) on held-out utterances, as benchmarks/vocoder.py."""
+        """Held-out mel L1 (nats, the front-end's mel), as benchmarks/vocoder.py: copy synthesis of real audio,
+        or in teacher mode the distance to the teacher's waveform for the same mel."""
         if not self.valid_utts:
             return {}
         self.generator.eval()
         hop, n, total = self.cfg.mel.hop_length, 0, 0.0
         first = None
         for u in self.valid_utts:
-            wav = self.store.audio(u, int(self.cfg.data.valid_seconds * self.cfg.mel.sample_rate))
-            wav = wav[: wav.shape[0] // hop * hop]
-            if wav.shape[0] < 4 * hop:
+            if self.context:
+                mel, target = self.store.utterance(u, int(self.cfg.data.valid_seconds * self.cfg.mel.sample_rate) // hop)
+                mel, target = mel[None], target[None]
+            else:
+                wav = self.store.audio(u, int(self.cfg.data.valid_seconds * self.cfg.mel.sample_rate))
+                target = wav[None, : wav.shape[0] // hop * hop]
+                mel = self.mel(target)
+            if target.shape[1] < 4 * hop:
                 continue
-            mel = self.mel(wav[None])
             out = self.generator(mel)
-            total += float((self.mel(out) - mel).abs().mean())
+            total += float((self.mel(out) - self.mel(target)).abs().mean())
             n += 1
             first = out[0] if first is None else first
         self.generator.train()
