@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the scoring HiFi-GAN's arithmetic (default fp32, as every stored result; bf16 is what vckit.load gives on CPUs with native bfloat16)")
+    ap.add_argument("--vocoder", default="hifigan", help="the scoring vocoder: hifigan (the universal HiFi-GAN, every stored result), or a fast vocoder's folder (vckit train-vocoder)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = [run_in(same_set(f), n, f) for f, _, n in (spec.partition("=") for spec in args.scored)]
     store = FeatureStore.load(args.features)
     mel_cfg = MelConfig()
-    vocoder = load_vocoder("hifigan", mel_cfg)
+    vocoder = load_vocoder(args.vocoder, mel_cfg)
     if args.precision == "bf16":
         vocoder = vocoder.to(torch.bfloat16)
     judge, jmeta = load_verifier(args.judge, "cpu")
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     parts.append(f"cos to target {c} {d:+.3f} ({lo:+.3f} to {hi:+.3f})")
             print(f"  {name}: " + "; ".join(parts))
     if args.out:
-        Path(args.out).write_text(json.dumps({"set": args.which, "items": items, "judge_eer": jmeta.get("eer"), "results": table}, indent=1))
+        Path(args.out).write_text(json.dumps({"set": args.which, "items": items, "judge_eer": jmeta.get("eer"), "vocoder": args.vocoder, "precision": args.precision, "results": table}, indent=1))
     return 0
 
 

@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-asr", action="store_true")
     ap.add_argument("--no-dnsmos", action="store_true")
     ap.add_argument("--no-griffinlim", action="store_true")
+    ap.add_argument("--vocoder", default="hifigan", help="hifigan (default), or a fast vocoder's folder (vckit train-vocoder)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the HiFi-GAN's arithmetic (vckit.load's precision; auto: bf16 where native)")
     ap.add_argument("--match-pitch", action="store_true", help="shift each source to its target's median F0 first (vckit convert --match-pitch)")
     ap.add_argument("--report", default=None, help="a vckit eval report.json: re-run it and print its summary table (nothing else is measured)")
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
 
-    vc = vckit.load(args.checkpoint, device="cpu", precision=args.precision)
+    vc = vckit.load(args.checkpoint, device="cpu", precision=args.precision, vocoder=args.vocoder)
     vgl = None if args.no_griffinlim else vckit.load(args.checkpoint, device="cpu", vocoder="griffinlim")
     judge = Judge(Path(args.judge))
     sr = vc.sample_rate

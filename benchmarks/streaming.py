@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge", default=str(REPO / "checkpoints/speaker_verification"))
     ap.add_argument("-n", type=int, default=25, help="source utterances (25: the set of the shipped figures)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vocoder", default="hifigan", help="the live model's vocoder: hifigan (default), or a fast vocoder's folder")
     ap.add_argument("--bf16", action="store_true", help="also stream with the vocoder in bfloat16")
     ap.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS (speechmos, the [eval] extra)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from vckit.models.verifier import load_verifier
 
     items = build_set(read_manifest(args.manifest), args.n, 0)
-    live = vckit.load(args.checkpoint, device="cpu")
+    live = vckit.load(args.checkpoint, device="cpu", vocoder=args.vocoder)
     offline = vckit.load(args.default, device="cpu") if args.default else None
     judge, _ = load_verifier(args.judge, "cpu")
     judge.eval()
