@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -258,3 +259,19 @@ def test_wrong_weights_for_the_config_are_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"missing blocks\.2\."):
         load_vocoder(tmp_path / "v", MEL)
 
+
+
+def test_a_fast_vocoder_folder_converts_and_streams_in_float32(tmp_path, data_dir, causal_checkpoint):
+    import vckit
+
+    torch.manual_seed(0)
+    vocos_module.save_vocos(tmp_path / "v", Vocos(TINY_GEN, MEL))
+    ref, src = data_dir / "vcc2016" / "TM1" / "100003.wav", data_dir / "vcc2016" / "SF1" / "100001.wav"
+    vc = vckit.load(vocoder=str(tmp_path / "v"), device="cpu", precision="bf16")
+    assert isinstance(vc.vocoder, Vocos) and vc.vocoder.dtype == torch.float32  # bf16 would blur its phases
+    assert vc.convert(src, ref).dtype == np.float32
+    live = vckit.load(causal_checkpoint, vocoder=str(tmp_path / "v"), device="cpu", precision="bf16")
+    stream = live.stream(live.voice(ref), bf16=True)
+    assert stream.vocoder.dtype == torch.float32
+    block = np.zeros(5000, np.float32)
+    assert stream.push(block).shape == block.shape

@@ -355,7 +355,8 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
             (``"default"``; ``"stream"``, the causal model :meth:`Converter.stream` needs).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         vocoder: ``hifigan`` (the universal HiFi-GAN, default), ``griffinlim``,
-            or a path to a HiFi-GAN generator in the released format.
+            a path to a HiFi-GAN generator in the released format, or a fast
+            vocoder's folder (``vckit train-vocoder``).
         quantize: for a model with a VQ bottleneck, whether conversion uses the
             nearest codebook entries (True) or the encoder's continuous codes
             (False); a number between 0 and 1 moves the continuous codes that
@@ -364,7 +365,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
         precision: the vocoder's arithmetic: ``auto`` (bfloat16 where the device
             has it natively, a CPU with AVX512-BF16 or AMX, or CUDA; else
             float32), ``fp32`` or ``bf16``. The model itself runs in float32.
-            Griffin-Lim always runs in float32.
+            Griffin-Lim and the fast vocoder always run in float32.
     """
     import dataclasses
 
@@ -389,7 +390,7 @@ def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", v
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, vq=vq))
     model = build_model(config, sd).to(dev).eval()
     voc = load_vocoder(vocoder, config.mel, device=dev)
-    if voc_dtype != torch.float32 and voc.name != "griffinlim":  # benchmarks/convert.py --precisions fp32 bf16: what bf16 gains
+    if voc_dtype != torch.float32 and voc.takes_bf16:  # benchmarks/convert.py --precisions fp32 bf16: what bf16 gains
         voc = voc.to(voc_dtype)
     model_id = recorded or _weights_hash(path)
     vc = Converter(model, config, voc, dev, model_id)

@@ -119,8 +119,8 @@ class Stream:
         ``bf16`` runs the vocoder in bfloat16; by default the stream keeps the
         converter's vocoder as :func:`vckit.load`'s ``precision`` made it
         (``auto``: bfloat16 on CPUs with it natively; benchmarks/streaming.py: 36
-        against 44 ms a block, the same words, voice and DNSMOS), never for
-        Griffin-Lim's phase search.
+        against 44 ms a block, the same words, voice and DNSMOS), only for
+        a vocoder that takes it (HiFi-GAN).
         """
         cfg = converter.config
         block_ms = 1000.0 * cfg.model.stream.block_frames * cfg.mel.hop_length / cfg.mel.sample_rate
@@ -129,7 +129,7 @@ class Stream:
         per = max(1, round(chunk_ms / block_ms)) if chunk_ms else 1
         if bf16 is None:
             bf16 = converter.vocoder.dtype == torch.bfloat16
-        bf16 = bf16 and converter.vocoder.name != "griffinlim"
+        bf16 = bf16 and converter.vocoder.takes_bf16
         return cls(converter, voice, pitch_shift=pitch_shift, blocks_per_chunk=per, vocoder_dtype=torch.bfloat16 if bf16 else torch.float32)
 
     @property

@@ -24,7 +24,12 @@ class Vocoder(nn.Module):
     Attributes:
         mel_config: the log-mel front-end the vocoder was made for.
         name: a short human-readable name (``"hifigan"``, ``"griffinlim"``, a path).
+        takes_bf16: whether its weights may be cast to bfloat16 (``vckit.load``'s
+            ``precision``): HiFi-GAN's, not Griffin-Lim's phase search nor the fast
+            vocoder's inverse STFT, whose phases bfloat16 would blur.
     """
+
+    takes_bf16 = False
 
     def __init__(self, mel_config: MelConfig, name: str):
         super().__init__()

@@ -187,6 +187,8 @@ class HiFiGAN(Vocoder):
     that the released weights are stored in; :meth:`fold_weight_norm` removes it.
     """
 
+    takes_bf16 = True
+
     def __init__(self, config: HiFiGANConfig, name: str = "hifigan", weight_norm: bool = False):
         super().__init__(config.mel_config(), name)
         self.config = config
