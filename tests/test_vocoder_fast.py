@@ -273,5 +273,6 @@ def test_a_fast_vocoder_folder_converts_and_streams_in_float32(tmp_path, data_di
     live = vckit.load(causal_checkpoint, vocoder=str(tmp_path / "v"), device="cpu", precision="bf16")
     stream = live.stream(live.voice(ref), bf16=True)
     assert stream.vocoder.dtype == torch.float32
+    assert stream.voc_ctx == live.vocoder.context_frames == 12  # its whole left reach: it is cheap
     block = np.zeros(5000, np.float32)
     assert stream.push(block).shape == block.shape

@@ -24,7 +24,8 @@ How a block is made (``B`` = ``model.stream.block_frames`` mel frames):
 3. the causal content encoder and decoder convert the block, keeping their
    convolution tails and running-norm sums in this object;
 4. the vocoder runs on the new mel frames with ``vocoder_context`` frames of
-   left context and ``vocoder_lookahead`` of right context, and its first
+   left context (the vocoder's ``stream_context``: 4 for HiFi-GAN, whose every
+   frame costs; the fast vocoder's whole reach, 30, for about a millisecond) and ``vocoder_lookahead`` of right context, and its first
    samples are cross-faded with the previous block's guess at them.
 
 The delay is ``(B - 1 + vocoder_lookahead) * hop + hop / 2 + teacher look-ahead``:
@@ -66,7 +67,7 @@ class Stream:
         pitch_shift: float = 0.0,
         blocks_per_chunk: int = 1,
         vocoder_lookahead: int = 2,
-        vocoder_context: int = 4,
+        vocoder_context: int | None = None,
         vocoder_dtype: torch.dtype = torch.float32,
     ):
         model = converter.model
@@ -75,6 +76,8 @@ class Stream:
             raise VckitError("this model cannot stream (its norms and convolutions read the whole utterance): load the streaming model, vckit.load('stream')")
         if not model.needs_phonetic or not model.needs_f0:
             raise VckitError("streaming needs a model with phonetic input and an F0 path")
+        if vocoder_context is None:
+            vocoder_context = converter.vocoder.stream_context
         if blocks_per_chunk < 1 or vocoder_lookahead < 0 or vocoder_context < 0:
             raise VckitError("blocks_per_chunk must be >= 1, vocoder_lookahead and vocoder_context >= 0")
         self.converter, self.model = converter, model

@@ -27,9 +27,11 @@ class Vocoder(nn.Module):
         takes_bf16: whether its weights may be cast to bfloat16 (``vckit.load``'s
             ``precision``): HiFi-GAN's, not Griffin-Lim's phase search nor the fast
             vocoder's inverse STFT, whose phases bfloat16 would blur.
+        stream_context: the left context :class:`vckit.streaming.Stream` gives it.
     """
 
     takes_bf16 = False
+    stream_context = 4  # mel frames of left context the live path gives each block: seams against cost
 
     def __init__(self, mel_config: MelConfig, name: str):
         super().__init__()
