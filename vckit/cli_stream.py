@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.input:
         stream_io.sounddevice()  # a machine without PortAudio says so before the model loads
     check_target(args)
-    vc = load(args.checkpoint or "stream", device="cpu", precision=args.precision)
+    vc = load(args.checkpoint or "stream", device="cpu", vocoder=args.vocoder, precision=args.precision)
     if not args.input:  # a machine without PortAudio, or a device that cannot take the rate, says so before any work
         stream_io.check_devices(args.input_device, args.output_device, vc.sample_rate)
     stream = vc.stream(_target(args, vc), pitch_shift=args.pitch_shift, chunk_ms=args.block_ms)
@@ -55,6 +55,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     st.add_argument("--block-ms", type=bounded(float, 1.0, 2000.0, "the block", "ms", "a number of ms"), default=None, help="audio converted per step, rounded up to whole model blocks (default one block, 69.7 ms: the shortest delay)")
     st.add_argument("--pitch-shift", type=semitones, default=0.0, help="semitones on top of the target's register (-24 to 24)")
     st.add_argument("--checkpoint", default=None, help="a causal model folder (default: the shipped streaming model)")
+    st.add_argument("--vocoder", default="hifigan", help="hifigan (default), fast (the fast vocoder, where one ships), or a vocoder folder")
     st.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the vocoder's arithmetic: auto (default) runs it in bfloat16 where the CPU has it natively; fp32 as trained")
     st.add_argument("--bank", default=None, help="speaker bank folder for --speaker")
     st.add_argument("--overwrite", action="store_true", help="replace an existing --output")
