@@ -18,7 +18,7 @@ from vckit.config import MelConfig
 from vckit.data.distill import TeacherSampler, TeacherStore, write_teacher_cache
 from vckit.errors import ConfigError, VckitError
 from vckit.models.vocoder import Vocos, VocosConfig, load_vocoder
-from vckit.training.losses import ComplexSpectralLoss
+from vckit.training.losses import TeacherSpectralLoss
 from vckit.training.vocoder import VocoderTrainer, load_vocoder_config
 
 MEL = MelConfig()
@@ -87,24 +87,26 @@ def test_a_cache_for_another_front_end_or_a_damaged_one_is_refused(tmp_path, tea
         TeacherStore.load(broken, sample_rate=MEL.sample_rate, hop=HOP, n_mels=80)
 
 
-def test_the_spectral_loss_hears_the_phase_that_the_mel_cannot():
+def test_the_phase_loss_hears_the_shift_that_the_mel_cannot_and_the_magnitude_loss_the_level():
     t = torch.arange(40 * HOP) / MEL.sample_rate
     a = 0.3 * torch.sin(2 * math.pi * 220 * t)[None]
     late = 0.3 * torch.sin(2 * math.pi * 220 * t + math.pi / 2)[None]  # the same tone a quarter period later
-    spectral, mel = ComplexSpectralLoss(MEL), MelSpectrogram(MEL)
-    assert float(spectral(a, a, 4, 30)) == 0.0
-    # to the front-end's mel the shift is less than a 3 dB change of level; to the spectral loss it is 5x more
+    loss, mel = TeacherSpectralLoss(MEL), MelSpectrogram(MEL)
+    assert [float(x) for x in loss(a, a, 4, 30)] == pytest.approx([0.0, 0.0], abs=1e-6)
+    # to the front-end's mel the shift is less than a 3 dB change of level
     mel_far = {name: float((mel(a) - mel(y))[..., 4:34].abs().mean()) for name, y in (("late", late), ("quieter", 0.7 * a))}
     assert mel_far["late"] < mel_far["quieter"]
-    assert float(spectral(a, late, 4, 30)) > 5 * float(spectral(a, 0.7 * a, 4, 30))
+    shifted, quieter = loss(late, a, 4, 30), loss(0.7 * a, a, 4, 30)
+    assert float(shifted[1]) > 100 * float(quieter[1])  # the phase term hears the quarter turn, not the level
+    assert float(quieter[0]) > 0
     with pytest.raises(ValueError, match="need samples"):
-        spectral(a, late, 1, 30)  # frame 1 reaches 128 samples before the signal
+        loss(a, late, 1, 30)  # frame 1 reaches 128 samples before the signal
 
 
 def _distill_config(tmp_path: Path, cache: Path, **loss: object):
     d = {"generator": dataclasses.asdict(TINY_GEN),
          "discriminator": {"periods": [2], "period_channels": [4, 8], "resolutions": [[512, 128, 512]], "resolution_channels": 4},
-         "loss": {"mel_resolutions": [[512, 128, 40], [1024, 256, 80]], "spectral_weight": 45.0, "adv_weight": 0.0, **loss},
+         "loss": {"mel_resolutions": [[512, 128, 40], [1024, 256, 80]], "spectral_weight": 45.0, "phase_weight": 20.0, "adv_weight": 0.0, **loss},
          "data": {"teacher": str(cache), "segment": 16 * HOP, "context_frames": 4, "valid_utterances": 1, "valid_seconds": 2.0},
          "train": {"out_dir": str(tmp_path / "run"), "batch_size": 4, "steps": 60, "lr": 3e-3, "warmup_steps": 0, "min_lr_ratio": 1.0,
                    "disc_start_step": 1000, "amp": "none", "log_every": 1000, "valid_every": 1000, "ckpt_every": 1000}}
@@ -120,12 +122,13 @@ def test_distillation_brings_the_student_towards_the_teacher(tmp_path, teacher_c
     before = trainer.validate()["valid/mel_l1"]
     stats = [trainer.train_step() for _ in range(60)]
     assert float(stats[-1]["loss/spectral"]) < float(stats[0]["loss/spectral"])
+    assert float(stats[-1]["loss/phase"]) < float(stats[0]["loss/phase"])
     assert trainer.validate()["valid/mel_l1"] < 0.8 * before
 
 
 def test_a_phase_loss_without_a_teacher_is_refused(tmp_path, teacher_cache):
     path = _distill_config(tmp_path, teacher_cache)
-    with pytest.raises(ConfigError, match="needs data.teacher"):
+    with pytest.raises(ConfigError, match="need data.teacher"):
         load_vocoder_config(path, ["data.teacher="])
     with pytest.raises(ConfigError, match="context_frames must be at least 2"):
         load_vocoder_config(path, ["data.context_frames=1"])

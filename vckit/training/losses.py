@@ -178,31 +178,47 @@ class MultiResolutionMelLoss(nn.Module):
             return sum(F.l1_loss(m(fake), m(real)) for m in self.mels) / len(self.mels)
 
 
-class ComplexSpectralLoss(nn.Module):
-    """L1 between power-compressed complex STFTs, and between their magnitudes, at the front-end's own analysis.
+class TeacherSpectralLoss(nn.Module):
+    """Magnitude and phase of a waveform's STFT against a teacher's, at the front-end's own analysis.
 
-    ``|S|^c e^{i phase}`` with ``c = compress`` (0.3): loud bins weigh more than
-    quiet ones, but not by their full dynamic range, and a bin's phase counts
-    in proportion to its compressed magnitude. Only a target whose phase is a
-    function of the mel (a teacher vocoder's waveform) makes this a fair loss.
+    - magnitude: L1 of power-compressed magnitudes ``|S|^c`` (``c = compress``,
+      0.3): loud bins weigh more than quiet ones, but not by their whole range;
+    - phase: anti-wrapped distances ``1 - cos`` of the phase, of its step from
+      frame to frame (instantaneous frequency) and from bin to bin (group
+      delay), each weighted by the teacher's compressed magnitude, so bins
+      whose phase is noise do not count. Unlike a complex L1, a phase the
+      student has not learned yet never pulls its magnitudes down.
+
+    Only a target whose phase is a function of the mel (a teacher vocoder's
+    waveform) makes the phase terms fair.
     """
 
-    def __init__(self, mel_config: MelConfig, compress: float = 0.3):
+    def __init__(self, mel_config: MelConfig, compress: float = 0.3, eps: float = 1e-3):
         super().__init__()
-        self.n_fft, self.hop, self.compress = mel_config.n_fft, mel_config.hop_length, compress
+        self.n_fft, self.hop, self.compress, self.eps = mel_config.n_fft, mel_config.hop_length, compress, eps
         self.register_buffer("window", torch.hann_window(mel_config.win_length), persistent=False)
 
-    def forward(self, fake: torch.Tensor, real: torch.Tensor, first: int, frames: int) -> torch.Tensor:
-        """Waveforms ``(batch, samples)`` aligned with their mel; compare STFT frames ``[first, first + frames)``,
-        which need ``(n_fft - hop) / 2`` samples before frame ``first`` (so ``first >= 2`` at 1024 / 256)."""
+    def forward(self, fake: torch.Tensor, real: torch.Tensor, first: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms ``(batch, samples)`` aligned with their mel -> (magnitude, phase) losses over STFT frames
+        ``[first, first + frames)``, which need ``(n_fft - hop) / 2`` samples before frame ``first`` (``first >= 2`` at 1024 / 256)."""
         pad = (self.n_fft - self.hop) // 2
         lo, hi = first * self.hop - pad, (first + frames - 1) * self.hop - pad + self.n_fft
         if lo < 0 or hi > fake.shape[1]:
             raise ValueError(f"STFT frames [{first}, {first + frames}) need samples [{lo}, {hi}) of {fake.shape[1]}")
         with torch.autocast(fake.device.type, enabled=False):
-            specs = [torch.stft(x[:, lo:hi].float(), self.n_fft, self.hop, win_length=self.window.shape[0], window=self.window,
-                                center=False, return_complex=True) for x in (fake, real)]
-            mags = [s.abs().clamp(min=1e-7) for s in specs]
-            squashed = [m.pow(self.compress) for m in mags]
-            f, r = (s * (q / m) for s, q, m in zip(specs, squashed, mags))
-            return (f - r).abs().mean() + F.l1_loss(squashed[0], squashed[1])
+            f, r = (torch.stft(x[:, lo:hi].float(), self.n_fft, self.hop, win_length=self.window.shape[0], window=self.window,
+                               center=False, return_complex=True) for x in (fake, real))  # (batch, bins, frames)
+            mag_f, mag_r = f.abs(), r.abs()
+            magnitude = F.l1_loss(mag_f.clamp(min=1e-7).pow(self.compress), mag_r.clamp(min=1e-7).pow(self.compress))
+            # phasors of unit length, shorter only in bins under eps, where a phase's gradient would explode
+            u, v = f / mag_f.clamp(min=self.eps), r / mag_r.clamp(min=self.eps)
+            w = mag_r.detach().pow(self.compress)
+
+            def apart(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+                # |a - b|^2 / 2: 1 - cos of the angle between unit phasors, and 0 wherever a == b
+                return ((a - b).abs().square() / 2 * weight).sum() / weight.sum().clamp(min=1e-8)
+
+            phase = apart(u, v, w)
+            phase = phase + apart(u[..., 1:] * u[..., :-1].conj(), v[..., 1:] * v[..., :-1].conj(), torch.minimum(w[..., 1:], w[..., :-1]))
+            phase = phase + apart(u[:, 1:] * u[:, :-1].conj(), v[:, 1:] * v[:, :-1].conj(), torch.minimum(w[:, 1:], w[:, :-1]))
+            return magnitude, phase / 3

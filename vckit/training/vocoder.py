@@ -10,8 +10,9 @@ with the front-end, and vocodes them. With ``data.teacher`` (a cache of
 ``vckit prepare vocoder-teacher``) it distils instead: it draws windows of
 cached log-mels, real and converted, and the target is the teacher vocoder's
 waveform for them, which fixes each bin's phase too, so ``loss.spectral_weight``
-can teach the STFT itself (:class:`~vckit.training.losses.ComplexSpectralLoss`)
-and no discriminator is needed. For the first ``disc_start_step`` steps
+and ``loss.phase_weight`` can teach the STFT's magnitude and phase themselves
+(:class:`~vckit.training.losses.TeacherSpectralLoss`), and no discriminator
+is needed. For the first ``disc_start_step`` steps
 the generator learns from the multi-resolution mel L1 alone; after that each
 step updates the discriminators (hinge or LSGAN), then the generator (mel L1
 x 45 + feature matching + adversarial). Two AdamW optimisers with exponential
@@ -40,7 +41,7 @@ from vckit.errors import CheckpointError, ConfigError, VckitError
 from vckit.models.vocoder.discriminators import Discriminators, WaveDiscriminatorConfig
 from vckit.models.vocoder.vocos import Vocos, VocosConfig, export_vocos, save_vocos
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer
-from vckit.training.losses import ComplexSpectralLoss, MultiResolutionMelLoss, discriminator_loss, feature_matching_loss, generator_loss
+from vckit.training.losses import MultiResolutionMelLoss, TeacherSpectralLoss, discriminator_loss, feature_matching_loss, generator_loss
 from vckit.data.distill import TeacherSampler, TeacherStore
 from vckit.data.waves import WaveSampler, WaveStore
 
@@ -71,8 +72,9 @@ class LossConfig:
     mrd_weight: Amount = 1.0  # weight of the resolution discriminators relative to the period ones
     adversarial: Annotated[str, OneOf(("hinge", "lsgan"))] = "hinge"
     mel_resolutions: tuple[tuple[Size, Size, Size], ...] = ((512, 128, 40), (1024, 256, 80), (2048, 512, 128))  # n_fft, hop, n_mels
-    spectral_weight: Amount = 0.0  # teacher mode: L1 of power-compressed complex STFTs (magnitude and phase)
-    spectral_compress: Probability = 0.3  # the compression exponent of that loss
+    spectral_weight: Amount = 0.0  # teacher mode: L1 of the power-compressed STFT magnitudes
+    phase_weight: Amount = 0.0  # teacher mode: phase, instantaneous frequency and group delay, anti-wrapped
+    spectral_compress: Probability = 0.3  # the compression exponent of the magnitudes (and of the phase's weights)
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,8 @@ class VocoderConfig:
             raise ConfigError(f"data.segment must be a multiple of hop_length {self.mel.hop_length} and at least 4 hops")
         if self.data.teacher and self.data.context_frames < 2:
             raise ConfigError("data.context_frames must be at least 2 with a teacher cache (the STFT loss reads 1.5 frames past the segment)")
-        if self.loss.spectral_weight and not self.data.teacher:
-            raise ConfigError("loss.spectral_weight needs data.teacher: only a teacher's waveform has the phase of the mel it was made from")
+        if (self.loss.spectral_weight or self.loss.phase_weight) and not self.data.teacher:
+            raise ConfigError("loss.spectral_weight and loss.phase_weight need data.teacher: only a teacher's waveform has the phase of the mel it was made from")
         if self.train.amp == "fp16":
             raise ConfigError("train.amp fp16 needs a grad scaler the vocoder trainer does not have: use bf16 or none")
 
@@ -148,7 +150,7 @@ class VocoderTrainer(TrainingLoop):
         self.generator = Vocos(cfg.generator, cfg.mel).to(self.device)
         self.disc = Discriminators(cfg.discriminator).to(self.device)
         self.mel_loss = MultiResolutionMelLoss(cfg.mel, cfg.loss.mel_resolutions).to(self.device)
-        self.spectral_loss = ComplexSpectralLoss(cfg.mel, cfg.loss.spectral_compress).to(self.device)
+        self.spectral_loss = TeacherSpectralLoss(cfg.mel, cfg.loss.spectral_compress).to(self.device)
         self.disc_weights = self.disc.weights(cfg.loss.mrd_weight)
         self.opt_g = make_optimizer(self.generator, cfg)  # AdamW; reads cfg.train.lr, betas, weight_decay
         self.opt_d = make_optimizer(self.disc, cfg)
@@ -211,7 +213,7 @@ class VocoderTrainer(TrainingLoop):
         with autocast_for(self.device, t.amp):
             fake = self.gen_net(mel, clamp=False)  # (batch, frames * hop), float32
         spectral = None
-        if L.spectral_weight:  # the middle frames' STFTs, read from the whole window (teacher mode)
+        if L.spectral_weight or L.phase_weight:  # the middle frames' STFTs, read from the whole window (teacher mode)
             spectral = self.spectral_loss(fake, real, self.context, mel.shape[-1] - 2 * self.context)
         if self.context:  # the losses read the middle: the samples whose mel context the student heard
             hop = self.cfg.mel.hop_length
@@ -233,8 +235,8 @@ class VocoderTrainer(TrainingLoop):
         loss_g = L.mel_weight * mel_l1
         stats["loss/mel_l1"] = mel_l1.detach()
         if spectral is not None:
-            loss_g = loss_g + L.spectral_weight * spectral
-            stats["loss/spectral"] = spectral.detach()
+            loss_g = loss_g + L.spectral_weight * spectral[0] + L.phase_weight * spectral[1]
+            stats["loss/spectral"], stats["loss/phase"] = spectral[0].detach(), spectral[1].detach()
         if adversarial:  # generator step through the updated discriminators, whose weights stay put
             self.disc.requires_grad_(False)
             try:
