@@ -21,6 +21,7 @@ them with the shipped HiFi-GAN, transcribes them with Moonshine base
 
     python benchmarks/intelligibility.py --checkpoint checkpoints/default
     python benchmarks/intelligibility.py --mels a=runs/a.npz --mels b=runs/b.npz
+    python benchmarks/intelligibility.py --mels default=runs/d.npz --vocoder runs/vocoder_distill/step-000010000
     python benchmarks/intelligibility.py --checkpoint checkpoints/default --bypass-vq --only-bypass
 """
 
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", default=str(REPO / "cache/shared_dev/valid.jsonl"))
     ap.add_argument("--features", default=str(REPO / "cache/shared_dev/features"))
     ap.add_argument("--checkpoint", action="append", default=[], help="NAME=FOLDER or FOLDER; repeatable")
-    ap.add_argument("--mels", action="append", default=[], help="NAME=NPZ made by convert_set; repeatable")
+    ap.add_argument("--mels", action="append", default=[], help="NAME=NPZ made by convert_set (--save-mels); repeatable")
+    ap.add_argument("--save-mels", default=None, metavar="NPZ", help="keep the first checkpoint's converted mels here, to score them again with another vocoder (--mels)")
     ap.add_argument("--set", dest="which", choices=["wide", "fast"], default="wide", help="wide: every validation source with text, twice (the set decisions are made on); fast: the old 25-source, 378-word set")
     ap.add_argument("--against", default=None, help="a JSON written by --out on the same set: its run --baseline (default its last) is the baseline of the paired intervals (no need to score it again)")
     ap.add_argument("--baseline", default=None, help="with --against: the name of the run in that file to pair against (default: its last run, the latest model)")
@@ -325,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         name = name or Path(path).name
         if not args.only_bypass:
             runs.append((name, convert_set(vc, items)))
+            if args.save_mels and len(runs) == 1:
+                np.savez(args.save_mels, **runs[0][1])
         if args.bypass_vq and vc.model.vq is not None:
             vc.model.vq = None  # the decoder reads the continuous codes it was trained to stay near
             runs.append((f"{name} (VQ skipped)", convert_set(vc, items)))
