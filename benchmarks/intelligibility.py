@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     words = {c: next(iter(table.values()))[f"words_{c}"] for c in CONDITIONS} if table else {}
     print(f"\n{args.which} set: {len(items)} conversions per condition from {len({it['src'] for it in items})} sources; words per condition: {words}")
     if src is not None:
-        print(f"vocoded sources (HiFi-GAN + ASR ceiling): WER {_ci(src, 'source')}")
+        print(f"vocoded sources (the vocoder + ASR: the ceiling): WER {_ci(src, 'source')}")
     print("| variant | WER cross (95 % CI) | WER same | WER recon | cos tgt (cross) | cos src (cross) | closer (cross) | closer (same) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in table.items():

@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": str(vckit.api.default_checkpoint() if args.checkpoint is None else args.checkpoint),
         "judge": {"path": args.judge, "eer": judge.eer, "threshold": judge.threshold},
-        "seed": args.seed, "threads": args.threads, "precision": str(vc.vocoder.dtype).replace("torch.", ""), "torch": torch.__version__,
+        "seed": args.seed, "threads": args.threads, "vocoder": args.vocoder, "precision": str(vc.vocoder.dtype).replace("torch.", ""), "torch": torch.__version__,
         "summary": summary, "timing": timing, "reconstruction": recon,
         "pairs": [{
             "kind": p["kind"], "source": p["source"]["path"], "source_speaker": p["source"]["speaker"],
