@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-SHIPPED = ("default", "stream", "speaker_verification", "examples")  # as vckit/shipped.py
+SHIPPED = ("default", "stream", "speaker_verification", "vocoder_fast", "examples")  # as vckit/shipped.py
 
 
 class BuildWithModels(build_py):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vckit.errors import CheckpointError
 
-FOLDERS = ("default", "stream", "speaker_verification", "examples")  # the folders a wheel carries
+FOLDERS = ("default", "stream", "speaker_verification", "vocoder_fast", "examples")  # the folders a wheel carries
 MODELS = ("default", "stream")  # the conversion models loadable by name: "stream" is the causal one for live use
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROOTS = (REPO_ROOT / "checkpoints", Path(__file__).resolve().parent / "_shipped")  # a clone first, then the wheel's copy

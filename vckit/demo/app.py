@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 JUDGE_DIR = shipped_dir("speaker_verification")
 DEFAULT_MAX_SECONDS = 60.0
-VOCODERS = ("hifigan", "griffinlim")
+VOCODERS = ("hifigan", "fast", "griffinlim")  # the fast one is distilled from HiFi-GAN: checkpoints/vocoder_fast
 PITCH_MODES = ("none", "match F0", "manual semitones")
 MAX_SEMITONES = 24.0
 REFERENCE_CHOICE = "reference clip (upload or record)"

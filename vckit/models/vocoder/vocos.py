@@ -35,13 +35,13 @@ from torch import nn
 from vckit.checkpoint import CONFIG_FILE, KINDS, WEIGHTS_FILE, check_state_dict, read_folder, read_weights, write_folder
 from vckit.config import Amount, Kernel, MelConfig, Positive, Size, check_ranges, from_dict, to_dict
 from vckit.errors import CheckpointError, ConfigError
+from vckit.shipped import shipped_dir
 from vckit.models.vocoder.base import Vocoder
 
 log = logging.getLogger(__name__)
 
 FORMAT = KINDS["vocoder"][0]
-REPO_ROOT = Path(__file__).resolve().parents[3]
-PACKAGED_DIR = REPO_ROOT / "checkpoints" / "vocoder_fast"
+PACKAGED_DIR = shipped_dir("vocoder_fast")  # a clone's checkpoints/vocoder_fast, or the wheel's copy
 
 
 @dataclass(frozen=True)
@@ -197,11 +197,11 @@ class Vocos(Vocoder):
 
     @classmethod
     def packaged(cls) -> "Vocos":
-        """The fast vocoder shipped in ``checkpoints/vocoder_fast`` (none is shipped yet)."""
+        """The fast vocoder shipped in ``checkpoints/vocoder_fast`` (distilled from the universal HiFi-GAN)."""
         if not (PACKAGED_DIR / CONFIG_FILE).is_file():
             raise CheckpointError(
-                f"no fast vocoder has been trained yet ({PACKAGED_DIR} does not exist): use --vocoder hifigan "
-                "or griffinlim, or train one with recipes/vocoder and pass its folder"
+                f"the fast vocoder is not at {PACKAGED_DIR}: use --vocoder hifigan or griffinlim, reinstall vckit, "
+                "or train one with recipes/vocoder and pass its folder"
             )
         return cls.from_folder(PACKAGED_DIR, name="fast")
 
