@@ -162,7 +162,7 @@ def _store_mel(store: Any, index: dict[str, int], path: str) -> torch.Tensor:
 @torch.no_grad()
 def convert_set(vc: Any, items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """``{"<i>_<cond>": converted log-mel (n_mels, T) float16}`` for every item,
-    through the API (``vc.voice`` of the references, ``vc.convert_mel``, the mel
+    through the API (``vc.voice`` of the references, ``vc._convert_mel``, the mel
     half of ``vc.convert``, of the source file), so models with an F0 path or a
     phonetic teacher run exactly as ``vckit convert`` runs them."""
     from vckit.audio import load_audio
@@ -172,7 +172,7 @@ def convert_set(vc: Any, items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         for cond in CONDITIONS:
             # the references back to back, as one clip: some (FSDD digits) are under the 1 s a single reference needs
             refs = np.concatenate([load_audio(p, rate, trim=True) for p in it[cond]["refs"]])
-            conv = vc.convert_mel(it["src"], vc.voice(refs, sr=rate))
+            conv = vc._convert_mel(it["src"], vc.voice(refs, sr=rate))
             out[f"{i}_{cond}"] = conv.float().cpu().numpy().astype(np.float16)
     return out
 

@@ -17,7 +17,7 @@ Everything is measured on the validation speakers of ``recipes/shared_dev``
 * reconstruction: ``vc.convert(x, target=x)`` of validation utterances (each
   in its own voice); mel L1 (natural log units) between the input log-mel and
   the log-mel of the output WAV (end to end) and of the model's mel
-  (``vc.convert_mel``, no vocoder).
+  (``vc._convert_mel``, no vocoder).
 * DNSMOS P.835 / P.808 (``speechmos``) of sources and conversions.
 * intelligibility: Moonshine base ASR (``moonshine-cpp`` weights run with
   onnxruntime, see ``moonshine_asr.py``); WER against the corpus text where
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         r = rng.choice(cands[s])
         x = load_audio(r["file"], sr, trim=False)  # what convert() feeds the model
         m_in = log_mel(x, vc.config.mel)
-        m_model = vc.convert_mel(r["file"], target=r["file"])  # the model's mels, before the vocoder
+        m_model = vc._convert_mel(r["file"], target=r["file"])  # the model's mels, before the vocoder
         y = vc.convert(r["file"], target=r["file"])  # copy-synthesis: the file in its own voice
         with torch.inference_mode():
             v = vc.vocoder.vocode(m_in).float().numpy()  # vocoder alone, for comparison
@@ -409,7 +409,7 @@ def print_report(pairs, recon, summary, judge, timing, args) -> None:
     print(f"\n### Reconstruction ({r['utterances']} utterances, vc.convert(x, target=x))\n")
     print("| path | mel L1 (nats) | judge cos of output to input |")
     print("|---|---|---|")
-    print(f"| model only (vc.convert_mel, no vocoder) | {f(r['mel_l1_model'])} | - |")
+    print(f"| model only (vc._convert_mel, no vocoder) | {f(r['mel_l1_model'])} | - |")
     print(f"| vc.convert(x, target=x) (model + HiFi-GAN) | {f(r['mel_l1_end_to_end'])} | {f(r['judge_cos_to_input'])} |")
     print(f"| HiFi-GAN copy-synthesis of the input mel (no model) | {f(r['mel_l1_vocoder_only'])} | {f(r['judge_cos_vocoder_only'])} |")
     if summary["dnsmos"]:

@@ -106,8 +106,8 @@ def test_arrays_in_with_their_sample_rate(vc, files):
 
 
 def test_converted_mels_change_with_the_target(vc, files):
-    a = vc.convert_mel(files["source"], vc.voice(files["ref_a"]))
-    b = vc.convert_mel(files["source"], vc.voice(files["other"]))
+    a = vc._convert_mel(files["source"], vc.voice(files["ref_a"]))
+    b = vc._convert_mel(files["source"], vc.voice(files["other"]))
     assert a.shape == b.shape and a.shape[0] == 80
     assert (a - b).abs().mean() > 0.05
 
@@ -120,9 +120,9 @@ def test_quantize_switch_picks_codebook_or_continuous_codes(vq_checkpoint, files
     assert not cont.config.model.vq.at_inference and quant.config.model.vq.at_inference
     assert half.config.model.vq.at_inference and half.config.model.vq.inference_mix == 0.5
     src, ref = files["source"], cont.voice(files["ref_a"])  # one model's weights: one voice serves all four
-    a, b, c = cont.convert_mel(src, ref), quant.convert_mel(src, ref), half.convert_mel(src, ref)
+    a, b, c = cont._convert_mel(src, ref), quant._convert_mel(src, ref), half._convert_mel(src, ref)
     assert a.shape == b.shape == c.shape and not torch.allclose(a, b) and not torch.allclose(a, c) and not torch.allclose(b, c)
-    torch.testing.assert_close(auto.convert_mel(src, ref), a)  # the checkpoint says: continuous codes
+    torch.testing.assert_close(auto._convert_mel(src, ref), a)  # the checkpoint says: continuous codes
     with pytest.raises(VckitError, match="between 0 and 1"):
         load(1.5)
 

@@ -127,7 +127,7 @@ def real_speech(judge: SpeakerVerifier, data_dir: Path, paths: list[str]) -> tor
 def similarities(judge: SpeakerVerifier, vc: vckit.Converter, voice: vckit.Voice, real: torch.Tensor, data_dir: Path) -> np.ndarray:
     """The judge's cosine of each of SOURCES converted into ``voice`` (the model's log-mel) with ``real``."""
     assert vc.config.mel == judge.cfg.mel
-    return (embed_utterances(judge, [vc.convert_mel(data_dir / s, voice) for s in SOURCES]) @ real).numpy()
+    return (embed_utterances(judge, [vc._convert_mel(data_dir / s, voice) for s in SOURCES]) @ real).numpy()
 
 
 def test_finetuning_brings_her_voice_closer_and_keeps_other_voices(finetuned, data_dir):

@@ -195,10 +195,10 @@ class Converter:
         return Voice(prof.embedding.to(self.device), prof.f0_median, prof.model_id, seconds, seconds, speaker_id=prof.meta.get("speaker_id", ""))
 
     @torch.inference_mode()
-    def convert_mel(self, source: AudioInput, target: Target, sr: int | None = None, pitch_shift: float = 0.0) -> torch.Tensor:
+    def _convert_mel(self, source: AudioInput, target: Target, sr: int | None = None, pitch_shift: float = 0.0) -> torch.Tensor:
         """Converted log-mel ``(n_mels, frames)`` of ``source`` in ``target``'s voice, before the
-        vocoder: what a vocoder learns to voice (``vckit prepare vocoder-teacher``) and what the
-        benchmarks compare; :meth:`convert` hands out audio."""
+        vocoder: what the benchmarks compare and a vocoder learns to voice (``vckit prepare
+        vocoder-teacher``); the public surface hands out audio (:meth:`convert`)."""
         wav = load_audio(source, self.config.mel.sample_rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
         return self._convert_wav(wav, self._voice_of(target, sr), pitch_shift)
 

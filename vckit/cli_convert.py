@@ -238,7 +238,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output file (.wav, .flac, .ogg or .mp3: the suffix sets the format), or a folder for a batch")
     c.add_argument("--format", choices=["wav", "flac", "ogg", "mp3"], default=None, help="batches: the output files' format (default wav)")
     c.add_argument("--checkpoint", default=None, help="model folder (default: the shipped model)")
-    c.add_argument("--vocoder", default="hifigan", help="hifigan (default), fast (distilled from HiFi-GAN: a tenth of the time, less natural), griffinlim (no weights; rougher still), or a path to a vocoder folder or file")
+    c.add_argument("--vocoder", default="hifigan", help="hifigan (default), fast (distilled from HiFi-GAN: a quarter of the time, less natural), griffinlim (no weights; rougher still), or a path to a vocoder folder or file")
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the vocoder's arithmetic: auto (default) runs it in bfloat16 where the CPU or GPU has it natively (1.5x quicker on long files); fp32 as trained")
     c.add_argument("--vq", default="auto", type=_vq_choice, metavar="{auto,on,off,MIX}", help="content codes: the nearest codebook entries (on), the encoder's own (off), or a MIX between 0 and 1 of the way from the encoder's toward the nearest; auto: as the checkpoint says")

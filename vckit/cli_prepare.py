@@ -106,9 +106,9 @@ def _vocoder_teacher(args: argparse.Namespace) -> int:
             wav = load_audio(r["path"], rate)
             if kind == "real":
                 mel = log_mel(wav, cfg)
-            else:  # the shipped model's conversion into a random other speaker of the split
+            else:  # the model's conversion into a random other speaker of the split, before any vocoder
                 ref = rng.choice([q for q in refs if q["speaker"] != r["speaker"]])
-                mel = vc.convert_mel(wav, vc.voice(ref["path"]), sr=rate)
+                mel = vc._convert_mel(wav, vc.voice(ref["path"]), sr=rate)  # not public: users get audio
             taken += mel.shape[1] * cfg.hop_length / rate
             yield {"path": r["path"], "speaker": r["speaker"], "split": split, "kind": kind}, mel.numpy()
 

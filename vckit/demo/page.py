@@ -73,7 +73,7 @@ def build_app(service: DemoService) -> Any:
                     reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip of the target voice", elem_id="reference-audio")
             with gr.Accordion("Options", open=True):
                 with gr.Row():
-                    vocoder = gr.Radio(list(VOCODERS), value=service.default_vocoder, label="Vocoder", info="hifigan: neural, natural; fast: distilled from it, a tenth of the time, less natural; griffinlim: no neural vocoder, buzzy")
+                    vocoder = gr.Radio(list(VOCODERS), value=service.default_vocoder, label="Vocoder", info="hifigan: neural, natural; fast: distilled from it, a quarter of the time, less natural; griffinlim: no neural vocoder, buzzy")
                     pitch = gr.Radio(list(PITCH_MODES), value="none", label="Pitch handling",
                                      info="match F0: shift the source to the target's median F0 first (a model with an F0 path, as the default, always does this itself)")
                     semitones = gr.Slider(-MAX_SEMITONES, MAX_SEMITONES, value=0, step=0.5, label="Manual shift (semitones)", interactive=False)
