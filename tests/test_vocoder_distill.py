@@ -26,14 +26,6 @@ HOP = MEL.hop_length
 TINY_GEN = VocosConfig(dim=32, intermediate_dim=64, layers=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rows(data_dir: Path, speakers: tuple[str, ...], split: str) -> list[dict]:
     return [{"path": str(data_dir / "vcc2016" / s / "100001.wav"), "speaker": s, "split": split, "kind": "real"} for s in speakers]
 

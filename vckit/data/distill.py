@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from vckit.data.waves import WindowStarts
 from vckit.errors import VckitError
 from vckit.files import atomic_path, write_text_atomically
 
@@ -133,40 +134,25 @@ class TeacherStore:
 
 
 class TeacherSampler:
-    """Random windows of ``segment + 2 * context`` frames and the teacher's samples under them.
-
-    Every window that lies inside one utterance is equally likely. The
-    generator's state is saved with checkpoints, for exact resume.
-    """
+    """Random windows of ``segment + 2 * context`` frames and the teacher's samples under them
+    (:class:`~vckit.data.waves.WindowStarts`: every window inside one utterance equally likely)."""
 
     def __init__(self, store: TeacherStore, utterances: list[dict[str, Any]], *, segment: int, context: int, seed: int):
-        width = segment + 2 * context
-        usable = [u for u in utterances if u["frames"] >= width]
-        if not usable:
-            raise VckitError(f"no utterance is at least {width} frames long ({len(utterances)} in the split)")
         dev = store.mels.device
-        self.store, self.width, self.hop = store, width, store.hop
-        counts = torch.tensor([u["frames"] - width + 1 for u in usable], dtype=torch.long)
-        self.starts = torch.tensor([u["frame"] for u in usable], dtype=torch.long, device=dev)
-        self.counts = counts.to(dev)
-        self.cum = counts.cumsum(0).to(dev)
-        self.total = int(counts.sum())
-        self.frames = torch.arange(width, device=dev)
-        self.samples = torch.arange(width * self.hop, device=dev)
-        self.rng = torch.Generator(device=dev).manual_seed(seed)
+        self.store, self.width, self.hop = store, segment + 2 * context, store.hop
+        self.starts = WindowStarts([(u["frame"], u["frames"]) for u in utterances], self.width, seed, dev, unit="frames")
+        self.frames = torch.arange(self.width, device=dev)
+        self.samples = torch.arange(self.width * self.hop, device=dev)
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(mel ``(batch, n_mels, width)``, teacher waveform ``(batch, width * hop)``), floats."""
-        dev = self.starts.device
-        u = torch.randint(0, self.total, (batch,), generator=self.rng, device=dev)
-        i = torch.searchsorted(self.cum, u, right=True)
-        start = self.starts[i] + u - (self.cum[i] - self.counts[i])
+        start = self.starts.draw(batch)
         mel = self.store.mels[start[:, None] + self.frames].float().transpose(1, 2)
         wave = self.store.wave[start[:, None] * self.hop + self.samples].float() / 32767.0
         return mel, wave
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"rng": self.rng.get_state()}
+        return self.starts.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.rng.set_state(state["rng"].cpu())
+        self.starts.load_state_dict(state)

@@ -166,6 +166,36 @@ class WaveStore:
         return self.wav[utt["offset"] : utt["offset"] + n].float() / 32767.0
 
 
+class WindowStarts:
+    """Seeded draws of windows ``width`` long that lie wholly inside one of the ``spans`` ``(first, length)``:
+    every start of every long-enough span is equally likely, so spans weigh by their length. The
+    generator's state is saved with checkpoints, for exact resume."""
+
+    def __init__(self, spans: list[tuple[int, int]], width: int, seed: int, device: str | torch.device = "cpu", unit: str = "samples"):
+        usable = [(first, n) for first, n in spans if n >= width]
+        if not usable:
+            raise VckitError(f"no utterance is at least {width} {unit} long ({len(spans)} in the split)")
+        counts = torch.tensor([n - width + 1 for _, n in usable], dtype=torch.long)
+        self.firsts = torch.tensor([first for first, _ in usable], dtype=torch.long, device=device)
+        self.counts = counts.to(device)
+        self.cum = counts.cumsum(0).to(device)
+        self.total = int(counts.sum())
+        self.skipped = len(spans) - len(usable)
+        self.rng = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(self, batch: int) -> torch.Tensor:
+        """``(batch,)`` window starts."""
+        u = torch.randint(0, self.total, (batch,), generator=self.rng, device=self.firsts.device)
+        i = torch.searchsorted(self.cum, u, right=True)
+        return self.firsts[i] + u - (self.cum[i] - self.counts[i])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rng.set_state(state["rng"].cpu())
+
+
 class WaveSampler:
     """Random segments of ``segment`` samples from ``utterances``, drawn on the store's device.
 
@@ -177,35 +207,26 @@ class WaveSampler:
 
     def __init__(self, store: WaveStore, utterances: list[dict[str, Any]], segment: int, seed: int, gain_db: float = 0.0):
         dev = store.wav.device
-        usable = [u for u in utterances if u["length"] >= segment]
-        if not usable:
-            raise VckitError(f"no utterance is at least {segment} samples long ({len(utterances)} in the split)")
-        if len(usable) < len(utterances):
-            log.info("%d utterances shorter than one segment are not sampled", len(utterances) - len(usable))
+        self.starts = WindowStarts([(u["offset"], u["length"]) for u in utterances], segment, seed, dev)
+        if self.starts.skipped:
+            log.info("%d utterances shorter than one segment are not sampled", self.starts.skipped)
         self.store, self.segment, self.gain_db = store, segment, gain_db
-        counts = torch.tensor([u["length"] - segment + 1 for u in usable], dtype=torch.long)
-        self.offsets = torch.tensor([u["offset"] for u in usable], dtype=torch.long, device=dev)
-        self.counts = counts.to(dev)
-        self.cum = counts.cumsum(0).to(dev)
-        self.total = int(counts.sum())
         self.arange = torch.arange(segment, device=dev)
-        self.rng = torch.Generator(device=dev).manual_seed(seed)
+        self.rng = self.starts.rng  # the gain draws share the window draws' generator
 
     def sample(self, batch: int) -> torch.Tensor:
         """``(batch, segment)`` float waveforms in [-1, 1]."""
-        dev = self.offsets.device
-        u = torch.randint(0, self.total, (batch,), generator=self.rng, device=dev)
-        i = torch.searchsorted(self.cum, u, right=True)
-        start = self.offsets[i] + u - (self.cum[i] - self.counts[i])
+        start = self.starts.draw(batch)
         wav = self.store.wav[start[:, None] + self.arange].float() / 32767.0
         if self.gain_db > 0:
+            dev = wav.device
             db = (torch.rand(batch, 1, generator=self.rng, device=dev) * 2 - 1) * self.gain_db
             peak = wav.abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
             wav = wav * torch.minimum(10 ** (db / 20), 0.99 / peak)
         return wav
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"rng": self.rng.get_state()}
+        return self.starts.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.rng.set_state(state["rng"].cpu())
+        self.starts.load_state_dict(state)
