@@ -25,8 +25,9 @@ How a block is made (``B`` = ``model.stream.block_frames`` mel frames):
    convolution tails and running-norm sums in this object;
 4. the vocoder runs on the new mel frames with ``vocoder_context`` frames of
    left context (the vocoder's ``stream_context``: 4 for HiFi-GAN, whose every
-   frame costs; the fast vocoder's whole reach, 30, for about a millisecond) and ``vocoder_lookahead`` of right context, and its first
-   samples are cross-faded with the previous block's guess at them.
+   frame costs; the fast vocoder's whole reach, 30, for about a millisecond)
+   and ``vocoder_lookahead`` of right context, and its first samples are
+   cross-faded with the previous block's guess at them.
 
 The delay is ``(B - 1 + vocoder_lookahead) * hop + hop / 2 + teacher look-ahead``:
 145 ms for the shipped streaming model at 22.05 kHz (its phone student hears 58 ms ahead).

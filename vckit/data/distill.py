@@ -22,7 +22,6 @@ the student.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,8 +32,6 @@ import torch
 from vckit.data.waves import WindowStarts
 from vckit.errors import VckitError
 from vckit.files import atomic_path, write_text_atomically
-
-log = logging.getLogger(__name__)
 
 FORMAT = "vckit-teacher-cache"
 INDEX_FILE = "index.json"
