@@ -54,6 +54,8 @@ def test_windows_give_each_mel_frame_with_the_teachers_samples_under_it(tmp_path
     items = (({"path": f"u{u}", "split": "train"}, m) for u, m in enumerate(mels))
     index = write_teacher_cache(items, tmp_path, lambda m: np.repeat(m[0], HOP), sample_rate=MEL.sample_rate, hop=HOP, teacher_name="ramp")
     assert index["frames"] == 125 and [u["frame"] for u in index["utterances"]] == [0, 40, 65]
+    with pytest.raises(VckitError, match="exists and is not empty"):  # nothing a user made is overwritten
+        write_teacher_cache(iter([({"path": "x"}, mels[0])]), tmp_path, lambda m: np.repeat(m[0], HOP), sample_rate=MEL.sample_rate, hop=HOP, teacher_name="ramp")
     store = TeacherStore.load(tmp_path, sample_rate=MEL.sample_rate, hop=HOP, n_mels=80)
     sampler = TeacherSampler(store, store.split("train"), segment=20, context=4, seed=0)
     mel, wave = sampler.sample(64)

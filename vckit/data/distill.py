@@ -55,9 +55,11 @@ def write_teacher_cache(
         teacher: ``mel (n_mels, frames) -> waveform (frames * hop,)`` in [-1, 1].
         teacher_name: recorded in the index (which vocoder, at what precision).
 
-    Returns the index (also written to ``out_dir/index.json``).
+    Returns the index (also written to ``out_dir/index.json``). Refuses an ``out_dir`` that holds anything.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):  # as vckit prepare stream-features: a cache is never overwritten
+        raise VckitError(f"{out_dir} exists and is not empty: remove it or pick another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     mels: list[np.ndarray] = []
     waves: list[np.ndarray] = []
