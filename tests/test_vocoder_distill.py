@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from vckit.audio import MelSpectrogram, load_audio, log_mel
+from vckit.checkpoint import load_train_state
 from vckit.cli import main as vckit_main
 from vckit.config import MelConfig
 from vckit.data.distill import TeacherSampler, TeacherStore, write_teacher_cache
@@ -118,6 +119,52 @@ def test_distillation_brings_the_student_towards_the_teacher(tmp_path, teacher_c
     assert float(stats[-1]["loss/spectral"]) < float(stats[0]["loss/spectral"])
     assert float(stats[-1]["loss/phase"]) < float(stats[0]["loss/phase"])
     assert trainer.validate()["valid/mel_l1"] < 0.8 * before
+
+
+def test_stream_edge_ends_windows_early_as_the_live_path_does_and_the_losses_read_the_same_segment(tmp_path, teacher_cache):
+    class Recorder(torch.nn.Module):  # the student's inputs, as the trainer hands them over
+        def __init__(self, generator: torch.nn.Module):
+            super().__init__()
+            self.generator, self.widths = generator, []
+
+        def forward(self, mel: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+            self.widths.append(mel.shape[-1])
+            return self.generator(mel, clamp=clamp)
+
+    widths = {}
+    for edge in (0.0, 1.0, 0.5):
+        torch.manual_seed(0)
+        trainer = VocoderTrainer(load_vocoder_config(_distill_config(tmp_path, teacher_cache), [f"data.stream_edge={edge}"]), device="cpu")
+        trainer.gen_net = Recorder(trainer.generator)
+        stats = [trainer.train_step() for _ in range(24)]
+        assert all(math.isfinite(float(s["loss/gen_total"])) for s in stats)
+        widths[edge] = trainer.gen_net.widths
+    assert set(widths[0.0]) == {4 + 16 + 4}  # context, segment, context
+    assert set(widths[1.0]) <= set(range(4 + 16 + 2, 4 + 16 + 4 + 1)) and min(widths[1.0]) == 4 + 16 + 2  # 2 to 4 frames after it
+    assert 0 < sum(w < 24 for w in widths[0.5]) < 24  # some windows cut, some whole
+    # the cut is drawn from the seed and the step, so a resumed run cuts the same windows
+    trainer = VocoderTrainer(load_vocoder_config(_distill_config(tmp_path, teacher_cache), ["data.stream_edge=0.5"]), device="cpu")
+    draws = []
+    for step in range(24):
+        trainer.step = step
+        draws.append(4 + 16 + trainer._right_context())
+    assert draws == widths[0.5]
+    with pytest.raises(ConfigError, match="stream_edge needs data.teacher"):
+        load_vocoder_config(_distill_config(tmp_path, teacher_cache), ["data.teacher=", "loss.spectral_weight=0", "loss.phase_weight=0", "data.stream_edge=0.5"])
+
+
+def test_a_distillation_without_an_adversarial_loss_builds_and_saves_no_discriminators(tmp_path, teacher_cache):
+    path = _distill_config(tmp_path, teacher_cache)
+    trainer = VocoderTrainer(load_vocoder_config(path, ["train.steps=2"]), device="cpu")
+    assert trainer.disc is None and trainer.opt_d is None
+    trainer.train_step()
+    saved = trainer.save()
+    assert not (saved / "discriminators.safetensors").exists() and "opt_d" not in load_train_state(saved)
+    # the same run going on with an adversarial loss: its discriminators start afresh, the generator goes on
+    going_on = VocoderTrainer(load_vocoder_config(path, ["train.steps=4", "loss.adv_weight=1.0", "train.disc_start_step=0"]), device="cpu", resume=True)
+    assert going_on.step == 1 and going_on.disc is not None
+    assert all(torch.equal(a, b) for a, b in zip(going_on.generator.state_dict().values(), trainer.generator.state_dict().values()))
+    assert "loss/disc" in going_on.train_step() and (going_on.save() / "discriminators.safetensors").is_file()
 
 
 def test_a_phase_loss_without_a_teacher_is_refused(tmp_path, teacher_cache):

@@ -17,7 +17,8 @@ the generator learns from the multi-resolution mel L1 alone; after that each
 step updates the discriminators (hinge or LSGAN), then the generator (mel L1
 x 45 + feature matching + adversarial). Two AdamW optimisers with exponential
 learning-rate decay, bf16 autocast on CUDA, gradient clipping. Checkpoints
-(generator, discriminators, both optimisers, step, every RNG state) are
+(generator, discriminators and both optimisers where the run has an adversarial
+loss, else the generator and its optimiser; step, every RNG state) are
 written atomically, and a resumed deterministic run reaches the same weights
 as one never stopped. Distributed training is the VC trainer's: torchrun sets
 the environment and :func:`vckit.training.loop.setup_distributed` joins the group.
@@ -26,6 +27,7 @@ the environment and :func:`vckit.training.loop.setup_distributed` joins the grou
 from __future__ import annotations
 
 import logging
+import random
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,10 @@ class VocoderDataConfig:
     valid_seconds: Positive = 5.0  # each validation utterance is cut to this
     teacher: str = ""  # a teacher cache (vckit prepare vocoder-teacher): learn its waveforms, not real audio
     context_frames: Count = 8  # teacher mode: mel frames the student hears either side of the segment the loss reads
+    # teacher mode: the chance that a batch's windows end early, 2 to context_frames frames after the segment the
+    # loss reads, as the live path's newest frames do (vckit.streaming: 2 frames of look-ahead); the target stays
+    # the teacher's waveform made with the whole utterance
+    stream_edge: Probability = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,8 @@ class VocoderConfig:
     def __post_init__(self) -> None:
         if self.data.segment % self.mel.hop_length or self.data.segment < 4 * self.mel.hop_length:
             raise ConfigError(f"data.segment must be a multiple of hop_length {self.mel.hop_length} and at least 4 hops")
+        if self.data.stream_edge and not self.data.teacher:
+            raise ConfigError("data.stream_edge needs data.teacher: it cuts the teacher windows' right context")
         if self.data.teacher and self.data.context_frames < 2:
             raise ConfigError("data.context_frames must be at least 2 with a teacher cache (the STFT loss reads 1.5 frames past the segment)")
         if (self.loss.spectral_weight or self.loss.phase_weight) and not self.data.teacher:
@@ -148,12 +156,14 @@ class VocoderTrainer(TrainingLoop):
         self.valid_utts = self.store.split("valid")[: cfg.data.valid_utterances]
         self.mel = MelSpectrogram(cfg.mel).to(self.device)
         self.generator = Vocos(cfg.generator, cfg.mel).to(self.device)
-        self.disc = Discriminators(cfg.discriminator).to(self.device)
+        # the discriminators exist only in a run that can use them: a distillation without an adversarial loss
+        # (the shipped fast vocoder's) neither builds nor saves their 41 M parameters and their Adam moments
+        self.disc: Discriminators | None = Discriminators(cfg.discriminator).to(self.device) if _adversarial(cfg) else None
         self.mel_loss = MultiResolutionMelLoss(cfg.mel, cfg.loss.mel_resolutions).to(self.device)
         self.spectral_loss = TeacherSpectralLoss(cfg.mel, cfg.loss.spectral_compress).to(self.device)
-        self.disc_weights = self.disc.weights(cfg.loss.mrd_weight)
+        self.disc_weights = self.disc.weights(cfg.loss.mrd_weight) if self.disc is not None else []
         self.opt_g = make_optimizer(self.generator, cfg)  # AdamW; reads cfg.train.lr, betas, weight_decay
-        self.opt_d = make_optimizer(self.disc, cfg)
+        self.opt_d = make_optimizer(self.disc, cfg) if self.disc is not None else None
         self.step = 0
         self.elapsed = 0.0  # training seconds over all resumes
         self.best: dict[str, float] = {}
@@ -162,11 +172,12 @@ class VocoderTrainer(TrainingLoop):
         # gen_net and disc_net are what the optimisers' steps run through (DDP-wrapped under torchrun); the
         # generator's step calls the plain self.disc, so that its backward does not all-reduce the discriminators
         self.gen_net: torch.nn.Module = self.generator
-        self.disc_net: torch.nn.Module = self.disc
+        self.disc_net: torch.nn.Module | None = self.disc
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.gen_net = torch.nn.parallel.DistributedDataParallel(self.generator, device_ids=ids)
-            self.disc_net = torch.nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
+            if self.disc is not None:
+                self.disc_net = torch.nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
         if t.compile:  # the generator only: the discriminators' weight norm fails in inductor's backward (torch 2.9)
             self.gen_net = torch.compile(self.gen_net)
         self.writer = None
@@ -182,7 +193,7 @@ class VocoderTrainer(TrainingLoop):
             self.generator,
             step=self.step,
             extra={"training": to_dict(self.cfg)},
-            extra_weights={DISC_FILE: self.disc.state_dict()},
+            extra_weights={DISC_FILE: self.disc.state_dict()} if self.disc is not None else None,
             train_state=state,
         )
         return self._saved(path)
@@ -201,24 +212,31 @@ class VocoderTrainer(TrainingLoop):
             if not same:
                 raise VckitError(f"{ck} was trained with another {name} config; use a new out_dir or the same config")
         _load_weights(self.generator, ck, WEIGHTS_FILE, meta, self.device)
-        _load_weights(self.disc, ck, DISC_FILE, meta, self.device)
+        if self.disc is not None:
+            if (ck / DISC_FILE).is_file():
+                _load_weights(self.disc, ck, DISC_FILE, meta, self.device)
+            else:  # a run that distilled without them, going on with an adversarial loss
+                log.info("%s has no discriminators: they start afresh", ck)
         self._restore_training(ck, opt_g=self.opt_g, opt_d=self.opt_d)
 
     # one step ---------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
         t, L = self.cfg.train, self.cfg.loss
         mel, real = self._batch(t.batch_size)  # (batch, n_mels, frames), (batch, frames * hop)
-        lr = self._set_lr(self.opt_g, self.opt_d)
+        hop, segment = self.cfg.mel.hop_length, self.cfg.data.segment // self.cfg.mel.hop_length
+        if self.context:
+            right = self._right_context()
+            mel, real = mel[..., : self.context + segment + right], real[:, : (self.context + segment + right) * hop]
+        lr = self._set_lr(*(o for o in (self.opt_g, self.opt_d) if o is not None))
         stats: dict[str, torch.Tensor] = {"lr": torch.tensor(lr)}
         with autocast_for(self.device, t.amp):
             fake = self.gen_net(mel, clamp=False)  # (batch, frames * hop), float32
         spectral = None
         if L.spectral_weight or L.phase_weight:  # the middle frames' STFTs, read from the whole window (teacher mode)
-            spectral = self.spectral_loss(fake, real, self.context, mel.shape[-1] - 2 * self.context)
+            spectral = self.spectral_loss(fake, real, self.context, segment)
         if self.context:  # the losses read the middle: the samples whose mel context the student heard
-            hop = self.cfg.mel.hop_length
-            fake, real = (x[:, self.context * hop : x.shape[1] - self.context * hop] for x in (fake, real))
-        adversarial = self.step >= t.disc_start_step
+            fake, real = (x[:, self.context * hop : (self.context + segment) * hop] for x in (fake, real))
+        adversarial = self.disc is not None and self.step >= t.disc_start_step
 
         if adversarial:  # discriminator step: real high, generated low
             with autocast_for(self.device, t.amp):
@@ -258,6 +276,13 @@ class VocoderTrainer(TrainingLoop):
         self.step += 1
         stats["loss/gen_total"] = loss_g.detach()
         return stats  # tensors: converted to floats only when logged
+
+    def _right_context(self) -> int:
+        """Mel frames the step's windows keep after the loss's segment: ``context_frames``, or with chance
+        ``data.stream_edge`` 2 to ``context_frames``. Drawn from the seed and the step, so a resumed run draws the same."""
+        d = self.cfg.data
+        rng = random.Random(self.cfg.train.seed * 1_000_003 + self.step)
+        return rng.randint(2, self.context) if rng.random() < d.stream_edge else self.context
 
     def _batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` training examples: (log-mel ``(n, n_mels, frames)``, target waveform ``(n, frames * hop)``)."""
@@ -301,7 +326,14 @@ class VocoderTrainer(TrainingLoop):
 
     def set_train_mode(self) -> None:
         self.generator.train()
-        self.disc.train()
+        if self.disc is not None:
+            self.disc.train()
+
+
+def _adversarial(cfg: VocoderConfig) -> bool:
+    """Whether the run's discriminators can ever matter: an adversarial or feature-matching weight, and a start step
+    that the run reaches."""
+    return bool(cfg.loss.adv_weight or cfg.loss.fm_weight) and cfg.train.disc_start_step < cfg.train.steps
 
 
 def _split(outputs: list[tuple[torch.Tensor, list[torch.Tensor]]], n: int) -> tuple[list, list]:
