@@ -36,7 +36,7 @@ The delay is ``(B - 1 + vocoder_lookahead) * hop + hop / 2 + teacher look-ahead`
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +44,9 @@ import torch
 from vckit.errors import VckitError
 from vckit.pitch import semitones_from_log
 
-if TYPE_CHECKING:
-    from vckit.api import Converter, Voice
+# A stream is made from a vckit.api.Converter and a vckit.api.Voice, which this module does not import: the API
+# imports it (Converter.stream), so the arrow runs one way. Their annotations below say Any for that reason.
+Converter = Voice = Any
 
 log = logging.getLogger(__name__)
 
