@@ -217,3 +217,13 @@ def test_a_player_that_never_comes_holds_little(live: StreamTab, mic: np.ndarray
     live.stop("deaf")
     played = list(live.play("deaf", idle_s=1))  # the oldest audio went; the end still gets through
     assert 1 <= len(played) <= 2
+
+
+def test_the_live_tab_streams_through_the_fast_vocoder_where_the_page_defaults_to_hifigan(causal_checkpoint, tmp_path):
+    from vckit.models.vocoder import Vocos
+
+    # HiFi-GAN cannot keep up live on two cores: the Live tab swaps it for the fast vocoder, as vckit stream does
+    svc = DemoService(device="cpu", default_vocoder="hifigan", bank=tmp_path / "bank", workdir=tmp_path / "work", stream_checkpoint=causal_checkpoint)
+    assert isinstance(svc.stream_converter().vocoder, Vocos)
+    other = DemoService(device="cpu", default_vocoder="griffinlim", bank=tmp_path / "bank", workdir=tmp_path / "work2", stream_checkpoint=causal_checkpoint)
+    assert not isinstance(other.stream_converter().vocoder, Vocos)  # a page opened on another vocoder keeps it live
