@@ -27,8 +27,8 @@ the environment and :func:`vckit.training.loop.setup_distributed` joins the grou
 from __future__ import annotations
 
 import logging
-import random
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
