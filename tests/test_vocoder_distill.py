@@ -136,8 +136,16 @@ def test_stream_edge_ends_windows_early_as_the_live_path_does_and_the_losses_rea
         torch.manual_seed(0)
         trainer = VocoderTrainer(load_vocoder_config(_distill_config(tmp_path, teacher_cache), [f"data.stream_edge={edge}"]), device="cpu")
         trainer.gen_net = Recorder(trainer.generator)
+        spans = []
+
+        def spectral(fake, real, first, frames, loss=trainer.spectral_loss):  # the frames the STFT losses read
+            spans.append((first, frames, fake.shape[1] == real.shape[1]))
+            return loss(fake, real, first, frames)
+
+        trainer.spectral_loss = spectral
         stats = [trainer.train_step() for _ in range(24)]
         assert all(math.isfinite(float(s["loss/gen_total"])) for s in stats)
+        assert set(spans) == {(4, 16, True)}  # whatever the cut, the STFT losses read the same 16 frames after the context
         widths[edge] = trainer.gen_net.widths
     assert set(widths[0.0]) == {4 + 16 + 4}  # context, segment, context
     assert set(widths[1.0]) <= set(range(4 + 16 + 2, 4 + 16 + 4 + 1)) and min(widths[1.0]) == 4 + 16 + 2  # 2 to 4 frames after it
