@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vckit.cli_convert import _target, bounded, check_target, semitones
 from vckit.errors import VckitError
+from vckit.shipped import LIVE_VOCODER
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     st.add_argument("--block-ms", type=bounded(float, 1.0, 2000.0, "the block", "ms", "a number of ms"), default=None, help="audio converted per step, rounded up to whole model blocks (default one block, 69.7 ms: the shortest delay)")
     st.add_argument("--pitch-shift", type=semitones, default=0.0, help="semitones on top of the target's register (-24 to 24)")
     st.add_argument("--checkpoint", default=None, help="a causal model folder (default: the shipped streaming model)")
-    st.add_argument("--vocoder", default="fast", help="fast (default: the distilled vocoder, half HiFi-GAN's compute per block, so a 2-core CPU keeps up), hifigan (a few more words kept, where the CPU keeps up with it), or a vocoder folder")
+    st.add_argument("--vocoder", default=LIVE_VOCODER, help="fast (default: the distilled vocoder, half HiFi-GAN's compute per block, so a 2-core CPU keeps up), hifigan (a few more words kept, where the CPU keeps up with it), or a vocoder folder")
     st.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the vocoder's arithmetic: auto (default) runs it in bfloat16 where the CPU has it natively; fp32 as trained")
     st.add_argument("--bank", default=None, help="speaker bank folder for --speaker")
     st.add_argument("--overwrite", action="store_true", help="replace an existing --output")

@@ -17,6 +17,9 @@ from vckit.errors import CheckpointError
 
 FOLDERS = ("default", "stream", "speaker_verification", "vocoder_fast", "examples")  # the folders a wheel carries
 MODELS = ("default", "stream")  # the conversion models loadable by name: "stream" is the causal one for live use
+# what vckit stream and the demo's Live tab vocode with: HiFi-GAN cannot keep up live on two cores (a 69.7 ms block
+# took 59 ms, 80 at the 99th percentile, on 2026-12-07); the fast one distilled from it takes 28-31 / 36-39 ms
+LIVE_VOCODER = "fast"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROOTS = (REPO_ROOT / "checkpoints", Path(__file__).resolve().parent / "_shipped")  # a clone first, then the wheel's copy
 

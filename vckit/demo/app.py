@@ -23,7 +23,7 @@ import numpy as np
 from vckit.demo.examples import EXAMPLES_DIR, example_voices, list_examples
 from vckit.demo.mel_image import render_mels
 from vckit.errors import VckitError
-from vckit.shipped import shipped_dir
+from vckit.shipped import LIVE_VOCODER, shipped_dir
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,9 @@ class DemoService:
             if "stream" not in self._converters:
                 import vckit
 
-                # HiFi-GAN cannot keep up live on two cores (a 69.7 ms block took 59 ms, 80 at the 99th percentile,
-                # on 2026-12-07): the live tab streams through the fast vocoder instead, as vckit stream does
-                vocoder = "fast" if self.default_vocoder == "hifigan" else self.default_vocoder
+                # HiFi-GAN cannot keep up live on two cores: the live tab streams through the live vocoder instead,
+                # as vckit stream does
+                vocoder = LIVE_VOCODER if self.default_vocoder == "hifigan" else self.default_vocoder
                 self._converters["stream"] = vckit.load(path, device=self.device, vocoder=vocoder)
             return self._converters["stream"]
 
