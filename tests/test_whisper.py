@@ -352,7 +352,7 @@ def phonetic_config(teacher: str) -> Config:
 
 
 def test_a_whisper_model_reads_384_wide_teacher_frames():
-    assert TEACHER_DIMS == {"hama": 256, "whisper": 384}
+    assert TEACHER_DIMS == {"hama": 256, "whisper": 384, "hama+whisper": 640}
     model = build_model(phonetic_config("whisper"))
     enc = model.content_encoder
     assert enc.teacher_mean.shape == (384,) and enc.teacher_proj.shape == (6, 384)
@@ -459,3 +459,82 @@ def test_prepare_whisper_features_links_the_cache_and_fits_on_the_training_rows(
     assert np.abs(fitted - np.concatenate(hidden).mean(0)).max() > 5e-3
     assert main(["prepare", "whisper-features", str(src), str(dst)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+class _Fixed:
+    """A stand-in teacher whose frames are a fixed function of the frame index."""
+
+    def __init__(self, dim: int, scale: float, posteriors: bool):
+        self.hidden_dim, self.scale, self.posteriors = dim, scale, posteriors
+
+    def frames(self, wav, sr, n_frames, hop_length=256):
+        from vckit.models.teacher import TeacherFrames
+
+        hidden = self.scale * np.arange(n_frames * self.hidden_dim, dtype=np.float32).reshape(n_frames, self.hidden_dim)
+        return TeacherFrames(hidden, np.full((n_frames, 3), -1.0, np.float32) if self.posteriors else None)
+
+    def window_hidden(self, window, sr, start, frames, hop_length):
+        return self.frames(window, sr, len(frames), hop_length).hidden
+
+
+def test_two_teachers_side_by_side_concatenate_and_keep_the_first_ones_posteriors(monkeypatch, tiny_model):
+    from vckit.models.teacher import ConcatTeacher
+
+    both = ConcatTeacher(_Fixed(3, 1.0, True), _Fixed(2, -1.0, False))
+    fr = both.frames(np.zeros(22050, np.float32), 22050, 7)
+    assert both.hidden_dim == 5 and fr.hidden.shape == (7, 5) and fr.log_probs.shape == (7, 3)
+    np.testing.assert_array_equal(fr.hidden[:, :3], _Fixed(3, 1.0, True).frames(None, 0, 7).hidden)
+    np.testing.assert_array_equal(fr.hidden[:, 3:], _Fixed(2, -1.0, False).frames(None, 0, 7).hidden)
+    assert both.window_hidden(np.zeros(100), 22050, 0, np.arange(4), 256).shape == (4, 5)
+    # the config's "hama+whisper" builds both, hama first
+    monkeypatch.setattr(whisper, "packaged_model", lambda: tiny_model)
+    made = make_teacher("hama+whisper")
+    assert type(made.first).__name__ == "PhoneticTeacher" and isinstance(made.second, WhisperTeacher)
+    assert made.hidden_dim == 256 + DIM
+
+
+def test_features_side_by_side_are_the_two_caches_and_their_block_projection(short_cache, tiny_model, monkeypatch, tmp_path, capsys):
+    """``vckit prepare whisper-features SRC DST --beside``: SRC's (hama's) features first, Whisper's after, and a
+    projection that makes exactly these from the two hidden layers concatenated."""
+    from vckit.cli import main
+    from vckit.data.frame_features import concat_phonetic, write_projection
+
+    monkeypatch.setattr(whisper, "packaged_model", lambda: tiny_model)
+    src = tmp_path / "src"
+    (src / "features").mkdir(parents=True)
+    for f in short_cache.iterdir():
+        if f.name not in ("phonetic.npy", "phonetic.json"):
+            (src / "features" / f.name).symlink_to(f)
+    index = json.loads((short_cache / "index.json").read_text())
+    (src / "train.jsonl").write_text("".join(json.dumps({"path": u["path"], "speaker": "george"}) + "\n" for u in index["utterances"]))
+    rng = np.random.default_rng(1)
+    hama = {"mean": rng.normal(size=256).astype(np.float32), "proj": rng.normal(size=(5, 256)).astype(np.float32) * 0.1, "explained": np.float32(0.7)}
+    hama_rows = rng.integers(0, 256, (index["frames"], 5)).astype(np.uint8)
+    np.save(src / "features" / "phonetic.npy", hama_rows)
+    write_projection(src / "features", hama, "stand-in", fitted=True, kind="hama")
+    dst = tmp_path / "dst"
+    assert main(["prepare", "whisper-features", str(src), str(dst), "--dims", "3", "--beside", "--quiet"]) == 0
+    capsys.readouterr()
+    both = np.load(dst / "features" / "phonetic.npy")
+    assert both.shape == (index["frames"], 8)
+    np.testing.assert_array_equal(both[:, :5], hama_rows)
+    meta = json.loads((dst / "features" / "phonetic.json").read_text())
+    assert meta["kind"] == "hama+whisper" and meta["parts"] == [5, 3] and meta["dims"] == 8
+    proj = load_projection(dst / "features")
+    assert proj["mean"].shape == (256 + DIM,) and proj["proj"].shape == (8, 256 + DIM)
+    np.testing.assert_array_equal(proj["proj"][:5, 256:], 0)
+    np.testing.assert_array_equal(proj["proj"][5:, :256], 0)
+    # the block projection of [hama hidden, whisper hidden] gives the whisper part as the whisper-only cache did
+    u = index["utterances"][0]
+    mel = MelConfig()
+    hidden = WhisperTeacher(path=tiny_model).frames(load_audio(u["path"], mel.sample_rate, min_seconds=0.1), mel.sample_rate, u["frames"], mel.hop_length).hidden
+    joined = np.concatenate([np.tile(hama["mean"], (u["frames"], 1)), hidden.astype(np.float16).astype(np.float32)], axis=1)
+    expect = quantize_phonetic(project(joined, proj))[:, 5:]
+    diff = np.abs(both[u["offset"] : u["offset"] + u["frames"], 5:].astype(int) - expect.astype(int))
+    assert diff.max() <= 1
+    with pytest.raises(VckitError, match="not the same cache"):
+        short = tmp_path / "short"
+        short.mkdir()
+        np.save(short / "phonetic.npy", hama_rows[:3])
+        write_projection(short, hama, "stand-in", fitted=True)
+        concat_phonetic(src / "features", short, tmp_path)

@@ -40,6 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     wf.add_argument("src", help="a recipe cache with frame features (train.jsonl, features/: prepare.py --frame-features)")
     wf.add_argument("dst", help="the new cache (links to src's files, its own phonetic.npy)")
     wf.add_argument("--dims", type=int, default=64, help="principal components kept (model.content.input_dim)")
+    wf.add_argument("--beside", action="store_true", help="keep src's (hama's) features and put Whisper's after them (model.content.teacher: hama+whisper)")
     wf.add_argument("--threads", type=int, default=1)
     wf.add_argument("--quiet", action="store_true", help="no progress bar")
     wf.set_defaults(func=_whisper_features)
@@ -84,7 +85,7 @@ def _whisper_features(args: argparse.Namespace) -> int:
 
     if args.dims < 1 or args.threads < 1:
         raise VckitError("--dims and --threads must be at least 1")
-    summary = whisper_cache(args.src, args.dst, dims=args.dims, threads=args.threads, progress=not args.quiet)
+    summary = whisper_cache(args.src, args.dst, dims=args.dims, beside=args.beside, threads=args.threads, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 

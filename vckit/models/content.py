@@ -10,15 +10,20 @@ from torch import nn
 from vckit.config import ContentConfig, StreamConfig
 from vckit.models.layers import ConvBlock, call, make_norm, pad_to_multiple
 from vckit.models.phone_student import PhoneStudent
-from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP, PhoneticTeacher
-from vckit.models.whisper import WhisperTeacher
+from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP, ConcatTeacher, PhoneticTeacher
+from vckit.models.whisper import WHISPER_DIM, WhisperTeacher
 
-TEACHER_DIMS = {"hama": HIDDEN_DIM, "whisper": 384}  # the width of each teacher's last layer (model.content.teacher)
+# the width of what each teacher gives per frame (model.content.teacher); "hama+whisper": both layers side by side
+TEACHER_DIMS = {"hama": HIDDEN_DIM, "whisper": WHISPER_DIM, "hama+whisper": HIDDEN_DIM + WHISPER_DIM}
 
 
 def make_teacher(kind: str, threads: int = 1):
-    """The teacher ``model.content.teacher`` names: hama's recogniser, or Whisper tiny.en's encoder."""
-    return WhisperTeacher(threads=threads) if kind == "whisper" else PhoneticTeacher(threads=threads)
+    """The teacher ``model.content.teacher`` names: hama's recogniser, Whisper tiny.en's encoder, or both."""
+    if kind == "whisper":
+        return WhisperTeacher(threads=threads)
+    if kind == "hama+whisper":
+        return ConcatTeacher(PhoneticTeacher(threads=threads), WhisperTeacher(threads=threads))
+    return PhoneticTeacher(threads=threads)
 
 
 class ContentEncoder(nn.Module):

@@ -143,6 +143,23 @@ class PhoneticTeacher:
         return TeacherFrames(resample_frames(t50.hidden, times), resample_frames(t50.log_probs, times))
 
 
+class ConcatTeacher:
+    """Two teachers heard side by side (``model.content.teacher: hama+whisper``): their hidden layers concatenated
+    per frame, the first one's posteriors. Offline only, where either teacher is."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+        self.hidden_dim = first.hidden_dim + second.hidden_dim
+
+    def frames(self, wav: np.ndarray, sr: int, n_frames: int, hop_length: int = 256) -> TeacherFrames:
+        a, b = self.first.frames(wav, sr, n_frames, hop_length), self.second.frames(wav, sr, n_frames, hop_length)
+        return TeacherFrames(np.concatenate([a.hidden, b.hidden], axis=1), a.log_probs)
+
+    def window_hidden(self, window: np.ndarray, sr: int, start: int, frames: np.ndarray, hop_length: int) -> np.ndarray:
+        parts = [t.window_hidden(window, sr, start, frames, hop_length) for t in (self.first, self.second)]
+        return np.concatenate(parts, axis=1)
+
+
 def resample_frames(feats: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Linear interpolation of 50 Hz teacher frames ``(T, D)`` at ``times`` (seconds) -> ``(len(times), D)``."""
     pos = np.clip(times / FRAME_S - 0.5, 0, len(feats) - 1)
@@ -158,4 +175,4 @@ def fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)]) if len(x) else np.zeros((n, x.shape[1]), np.float32)
 
 
-__all__ = ["PhoneticTeacher", "TeacherFrames", "resample_frames", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]
+__all__ = ["PhoneticTeacher", "ConcatTeacher", "TeacherFrames", "resample_frames", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]

