@@ -83,11 +83,13 @@ def main() -> int:
     deq = lambda q: dequantize_phonetic(torch.from_numpy(np.asarray(q[rows]))).numpy()  # noqa: E731
     if args.beside:  # the old dims come first and keep their weights; the new ones start at zero
         a = np.eye(old_q.shape[1], new_q.shape[1], dtype=np.float32)
-        c, explained = np.zeros(old_q.shape[1], np.float32), 1.0
+        c = np.zeros(old_q.shape[1], np.float32)
+        how = f"the old {old_q.shape[1]} inputs kept, {new_q.shape[1] - old_q.shape[1]} new ones at zero weight"
         if not np.array_equal(np.asarray(new_q[rows[:1000], : old_q.shape[1]]), np.asarray(old_q[rows[:1000]])):
             raise SystemExit(f"{args.new} does not start with {args.old}'s features (vckit prepare whisper-features --beside)")
     else:
         a, c, explained = fit_map(deq(old_q), deq(new_q))
+        how = f"the map explains {explained:.1%} of the old features' variance on held-out frames"
     model = build_model(cfg, for_training=False)
     own = model.state_dict()
     keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
@@ -101,7 +103,7 @@ def main() -> int:
     if missing:
         raise SystemExit(f"the new model has tensors the source lacks: {missing[:4]}")
     save_checkpoint(out, cfg, keep, step=int(meta.get("step", 0)), extra={k: v for k, v in meta.items() if k in ("speakers", "training_cpu_hours")})
-    print(f"{args.src} -> {out}: teacher {args.teacher}; the map explains {explained:.1%} of the old features' variance on held-out frames")
+    print(f"{args.src} -> {out}: teacher {args.teacher}; {how}")
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from vckit.config import MelConfig, from_dict
 from vckit.errors import VckitError
 from vckit.files import atomic_path, write_text_atomically
 from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP
@@ -129,13 +130,11 @@ def _read_index(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "index.json").read_text())
 
 
-def _cache_waves(index: dict[str, Any], desc: str, progress: bool) -> Iterable[tuple[dict, np.ndarray, Any]]:
-    """``(index entry, wave, mel settings)`` for each utterance of a mel cache's ``index``, read again exactly
-    as the mels were (same loading, trimming and level), so the frames line up."""
+def _cache_waves(index: dict[str, Any], mel_cfg: MelConfig, desc: str, progress: bool) -> Iterable[tuple[dict, np.ndarray]]:
+    """``(index entry, wave)`` for each utterance of a mel cache's ``index`` (made with ``mel_cfg``), read again
+    exactly as the mels were (same loading, trimming and level), so the frames line up."""
     from vckit.audio import load_audio
-    from vckit.config import MelConfig, from_dict
 
-    mel_cfg = from_dict(MelConfig, index["mel"])
     utts: Iterable = index["utterances"]
     if progress:
         from tqdm import tqdm
@@ -145,7 +144,7 @@ def _cache_waves(index: dict[str, Any], desc: str, progress: bool) -> Iterable[t
         wav = load_audio(u["path"], mel_cfg.sample_rate, min_seconds=0.1)
         if len(wav) // mel_cfg.hop_length != int(u["frames"]):
             raise VckitError(f"{u['path']}: {len(wav) // mel_cfg.hop_length} frames now, {u['frames']} in the cache: prepare the cache again")
-        yield u, wav, mel_cfg
+        yield u, wav
 
 
 def _write_phonetic(folder: Path, hidden: np.ndarray, utts: list[dict], *, fit_paths: Iterable[str] | None, dims: int,
@@ -200,11 +199,10 @@ def cache_frame_features(
     hidden = np.zeros((total, HIDDEN_DIM), dtype=np.float16)
     post_idx = np.zeros((total, top_k), dtype=np.uint8)
     post_p = np.zeros((total, top_k), dtype=np.uint8)
-    frontend = None
+    mel_cfg = from_dict(MelConfig, index["mel"])
+    frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=PhoneticTeacher(threads=threads))
     t0 = time.time()
-    for u, wav, mel_cfg in _cache_waves(index, "f0 + teacher", progress):
-        if frontend is None:
-            frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=PhoneticTeacher(threads=threads))
+    for u, wav in _cache_waves(index, mel_cfg, "f0 + teacher", progress):
         n, off = int(u["frames"]), int(u["offset"])
         fr = frontend.features(wav, n, posteriors=True)
         f0[off : off + n] = fr.f0
@@ -244,7 +242,8 @@ def cache_whisper_features(
         dims = int(given["proj"].shape[0])
     hidden = np.zeros((int(index["frames"]), teacher.hidden_dim), dtype=np.float16)
     t0 = time.time()
-    for u, wav, mel_cfg in _cache_waves(index, "whisper", progress):
+    mel_cfg = from_dict(MelConfig, index["mel"])
+    for u, wav in _cache_waves(index, mel_cfg, "whisper", progress):
         n, off = int(u["frames"]), int(u["offset"])
         hidden[off : off + n] = teacher.frames(wav, mel_cfg.sample_rate, n, mel_cfg.hop_length).hidden
     seconds = time.time() - t0

@@ -94,19 +94,7 @@ class PhoneticTeacher:
         wav16 = np.ascontiguousarray(wav16, dtype=np.float32)
         n_out = len(wav16) // int(SAMPLE_RATE * FRAME_S) + 1
         win, ctx = int(WINDOW_S * SAMPLE_RATE), int(CONTEXT_S * SAMPLE_RATE)
-        hop = int(SAMPLE_RATE * FRAME_S)
-        if len(wav16) <= win + 2 * ctx:
-            hidden, lp = self._run(wav16)
-        else:
-            hs, lps = [], []
-            for start in range(0, len(wav16), win):
-                lo = max(0, start - ctx)
-                h, lp = self._run(wav16[lo : start + win + ctx])
-                skip = (start - lo) // hop
-                keep = min(win // hop, len(h) - skip)
-                hs.append(h[skip : skip + keep])
-                lps.append(lp[skip : skip + keep])
-            hidden, lp = np.concatenate(hs), np.concatenate(lps)
+        hidden, lp = in_windows(self._run, wav16, win, ctx, int(SAMPLE_RATE * FRAME_S))
         hidden, lp = fit_length(hidden, n_out), fit_length(lp, n_out)
         return TeacherFrames(hidden, lp)
 
@@ -160,6 +148,22 @@ class ConcatTeacher:
         return np.concatenate(parts, axis=1)
 
 
+def in_windows(run, wav16: np.ndarray, win: int, ctx: int, hop: int) -> tuple[np.ndarray, ...]:
+    """``run(wav16)`` -> a tuple of per-frame arrays ``(T, D)`` at ``hop`` samples a frame, over audio of any length:
+    audio longer than ``win + 2 * ctx`` samples goes in windows of ``win`` with ``ctx`` of context either side,
+    each window's own frames kept and joined, so memory stays bounded."""
+    if len(wav16) <= win + 2 * ctx:
+        return run(wav16)
+    parts = []
+    for start in range(0, len(wav16), win):
+        lo = max(0, start - ctx)
+        outs = run(wav16[lo : start + win + ctx])
+        skip = (start - lo) // hop
+        keep = min(win // hop, len(outs[0]) - skip)
+        parts.append([o[skip : skip + keep] for o in outs])
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
 def resample_frames(feats: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Linear interpolation of 50 Hz teacher frames ``(T, D)`` at ``times`` (seconds) -> ``(len(times), D)``."""
     pos = np.clip(times / FRAME_S - 0.5, 0, len(feats) - 1)
@@ -175,4 +179,4 @@ def fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)]) if len(x) else np.zeros((n, x.shape[1]), np.float32)
 
 
-__all__ = ["PhoneticTeacher", "ConcatTeacher", "TeacherFrames", "resample_frames", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]
+__all__ = ["PhoneticTeacher", "ConcatTeacher", "TeacherFrames", "in_windows", "resample_frames", "SAMPLE_RATE", "HIDDEN_DIM", "N_CLASSES", "BLANK"]

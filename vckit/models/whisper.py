@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vckit.errors import VckitError
-from vckit.models.teacher import CONTEXT_S, FRAME_S, SAMPLE_RATE, WINDOW_S, TeacherFrames, fit_length, resample_frames
+from vckit.models.teacher import CONTEXT_S, FRAME_S, SAMPLE_RATE, WINDOW_S, TeacherFrames, fit_length, in_windows, resample_frames
 
 N_FFT, HOP, N_MELS = 400, 160, 80  # Whisper's analysis at 16 kHz
 MAX_FRAMES = 1500  # positions of the encoder (30 s at 50 Hz)
@@ -213,16 +213,7 @@ class WhisperTeacher:
             torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                if len(wav16) <= win + 2 * ctx:
-                    hidden = self._run(wav16)
-                else:
-                    parts = []
-                    for start in range(0, len(wav16), win):
-                        lo = max(0, start - ctx)
-                        h = self._run(wav16[lo : start + win + ctx])
-                        skip = (start - lo) // hop
-                        parts.append(h[skip : skip + min(win // hop, len(h) - skip)])
-                    hidden = np.concatenate(parts)
+                (hidden,) = in_windows(lambda w: (self._run(w),), wav16, win, ctx, hop)
         finally:
             torch.set_num_threads(old)
         return fit_length(hidden, n_out)
