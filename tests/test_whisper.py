@@ -538,3 +538,64 @@ def test_features_side_by_side_are_the_two_caches_and_their_block_projection(sho
         np.save(short / "phonetic.npy", hama_rows[:3])
         write_projection(short, hama, "stand-in", fitted=True)
         concat_phonetic(src / "features", short, tmp_path)
+
+
+# -- fine-tuning a model that reads Whisper ---------------------------------------------------------------
+def test_fine_tuning_a_model_beside_whisper_caches_both_teachers_with_its_projection(tiny_model, monkeypatch, tmp_path, data_dir):
+    """``vckit finetune`` of a ``hama+whisper`` model: the new speaker's cache holds both teachers' frames (640 wide
+    before the projection), projected exactly as the model projects, and the tuned model converts."""
+    import vckit
+    from vckit.checkpoint import save_checkpoint
+    from vckit.models.vc import export_for_inference
+    from vckit.training.finetune import FinetuneConfig, finetune
+    from vckit.training.vc import Trainer
+
+    from conftest import TINY_MODEL
+
+    monkeypatch.setattr(whisper, "packaged_model", lambda: tiny_model)
+    monkeypatch.setitem(TEACHER_DIMS, "hama+whisper", 256 + DIM)  # the tiny Whisper is DIM wide, tiny.en 384
+    model_cfg = {**TINY_MODEL, "content": {**TINY_MODEL["content"], "input": "phonetic", "input_dim": 6, "teacher": "hama+whisper"}}
+    cfg = from_dict(Config, {"model": model_cfg, "data": {"train_manifest": str(tmp_path / "gone/train.jsonl"), "features": str(tmp_path / "gone/features")}})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    rng = np.random.default_rng(2)
+    proj = np.zeros((6, 256 + DIM), np.float32)  # block-diagonal, as swap_teacher.py --beside leaves it
+    proj[:4, :256], proj[4:, 256:] = rng.normal(size=(4, 256)) * 0.1, rng.normal(size=(2, DIM))
+    mean = rng.normal(size=256 + DIM).astype(np.float32) * 0.1
+    with torch.no_grad():
+        model.content_encoder.teacher_mean.copy_(torch.from_numpy(mean))
+        model.content_encoder.teacher_proj.copy_(torch.from_numpy(proj))
+    save_checkpoint(tmp_path / "train", cfg, model.state_dict(), step=100)
+    source = export_for_inference(tmp_path / "train", tmp_path / "model", extra={"name": "tiny beside"})
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    for f in sorted((data_dir / "vcc2016" / "SM1").glob("*.wav"))[:5]:
+        (voices / f.name).symlink_to(f)
+
+    seen = []
+    real_set = Trainer._set_projection
+
+    def spy_set(self):  # the merged cache's projection, read where the trainer reads it
+        seen.append(json.loads((Path(self.cfg.data.features) / "phonetic.json").read_text()))
+        real_set(self)
+
+    monkeypatch.setattr(Trainer, "_set_projection", spy_set)
+    ft = FinetuneConfig(steps=4, batch_size=4, segment_frames=32, lr=2e-3, warmup_steps=1, replay="")
+    out = tmp_path / "me"
+    res = finetune(source, voices, out, speaker="me", config=ft, bank=tmp_path / "bank", device="cpu", progress=False)
+    assert res.steps == 4
+    [meta] = seen
+    assert meta["kind"] == "hama+whisper" and meta["fitted"] is False and meta["dims"] == 6
+    assert np.asarray(meta["proj"]).shape == (6, 256 + DIM)
+    np.testing.assert_allclose(np.asarray(meta["proj"]), proj.astype(np.float16).astype(np.float32))  # the shipped (fp16) projection
+    vc = vckit.load(out, device="cpu", vocoder="griffinlim")
+    assert vc.model.cfg.content.teacher == "hama+whisper"
+    wav = vc.convert(str(data_dir / "vcc2016" / "SF1" / "100001.wav"), target=vc.enrolled("me", tmp_path / "bank"))
+    assert np.isfinite(wav).all() and len(wav) > 0
+
+
+def test_a_cache_of_an_unknown_teacher_is_refused(short_cache):
+    from vckit.data.frame_features import cache_frame_features
+
+    with pytest.raises(VckitError, match="unknown phonetic teacher 'wav2vec'"):
+        cache_frame_features(short_cache, teacher="wav2vec", progress=False)

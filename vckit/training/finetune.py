@@ -317,7 +317,7 @@ def finetune(
                 log.warning("speaker %r has only %.0f s of audio: a few minutes gives a closer voice", name, s)
         if needed:
             # the source model's projection is written to new/phonetic.json, which the Trainer copies into the model
-            cache_frame_features(work / "new", projection=projection, progress=progress)
+            cache_frame_features(work / "new", projection=projection, progress=progress, teacher=source_cfg.model.content.teacher)
         features, manifest = work / "new", rows
         if replay is not None:
             old = spread_rows(read_manifest(replay[0]), ft.replay_minutes * 60)
