@@ -163,6 +163,14 @@ def test_the_live_models_delay_is_what_its_card_says(live):
     assert stream.delay_ms <= 150  # issue 29's bar for live use
 
 
+def test_a_voice_made_once_serves_the_default_and_the_live_model(live):
+    """The shipped live model shares the shipped default's speaker encoder (``train.speaker_from``), so voices and
+    enrolled speakers made with either serve both; a default shipped with a speaker encoder that moved would
+    break that (a branch to ship cools down with ``train.speaker_from: checkpoints/default``)."""
+    default = load("default", device="cpu", vocoder="griffinlim")
+    assert default.speaker_id == live.speaker_id and default.model_id != live.model_id
+
+
 def test_block_by_block_output_is_the_whole_file_streamed_at_once(live, live_scores):
     """The first live pair pushed in one piece gives the samples it gave in 512-sample pieces."""
     sr = live.sample_rate

@@ -287,6 +287,31 @@ def test_resume_with_init_from_warm_starts_once_then_resumes(make_config, tmp_pa
         torch.testing.assert_close(v, trained[k], msg=k)
 
 
+def test_init_from_a_training_checkpoint_takes_its_mel_discriminator(make_config, tmp_path):
+    """A branch warm-started from a step folder keeps the donor's mel discriminator (and its optimizer, at this run's
+    rate); from a shipped model, which has none, the discriminator starts afresh."""
+    from vckit.checkpoint import latest_checkpoint
+    from vckit.models.vc import export_for_inference
+
+    gan = ["model.discriminator.enabled=true", "model.discriminator.channels=8", "model.discriminator.layers=2", "train.mel_gan=0.1",
+           "train.gan_start_step=0"]
+    donor_run = Trainer(make_config("train.steps=3", *gan, out_dir=tmp_path / "donor"), device="cpu")
+    fresh = {k: v.clone() for k, v in donor_run.disc.state_dict().items()}
+    donor_run.run(progress=False)
+    donor = latest_checkpoint(tmp_path / "donor")
+    trained = donor_run.disc.state_dict()
+    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
+    branch = Trainer(make_config("train.steps=5", "train.lr=3e-4", *gan, out_dir=tmp_path / "branch"), device="cpu", init_from=str(donor))
+    for k, v in branch.disc.state_dict().items():
+        torch.testing.assert_close(v, trained[k], msg=k)
+    assert branch.disc_opt.state and all(g["lr"] == 3e-4 for g in branch.disc_opt.param_groups)
+    branch.run(progress=False)
+    shipped = export_for_inference(donor, tmp_path / "shipped")
+    torch.manual_seed(0)
+    afresh = Trainer(make_config("train.steps=5", *gan, out_dir=tmp_path / "afresh"), device="cpu", init_from=str(shipped))
+    assert not afresh.disc_opt.state and any(not torch.equal(v, trained[k]) for k, v in afresh.disc.state_dict().items())
+
+
 def test_speaker_from_shares_a_frozen_speaker_encoder(make_config, tmp_path):
     """train.speaker_from: the model starts with that checkpoint's speaker encoder and never changes it."""
     from vckit.checkpoint import latest_checkpoint

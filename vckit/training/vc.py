@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vckit.checkpoint import load_checkpoint, save_checkpoint, step_folder
+from vckit.checkpoint import STATE_FILE, load_checkpoint, load_train_state, save_checkpoint, step_folder
 from vckit.config import Config
 from vckit.data.features import FeatureStore
 from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batches
@@ -81,6 +81,7 @@ class Trainer(TrainingLoop):
             sd = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
             self.model.load_state_dict(sd, strict=False)
             log.info("initialised %d tensors from %s", len(sd), init_from)
+            self._warm_discriminator(Path(init_from))
         if not resumed and self.model.needs_phonetic:
             self._set_projection()
         if not resumed and t.speaker_from:
@@ -152,6 +153,26 @@ class Trainer(TrainingLoop):
             emb = torch.func.functional_call(enc, frozen, (out.converted,))
         cos = torch.nn.functional.cosine_similarity(emb.float(), out.converted_speaker.detach().float(), dim=1)
         return (1.0 - cos).mean()
+
+    def _warm_discriminator(self, donor: Path) -> None:
+        """A warm start from a training checkpoint (a step folder, not a shipped model) takes its mel discriminator
+        and that one's optimizer too, so a branch (e.g. one that cools down with ``train.speaker_from``) does
+        not start its adversarial game afresh; the model's optimizer starts afresh, under the warm-up."""
+        if self.disc is None or not (donor / STATE_FILE).is_file():
+            return
+        state = load_train_state(donor)
+        if "discriminator" not in state:
+            return
+        own = self.disc.state_dict()
+        if state["discriminator"].keys() != own.keys() or any(v.shape != own[k].shape for k, v in state["discriminator"].items()):
+            log.warning("%s's mel discriminator is not of this config's shape (model.discriminator): it starts afresh", donor)
+            return
+        self.disc.load_state_dict(state["discriminator"])
+        if "discriminator_optimizer" in state:
+            self.disc_opt.load_state_dict(state["discriminator_optimizer"])
+            for g in self.disc_opt.param_groups:  # this run's rate, not the donor's last (a cooled branch ends at 0)
+                g["lr"] = self.cfg.train.lr
+        log.info("mel discriminator from %s", donor)
 
     def _share_speaker_encoder(self) -> None:
         """Take ``train.speaker_from``'s speaker encoder (frozen since the model was built)."""
