@@ -134,7 +134,7 @@ def _read_index(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "index.json").read_text())
 
 
-def _cache_waves(index: dict[str, Any], mel_cfg: MelConfig, desc: str, progress: bool) -> Iterable[tuple[dict, np.ndarray]]:
+def cache_waves(index: dict[str, Any], mel_cfg: MelConfig, desc: str, progress: bool) -> Iterable[tuple[dict, np.ndarray]]:
     """``(index entry, wave)`` for each utterance of a mel cache's ``index`` (made with ``mel_cfg``), read again
     exactly as the mels were (same loading, trimming and level), so the frames line up."""
     from vckit.audio import load_audio
@@ -149,6 +149,14 @@ def _cache_waves(index: dict[str, Any], mel_cfg: MelConfig, desc: str, progress:
         if len(wav) // mel_cfg.hop_length != int(u["frames"]):
             raise VckitError(f"{u['path']}: {len(wav) // mel_cfg.hop_length} frames now, {u['frames']} in the cache: prepare the cache again")
         yield u, wav
+
+
+def link_cache(src: Path, dst: Path, own: set[str]) -> None:
+    """Link every file of the feature cache ``src`` into ``dst`` but those in ``own`` (``dst`` writes its own) and temp files."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name not in own and not f.name.endswith(".tmp"):
+            (dst / f.name).symlink_to(f)
 
 
 def _write_phonetic(folder: Path, hidden: np.ndarray, utts: list[dict], *, fit_paths: Iterable[str] | None, dims: int,
@@ -214,7 +222,7 @@ def cache_frame_features(
     mel_cfg = from_dict(MelConfig, index["mel"])
     frontend = Frontend(mel_cfg, f0=True, phonetic=True, teacher=heard)
     t0 = time.time()
-    for u, wav in _cache_waves(index, mel_cfg, "f0 + teacher", progress):
+    for u, wav in cache_waves(index, mel_cfg, "f0 + teacher", progress):
         n, off = int(u["frames"]), int(u["offset"])
         fr = frontend.features(wav, n, posteriors=with_posteriors)
         f0[off : off + n] = fr.f0
@@ -257,7 +265,7 @@ def cache_whisper_features(
     hidden = np.zeros((int(index["frames"]), teacher.hidden_dim), dtype=np.float16)
     t0 = time.time()
     mel_cfg = from_dict(MelConfig, index["mel"])
-    for u, wav in _cache_waves(index, mel_cfg, "whisper", progress):
+    for u, wav in cache_waves(index, mel_cfg, "whisper", progress):
         n, off = int(u["frames"]), int(u["offset"])
         hidden[off : off + n] = teacher.frames(wav, mel_cfg.sample_rate, n, mel_cfg.hop_length).hidden
     seconds = time.time() - t0
@@ -278,13 +286,11 @@ def whisper_cache(src: str | os.PathLike, dst: str | os.PathLike, *, dims: int =
         raise VckitError(f"{src} is not a recipe cache with frame features (train.jsonl, features/phonetic.npy: prepare.py --frame-features)")
     if dst.exists() and any(dst.iterdir()):
         raise VckitError(f"{dst} exists and is not empty: remove it or pick another folder")
-    (dst / "features").mkdir(parents=True, exist_ok=True)
+    dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and f.suffix == ".jsonl":
             (dst / f.name).symlink_to(f)
-    for f in (src / "features").iterdir():
-        if f.name not in ("phonetic.npy", PROJECTION_FILE) and not f.name.endswith(".tmp"):
-            (dst / "features" / f.name).symlink_to(f)
+    link_cache(src / "features", dst / "features", {"phonetic.npy", PROJECTION_FILE})
     train = [json.loads(line)["path"] for line in (src / "train.jsonl").read_text().splitlines() if line.strip()]
     summary = cache_whisper_features(dst / "features", fit_paths=train, dims=dims, threads=threads, progress=progress)
     if beside:

@@ -67,8 +67,8 @@ def build(
 
     ``student``: a phone-student folder; the features are then its hidden layer (``stream`` must say
     ``phonetic: student`` with that student's shape: :func:`student_stream` makes such settings)."""
-    from vckit.audio import load_audio
-    from vckit.data.frame_features import PROJECTION_FILE, fit_projection, load_projection, project, quantize_frames, quantize_phonetic, sample_frames, write_projection
+    from vckit.data.frame_features import (PROJECTION_FILE, cache_waves, fit_projection, link_cache, load_projection, project,
+                                           quantize_frames, quantize_phonetic, sample_frames, write_projection)
     from vckit.frontend import Frontend
 
     src, dst = Path(src).resolve(), Path(dst)
@@ -101,15 +101,8 @@ def build(
     total = int(index["frames"])
     hidden = np.zeros((total, teacher.hidden_dim), np.float32) if student is not None else None  # projected once all is heard
     phon = np.zeros((total, dims), np.uint8)
-    utts = index["utterances"]
-    it = utts
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(utts, desc="streamed " + ("student" if student is not None else "teacher"), unit="file")
     t0 = time.time()
-    for u in it:
-        wav = load_audio(u["path"], mel.sample_rate, min_seconds=0.1)
+    for u, wav in cache_waves(index, mel, "streamed " + ("student" if student is not None else "teacher"), progress):
         n, off = int(u["frames"]), int(u["offset"])
         h = frontend.features(wav, n).hidden
         if hidden is not None:
@@ -121,10 +114,7 @@ def build(
         phon = quantize_frames(hidden, projection)
         extra["explained_variance"] = round(float(projection["explained"]), 4)
     own = {"phonetic.npy", SETTINGS_FILE} | ({PROJECTION_FILE} if student is not None else set())  # written here; the rest linked
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.name not in own and not f.name.endswith(".tmp"):
-            (dst / f.name).symlink_to(f)
+    link_cache(src, dst, own)
     with atomic_path(dst / "phonetic.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, phon)
     if student is not None:
