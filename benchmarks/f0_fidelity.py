@@ -13,9 +13,16 @@ loudest):
 
 Issue 29's bar for female-to-male: agreement at least 85 %, correlation at least 0.7.
 
+``--floors`` adds, for each source, where its voicing goes without a conversion, by the source's gender: the
+vocoder alone (HiFi-GAN on the source's own log-mel: ``vocoded F``, ``vocoded M``) and the model's
+reconstruction (the source in its own voice: ``recon F``, ``recon M``). A direction that loses voicing the
+reconstruction of that gender keeps is lost by the conversion; what the reconstruction loses, the vocoded
+source keeps, is lost by the model; and the vocoded source's own loss is the vocoder's.
+
     python benchmarks/f0_fidelity.py --checkpoint checkpoints/default
     python benchmarks/f0_fidelity.py --checkpoint new=runs/cand --checkpoint shipped=checkpoints/default --out runs/f0.json
     python benchmarks/f0_fidelity.py --limit 45 --cross-only    # each source once, across gender: a quarter of the time
+    python benchmarks/f0_fidelity.py --limit 45 --cross-only --floors   # and each source vocoded and reconstructed
 """
 
 from __future__ import annotations
@@ -36,18 +43,25 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 def measure(vc: Any, items: list[dict[str, Any]], conditions: tuple[str, ...] = ("cross", "same"), progress: bool = True) -> dict[str, dict[str, Any]]:
     """Per direction (``F->M``, ``M->F``, ``same``): the mean agreement and voicing kept, the median correlation,
     and each conversion's figures."""
-    from vckit.audio import load_audio, resample
+    from vckit.audio import load_audio, log_mel, resample
     from vckit.evaluation.metrics import MCEP_SR, source_scores
 
     rate = vc.sample_rate
     per: dict[str, list[dict[str, float]]] = {}
     for i, it in enumerate(items):
         source = load_audio(it["src"], rate, trim=False)
+        g = str(it.get("gender") or "?").upper()[:1]
         for cond in conditions:
-            refs = np.concatenate([load_audio(p, rate, trim=True) for p in it[cond]["refs"]])
-            wav = vc.convert(source, vc.voice(refs, sr=rate), sr=rate)
-            g = str(it.get("gender") or "?").upper()[:1]
-            key = "same" if cond == "same" else f"{g}->{'M' if g == 'F' else 'F' if g == 'M' else '?'}"
+            if cond == "vocoded":  # the vocoder alone, on the source's own mel
+                with torch.inference_mode():
+                    wav = vc.vocoder.vocode(log_mel(torch.from_numpy(source), vc.config.mel)).float().cpu().numpy()
+            else:
+                refs = source if cond == "recon" else np.concatenate([load_audio(p, rate, trim=True) for p in it[cond]["refs"]])
+                wav = vc.convert(source, vc.voice(refs, sr=rate), sr=rate)
+            if cond in ("vocoded", "recon"):
+                key = f"{cond} {g}"
+            else:
+                key = "same" if cond == "same" else f"{g}->{'M' if g == 'F' else 'F' if g == 'M' else '?'}"
             per.setdefault(key, []).append(source_scores(resample(wav, rate, MCEP_SR), resample(source, rate, MCEP_SR)))
         if progress and (i + 1) % 10 == 0:
             print(f"  {i + 1}/{len(items)} sources", file=sys.stderr, flush=True)
@@ -65,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", default=str(REPO / "cache/shared_dev/valid.jsonl"))
     ap.add_argument("--limit", type=int, default=0, help="only the first N items of the wide set (0: all 90; the first 45 hold each source once)")
     ap.add_argument("--cross-only", action="store_true", help="only the cross-gender conversions (half the time)")
+    ap.add_argument("--floors", action="store_true", help="also each source vocoded alone and reconstructed, by gender (where voicing is lost)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="the HiFi-GAN's arithmetic (default fp32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -83,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         name = name or Path(path).name
         vc = vckit.load(path, device="cpu", precision=args.precision)
         print(f"{name}: {len(items)} sources, {'cross-gender' if args.cross_only else 'cross- and same-gender'} conversions", file=sys.stderr, flush=True)
-        results[name] = measure(vc, items, ("cross",) if args.cross_only else ("cross", "same"))
+        conditions = (("cross",) if args.cross_only else ("cross", "same")) + (("recon", "vocoded") if args.floors else ())
+        results[name] = measure(vc, items, conditions)
     print(f"{'model':<28} {'direction':<9} {'n':>4} {'V/UV agree':>10} {'voicing kept':>12} {'F0 corr':>8}")
     for name, res in results.items():
         for key, r in res.items():
