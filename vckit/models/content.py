@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from vckit.config import ContentConfig, StreamConfig
+from vckit.errors import VckitError
 from vckit.models.layers import ConvBlock, call, make_norm, pad_to_multiple
 from vckit.models.phone_student import PhoneStudent
 from vckit.models.teacher import HIDDEN_DIM, PHONETIC_CLIP, ConcatTeacher, PhoneticTeacher
@@ -23,7 +24,9 @@ def make_teacher(kind: str, threads: int = 1):
         return WhisperTeacher(threads=threads)
     if kind == "hama+whisper":
         return ConcatTeacher(PhoneticTeacher(threads=threads), WhisperTeacher(threads=threads))
-    return PhoneticTeacher(threads=threads)
+    if kind == "hama":
+        return PhoneticTeacher(threads=threads)
+    raise VckitError(f"unknown phonetic teacher {kind!r}: one of {', '.join(TEACHER_DIMS)}")
 
 
 class ContentEncoder(nn.Module):
