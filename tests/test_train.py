@@ -469,6 +469,21 @@ def test_voice_consistency_teaches_the_decoder_and_leaves_the_speaker_encoder_st
     assert matched < 1e-3 < crossed, (matched, crossed)
 
 
+def test_the_envelope_only_voice_term_keeps_its_value_and_spreads_its_gradient_over_neighbouring_bins():
+    from vckit.training.losses import envelope_gradient
+
+    mel = torch.randn(2, 12, 7, requires_grad=True)
+    out = envelope_gradient(mel, 5)
+    assert torch.allclose(out, mel, atol=1e-6)
+    pick = torch.zeros_like(mel)
+    pick[:, 6, 3] = 1.0  # a loss that would sharpen one bin of one frame
+    (out * pick).sum().backward()
+    grad = mel.grad[0, :, 3]
+    assert torch.allclose(grad[4:9], torch.full((5,), 0.2)) and grad[:4].abs().sum() == 0 and grad[9:].abs().sum() == 0
+    assert mel.grad[:, :, [0, 1, 2, 4, 5, 6]].abs().sum() == 0  # frames stay apart
+    assert envelope_gradient(mel, 1) is mel
+
+
 def test_grow_branches_a_run_into_a_model_with_new_parts_that_resumes_where_it_was(make_config, featured_cache, tiny_cache, tmp_path):
     """recipes/shared_dev/grow.py: a run with the harmonic prior added starts from the old run's weights, moments,
     moving average and step, converts exactly as before (the new layers are zero), and trains on."""

@@ -337,6 +337,9 @@ class TrainConfig(LoopConfig):
     # embedding it was decoded with, the speaker encoder held still for this term, so that the decoder keeps the
     # voice it is given (a counterweight to the phone loss, which pulls towards the training speakers' average)
     voice_consistency: Amount = 0.0
+    # >1: the voice-consistency term's gradient reaches the decoded mel averaged over this many mel bins, so it
+    # shapes the spectral envelope and cannot flatten the harmonics of voiced frames (F->M voicing)
+    voice_consistency_envelope: Count = 0
     # a checkpoint whose speaker encoder this model takes at its start and keeps frozen: a voice made with one
     # model then converts with the other (the live model shares the default's)
     speaker_from: str = ""

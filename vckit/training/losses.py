@@ -41,6 +41,20 @@ def adversarial_weight(step: int, weight: float, start: int, warmup: int) -> flo
     return weight * min(1.0, (step - start) / warmup)
 
 
+def envelope_gradient(mel: torch.Tensor, bins: int) -> torch.Tensor:
+    """``mel`` (B, n_mels, T) unchanged in value, its gradient averaged over ``bins`` neighbouring mel bins.
+
+    A loss computed on the result can move the spectral envelope but not single bins: the harmonics that a
+    voiced frame draws in the low bins get no gradient of their own from it (``bins`` <= 1: ``mel`` as it is)."""
+    if bins <= 1:
+        return mel
+    left = (bins - 1) // 2
+    padded = F.pad(mel.transpose(1, 2), (left, bins - 1 - left), mode="replicate")
+    smooth = F.avg_pool1d(padded.reshape(-1, 1, padded.shape[-1]), bins, stride=1)
+    smooth = smooth.reshape(mel.shape[0], mel.shape[2], mel.shape[1]).transpose(1, 2)
+    return smooth + (mel - smooth).detach()
+
+
 def classifier_loss(logits: torch.Tensor, speaker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy of the adversarial speaker classifier."""
     ce = F.cross_entropy(logits.float(), speaker)

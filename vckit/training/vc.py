@@ -28,7 +28,7 @@ from vckit.data.sampling import SegmentSampler, augment, mel_shift, valid_batche
 from vckit.errors import VckitError
 from vckit.frontend import Frames
 from vckit.models.vc import build_model
-from vckit.training.losses import adversarial_weight, discriminator_loss, feature_matching_loss, generator_loss, masked_l1, model_losses
+from vckit.training.losses import adversarial_weight, discriminator_loss, envelope_gradient, feature_matching_loss, generator_loss, masked_l1, model_losses
 from vckit.training.loop import TrainingLoop, autocast_for, make_optimizer, validation_utterances
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class Trainer(TrainingLoop):
         enc = self.model.speaker_encoder
         frozen = {k: v.detach() for k, v in enc.named_parameters()}
         with autocast_for(self.device, self.cfg.train.amp):
-            emb = torch.func.functional_call(enc, frozen, (out.converted,))
+            emb = torch.func.functional_call(enc, frozen, (envelope_gradient(out.converted, self.cfg.train.voice_consistency_envelope),))
         cos = torch.nn.functional.cosine_similarity(emb.float(), out.converted_speaker.detach().float(), dim=1)
         return (1.0 - cos).mean()
 
