@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cross-only", action="store_true", help="only the cross-gender conversions (half the time)")
     ap.add_argument("--floors", action="store_true", help="also each source vocoded alone and reconstructed, by gender (where voicing is lost)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="the HiFi-GAN's arithmetic (default fp32)")
+    ap.add_argument("--vocoder", default="hifigan", help="the vocoder (hifigan, or a folder: e.g. a HiFi-GAN fine-tuned with vckit train-vocoder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.checkpoint or [str(REPO / "checkpoints/default")]:
         name, _, path = spec.rpartition("=")
         name = name or Path(path).name
-        vc = vckit.load(path, device="cpu", precision=args.precision)
+        vc = vckit.load(path, device="cpu", precision=args.precision, vocoder=args.vocoder)
         print(f"{name}: {len(items)} sources, {'cross-gender' if args.cross_only else 'cross- and same-gender'} conversions", file=sys.stderr, flush=True)
         conditions = (("cross",) if args.cross_only else ("cross", "same")) + (("recon", "vocoded") if args.floors else ())
         results[name] = measure(vc, items, conditions)
