@@ -49,9 +49,8 @@ def envelope_gradient(mel: torch.Tensor, bins: int) -> torch.Tensor:
     if bins <= 1:
         return mel
     left = (bins - 1) // 2
-    padded = F.pad(mel.transpose(1, 2), (left, bins - 1 - left), mode="replicate")
-    smooth = F.avg_pool1d(padded.reshape(-1, 1, padded.shape[-1]), bins, stride=1)
-    smooth = smooth.reshape(mel.shape[0], mel.shape[2], mel.shape[1]).transpose(1, 2)
+    padded = F.pad(mel[:, None], (0, 0, left, bins - 1 - left), mode="replicate")  # along the mel axis only
+    smooth = F.avg_pool2d(padded, (bins, 1), stride=1)[:, 0]
     return smooth + (mel - smooth).detach()
 
 
