@@ -410,6 +410,33 @@ def test_ema_is_kept_resumed_and_exported(make_config, tmp_path):
         export_for_inference(latest_checkpoint(tmp_path / "p"), tmp_path / "ship2", ema=True)
 
 
+def test_averaged_checkpoint_holds_the_mean_of_its_sources_and_refuses_other_models(make_config, tmp_path):
+    from vckit.checkpoint import latest_checkpoint
+    from vckit.models.vc import average_for_inference
+
+    runs = []
+    for i, steps in enumerate((1, 3)):
+        Trainer(make_config(f"train.steps={steps}", out_dir=tmp_path / f"r{i}"), device="cpu").run(progress=False)
+        runs.append(latest_checkpoint(tmp_path / f"r{i}"))
+    out = average_for_inference(runs, tmp_path / "soup", dtype=torch.float32)
+    _, soup, meta = load_checkpoint(out)
+    (_, a, _), (_, b, _) = (load_checkpoint(r) for r in runs)
+    differ = [k for k in soup if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert differ  # the two runs left different weights, and the soup lies halfway
+    for k in differ:
+        torch.testing.assert_close(soup[k], (a[k] + b[k]) / 2, msg=k)
+    assert not any(k.startswith("classifier.") for k in soup)  # an inference checkpoint
+    assert meta["averaged_from"] == [str(r) for r in runs]
+    from vckit import load
+
+    load(out)  # it serves conversions
+    Trainer(make_config("train.steps=1", "model.content.dim=4", out_dir=tmp_path / "other"), device="cpu").run(progress=False)
+    with pytest.raises(VckitError, match="another model"):
+        average_for_inference([runs[0], latest_checkpoint(tmp_path / "other")], tmp_path / "bad")
+    with pytest.raises(VckitError, match="at least two"):
+        average_for_inference(runs[:1], tmp_path / "one")
+
+
 def test_phone_loss_trains_the_decoder_through_a_frozen_student(make_config, featured_cache, tmp_path):
     from vckit.models.phone_student import PhoneStudent, PhoneStudentConfig, save_student
 

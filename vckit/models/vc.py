@@ -315,4 +315,28 @@ def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: 
     return save_checkpoint(dst, config, sd, step=meta.get("step", 0), extra=keep, dtype=dtype, record_sha256=True)
 
 
-__all__ = ["VoiceConversionModel", "Frames", "ContentCodes", "TrainOutput", "register_shift", "count_parameters", "inference_state_dict", "TRAINING_ONLY", "build_model", "export_for_inference"]
+def average_for_inference(srcs: list[str | os.PathLike], dst: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
+    """Write one inference checkpoint whose weights are the mean of several (a weight average, "soup", of
+    runs that left the same model, e.g. the ends of successive cool-downs). The model and mel configs must
+    match; the config, step and the rest of the metadata are the first checkpoint's, the sources listed."""
+    if len(srcs) < 2:
+        raise CheckpointError("averaging needs at least two checkpoints")
+    config, total, meta = load_checkpoint(srcs[0])
+    total = {k: v.double() if v.is_floating_point() else v for k, v in total.items() if not k.startswith(TRAINING_ONLY)}
+    for src in srcs[1:]:
+        cfg, sd, _ = load_checkpoint(src)
+        if cfg.model != config.model or cfg.mel != config.mel:
+            raise CheckpointError(f"{src} was trained with another model or mel config than {srcs[0]}: cannot average them")
+        missing = [k for k in total if k not in sd]
+        if missing:
+            raise CheckpointError(f"{src} lacks {missing[0]}: cannot average it with {srcs[0]}")
+        for k, v in total.items():
+            if v.is_floating_point():
+                v += sd[k].double()
+    sd = {k: (v / len(srcs)).float() if v.is_floating_point() else v for k, v in total.items()}
+    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
+    keep.update({"weights": f"average of {len(srcs)} checkpoints", "averaged_from": [str(s) for s in srcs], **(extra or {})})
+    return save_checkpoint(dst, config, sd, step=meta.get("step", 0), extra=keep, dtype=dtype, record_sha256=True)
+
+
+__all__ = ["VoiceConversionModel", "Frames", "ContentCodes", "TrainOutput", "register_shift", "count_parameters", "inference_state_dict", "TRAINING_ONLY", "build_model", "export_for_inference", "average_for_inference"]
