@@ -309,6 +309,12 @@ def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, dtype: 
             raise CheckpointError(f"{src} kept no moving average of its weights (train.ema was 0)")
         sd = {**sd, **{k: v.to(sd[k].dtype) for k, v in avg.items() if k in sd}}
         extra = {**(extra or {}), "weights": f"moving average (decay {config.train.ema})"}
+    return _save_inference(dst, config, sd, meta, extra, dtype)
+
+
+def _save_inference(dst: str | os.PathLike, config: Config, sd: dict[str, torch.Tensor], meta: dict[str, Any], extra: dict[str, Any] | None, dtype: torch.dtype) -> Path:
+    """Write ``sd`` without the training-only tensors as an inference checkpoint, keeping the source's metadata
+    (its step, lineage CPU hours, ...) with ``extra`` added, the weights' sha256 recorded."""
     sd = {k: v for k, v in sd.items() if not k.startswith(TRAINING_ONLY)}
     keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
     keep.update(extra or {})
@@ -334,9 +340,8 @@ def average_for_inference(srcs: list[str | os.PathLike], dst: str | os.PathLike,
             if v.is_floating_point():
                 v += sd[k].double()
     sd = {k: (v / len(srcs)).float() if v.is_floating_point() else v for k, v in total.items()}
-    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "step", "config", "sha256")}
-    keep.update({"weights": f"average of {len(srcs)} checkpoints", "averaged_from": [str(s) for s in srcs], **(extra or {})})
-    return save_checkpoint(dst, config, sd, step=meta.get("step", 0), extra=keep, dtype=dtype, record_sha256=True)
+    extra = {"weights": f"average of {len(srcs)} checkpoints", "averaged_from": [str(s) for s in srcs], **(extra or {})}
+    return _save_inference(dst, config, sd, meta, extra, dtype)
 
 
 __all__ = ["VoiceConversionModel", "Frames", "ContentCodes", "TrainOutput", "register_shift", "count_parameters", "inference_state_dict", "TRAINING_ONLY", "build_model", "export_for_inference", "average_for_inference"]
