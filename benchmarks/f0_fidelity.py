@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     import vckit
-    from intelligibility import build_wide_set
+    from word_sets import build_wide_set
     from vckit.data.manifest import read_manifest
 
     items = build_wide_set(read_manifest(args.manifest))

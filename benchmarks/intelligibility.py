@@ -1,11 +1,15 @@
 """Intelligibility and speaker similarity of model variants, on a fixed set.
 
-The set (``build_set``) is drawn once from the validation speakers of
-``recipes/shared_dev`` (never trained on): up to ``n`` sources that have a
-corpus transcript (2-8 s; fsdd digits left out), each converted to a speaker
-of the other gender and to another of the same gender (reference: up to three
-other utterances of that speaker, never the source sentence), and
-reconstructed (reference: another utterance of the source speaker).
+The sets (``word_sets.py``) are drawn once from the validation speakers of
+``recipes/shared_dev`` (never trained on): each source is converted to a
+speaker of the other gender and to another of the same gender (reference: up
+to three other utterances of that speaker, never the source sentence), and
+reconstructed (reference: another utterance of the source speaker; in the
+broad set, the source itself). ``--set wide`` (the default, the one shipping
+decisions were made on) holds every source with a corpus transcript, five
+speakers; ``--set broad`` holds up to six sources of each of 19 speakers, and
+where the corpus has no text the reference is Moonshine's reading of the
+source itself; ``--set fast`` is the old 378-word set.
 
 Conversions run through the public API (``convert_set``), or on the feature
 cache (``convert_set_cached``: cached mels, F0 and phonetic features), so the
@@ -14,12 +18,13 @@ only mels; scoring (``score``) vocodes
 them with the shipped HiFi-GAN, transcribes them with Moonshine base
 (``moonshine_asr.py``) and embeds them with the independent judge:
 
-* WER against the corpus text, per condition (cross, same, recon), and of
+* WER against the reference text, per condition (cross, same, recon), and of
   the vocoded source itself (the ceiling: the vocoder plus the ASR);
 * judge cosine of each conversion to a held-out utterance of the target and
   to the source; share closer to the target.
 
     python benchmarks/intelligibility.py --checkpoint checkpoints/default
+    python benchmarks/intelligibility.py --set broad --checkpoint checkpoints/default --out broad.json
     python benchmarks/intelligibility.py --mels a=runs/a.npz --mels b=runs/b.npz
     python benchmarks/intelligibility.py --mels default=runs/d.npz --vocoder runs/vocoder_distill/step-000010000
     python benchmarks/intelligibility.py --checkpoint checkpoints/default --bypass-vq --only-bypass
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -41,86 +45,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-CONDITIONS = ("cross", "same", "recon")
-
-
-def _pools(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[str], dict[str, Any]]:
-    """Utterances by speaker, the speakers with enough utterances to be targets, and each speaker's gender."""
-    by_spk: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_spk.setdefault(r["speaker"], []).append(r)
-    many = sorted(s for s, us in by_spk.items() if len(us) >= 4)  # 3 references + 1 held out
-    gender = {s: us[0].get("gender") for s, us in by_spk.items()}
-    return by_spk, many, gender
-
-
-def _item(s: dict[str, Any], rng: random.Random, by_spk: dict[str, list[dict[str, Any]]], many: list[str], gender: dict[str, Any], avoid: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """One source with a target per condition (None when a condition has no candidate).
-
-    ``avoid`` maps a condition to a target speaker not to pick again when another may be.
-    """
-    item = {"src": s["path"], "text": s["text"], "speaker": s["speaker"], "gender": s.get("gender")}
-    for cond in CONDITIONS:
-        if cond == "recon":  # another utterance or more of the source speaker
-            pool = [s["speaker"]] if len(by_spk[s["speaker"]]) >= 2 else []
-        else:
-            pool = [t for t in many if t != s["speaker"] and (gender[t] == s.get("gender")) == (cond == "same")]
-            if avoid and len(pool) > 1:
-                pool = [t for t in pool if t != avoid.get(cond)]
-        if not pool:
-            return None
-        t = rng.choice(pool)
-        cands = [u for u in by_spk[t] if u["path"] != s["path"] and u.get("utt_id") != s.get("utt_id")]
-        rng.shuffle(cands)
-        if len(cands) < (1 if cond == "recon" else 4):
-            return None
-        item[cond] = {"speaker": t, "refs": [u["path"] for u in cands[:3]], "heldout": cands[-1]["path"]}
-    return item
-
-
-def build_set(rows: list[dict[str, Any]], n: int = 30, seed: int = 0) -> list[dict[str, Any]]:
-    """The fast set: items ``{src, text, speaker, gender, cross: {...}, same: {...}, recon: {...}}``.
-
-    Up to ``n`` sources (2-8 s, at most a third from one speaker); each
-    condition names the reference paths and one held-out path of the target
-    speaker to score against.
-    """
-    rng = random.Random(seed)
-    by_spk, many, gender = _pools(rows)
-    srcs = [r for r in rows if r.get("text") and not r["corpus"].startswith("fsdd") and 2.0 <= r["duration"] <= 8.0]
-    rng.shuffle(srcs)
-    # at most a third of the set from one speaker, so no voice dominates
-    cap, count, items = max(1, n // 3), {}, []
-    for s in srcs:
-        if len(items) >= n or count.get(s["speaker"], 0) >= cap:
-            continue
-        item = _item(s, rng, by_spk, many, gender)
-        if item is not None:
-            items.append(item)
-            count[s["speaker"]] = count.get(s["speaker"], 0) + 1
-    return items
-
-
-def build_wide_set(rows: list[dict[str, Any]], rounds: int = 2, seed: int = 0) -> list[dict[str, Any]]:
-    """The wide set: every validation utterance with a transcript (1-20 s; the FSDD
-    digits, one word each, left out) as a source ``rounds`` times, each time
-    to other targets where there are others, so each condition holds at least
-    1,000 words. Items of one source share ``group`` (the bootstrap resamples
-    sources, not conversions)."""
-    rng = random.Random(seed)
-    by_spk, many, gender = _pools(rows)
-    srcs = sorted((r for r in rows if r.get("text") and not r["corpus"].startswith("fsdd") and 1.0 <= r["duration"] <= 20.0), key=lambda r: r["path"])
-    items = []
-    for s in srcs:
-        last: dict[str, str] = {}
-        for _ in range(rounds):
-            item = _item(s, rng, by_spk, many, gender, avoid=last)
-            if item is None:
-                break
-            item["group"] = s["path"]
-            last = {c: item[c]["speaker"] for c in CONDITIONS}
-            items.append(item)
-    return items
+sys.path.insert(0, str(REPO / "benchmarks"))
+from word_sets import CONDITIONS, build_broad_set, build_set, build_wide_set, pseudo_texts
 
 
 def bootstrap(errors: list[tuple[int, int]], groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -284,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", action="append", default=[], help="NAME=FOLDER or FOLDER; repeatable")
     ap.add_argument("--mels", action="append", default=[], help="NAME=NPZ made by convert_set (--save-mels); repeatable")
     ap.add_argument("--save-mels", default=None, metavar="NPZ", help="keep the first checkpoint's converted mels here, to score them again with another vocoder (--mels)")
-    ap.add_argument("--set", dest="which", choices=["wide", "fast"], default="wide", help="wide: every validation source with text, twice (the set decisions are made on); fast: the old 25-source, 378-word set")
+    ap.add_argument("--set", dest="which", choices=["wide", "broad", "fast"], default="wide", help="wide: every validation source with text, twice (the set decisions are made on); broad: up to 6 sources of each of 19 validation speakers, with or without text; fast: the old 25-source, 378-word set")
     ap.add_argument("--against", default=None, help="a JSON written by --out on the same set: its run --baseline (default its last) is the baseline of the paired intervals (no need to score it again)")
     ap.add_argument("--baseline", default=None, help="with --against: the name of the run in that file to pair against (default: its last run, the latest model)")
     ap.add_argument("--scored", action="append", default=[], metavar="FILE=NAME", help="also pair a run already scored in another JSON on the same set (repeatable): compares two results without converting again")
@@ -299,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from moonshine_asr import MoonshineASR
 
     import vckit
@@ -310,7 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     from vckit.models.verifier import load_verifier
 
     rows = read_manifest(args.manifest)
-    items = build_wide_set(rows, seed=args.seed) if args.which == "wide" else build_set(rows, args.n, args.seed)
+    builders = {"wide": lambda: build_wide_set(rows, seed=args.seed), "broad": lambda: build_broad_set(rows, seed=args.seed), "fast": lambda: build_set(rows, args.n, args.seed)}
+    items = builders[args.which]()
+    asr = MoonshineASR(threads=args.threads)
+    if any(not it.get("text") for it in items):  # the broad set: what the judge hears in the source is its text
+        from moonshine_asr import normalize_text
+
+        from vckit.audio import load_audio
+
+        heard = pseudo_texts(items, lambda path: asr.transcribe(load_audio(path, 16000)))
+        silent = [it for it in items if not normalize_text(it["text"])]
+        items = [it for it in items if normalize_text(it["text"])]
+        print(f"{heard} sources without a transcript: Moonshine's reading of each is its text"
+              + (f" ({len(silent)} where it heard no word left out)" if silent else ""), flush=True)
+
     def same_set(path: str) -> dict:
         prev = json.loads(Path(path).read_text())
         if [(it["src"], it["cross"]["speaker"], it["same"]["speaker"]) for it in prev["items"]] != [(it["src"], it["cross"]["speaker"], it["same"]["speaker"]) for it in items]:
@@ -333,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         vocoder = vocoder.to(torch.bfloat16)
     judge, jmeta = load_verifier(args.judge, "cpu")
     judge.eval()
-    asr = MoonshineASR(threads=args.threads)
     runs: list[tuple[str, dict[str, np.ndarray]]] = []
     for spec in args.checkpoint:
         name, _, path = spec.rpartition("=")

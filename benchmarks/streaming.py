@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     import torchaudio.functional as AF
-    from intelligibility import build_set
+    from word_sets import build_set
     from moonshine_asr import MoonshineASR, normalize_text, word_errors
 
     import vckit
