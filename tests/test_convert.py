@@ -85,10 +85,10 @@ def test_match_pitch_shifts_a_male_source_up_to_a_female_reference(vc, files):
 
 # -- long inputs ---------------------------------------------------------------
 def test_long_input_is_chunked_and_keeps_its_length(vc, files, monkeypatch):
-    import vckit.api as api
+    import vckit.models.vc as vcmod
 
-    monkeypatch.setattr(api, "CHUNK_FRAMES", 200)
-    monkeypatch.setattr(api, "CHUNK_OVERLAP", 32)
+    monkeypatch.setattr(vcmod, "CHUNK_FRAMES", 200)
+    monkeypatch.setattr(vcmod, "CHUNK_OVERLAP", 32)
     x, sr = sf.read(str(files["src"]), dtype="float32")
     long = np.tile(x, 4)  # ~20 s at 16 kHz -> ~1700 frames -> 9 chunks
     calls = []
@@ -103,15 +103,15 @@ def test_long_input_is_chunked_and_keeps_its_length(vc, files, monkeypatch):
 
 def test_chunk_boundaries_are_cross_faded(vc, monkeypatch):
     """With a model that returns its input, chunked conversion must give the input back exactly."""
-    import vckit.api as api
+    import vckit.models.vc as vcmod
 
-    monkeypatch.setattr(api, "CHUNK_FRAMES", 100)
-    monkeypatch.setattr(api, "CHUNK_OVERLAP", 16)
+    monkeypatch.setattr(vcmod, "CHUNK_FRAMES", 100)
+    monkeypatch.setattr(vcmod, "CHUNK_OVERLAP", 16)
     monkeypatch.setattr(vc.model, "convert", lambda m, s, **kw: m.mel.clone())
     from vckit.models.vc import Frames
 
     mel = torch.randn(80, 537)
-    out = vc._convert_chunked(Frames(mel[None]), torch.zeros(vc.config.model.speaker.dim), 0.0)
+    out = vc.model.convert_utterance(Frames(mel[None]), torch.zeros(vc.config.model.speaker.dim))
     assert torch.allclose(out, mel, atol=1e-5)
 
 
@@ -276,10 +276,10 @@ def test_a_folder_batch_mirrors_subfolders_in_the_format_asked(vckit_cli, data_d
 
 
 def test_progress_rises_to_one_through_chunks_and_vocoder(vc, files, monkeypatch):
-    import vckit.api as api
+    import vckit.models.vc as vcmod
 
-    monkeypatch.setattr(api, "CHUNK_FRAMES", 200)
-    monkeypatch.setattr(api, "CHUNK_OVERLAP", 32)
+    monkeypatch.setattr(vcmod, "CHUNK_FRAMES", 200)
+    monkeypatch.setattr(vcmod, "CHUNK_OVERLAP", 32)
     x, sr = sf.read(str(files["src"]), dtype="float32")
     shares = []
     wav = vc.convert(np.tile(x, 3), target=vc.voice(files["ref1"]), sr=sr, progress=shares.append)

@@ -23,13 +23,15 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
+from vckit.activity import silence_gate
 from vckit.audio import AudioInput, load_audio, log_mel, output_format, write_audio
 from vckit.checkpoint import load_checkpoint, recorded_sha256
 from vckit.models.content import make_teacher
 from vckit.models.vc import build_model
 from vckit.config import Config
 from vckit.errors import CheckpointError, NoSpeechError, VckitError
-from vckit.frontend import Frames, Frontend
+from vckit.frontend import Frontend
+from vckit.pitch import register_offset, shift_pitch
 from vckit.shipped import MODELS as SHIPPED, REPO_ROOT, checkpoint_path, default_checkpoint, is_shipped  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,6 @@ reference_log = logging.getLogger(f"{__name__}.references")  # Voice.warnings; t
 
 MIN_REFERENCE_S = 1.0
 MIN_SOURCE_S = 0.1
-CHUNK_FRAMES = 4096  # long sources are converted in equal chunks of at most this many frames (~48 s)
-CHUNK_OVERLAP = 128  # frames cross-faded between neighbouring chunks
 VOCODER_CHUNK = 256  # mel frames per vocoder call: as fast as 512 on CPU, half the activation memory
 
 
@@ -199,33 +199,8 @@ class Converter:
         vocoder: what the benchmarks compare and a vocoder learns to voice (``vckit prepare
         vocoder-teacher``); the public surface hands out audio (:meth:`convert`)."""
         wav = load_audio(source, self.config.mel.sample_rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
-        return self._convert_wav(wav, self._voice_of(target, sr), pitch_shift)
-
-    def _convert_chunked(self, x: "Frames", spk: torch.Tensor, f0_shift: float, progress: Progress = None) -> torch.Tensor:
-        """Frames (1, *, T) -> log-mel (n_mels, T), in overlapping chunks with a
-        linear cross-fade, so memory stays bounded for inputs of any length."""
-        n = x.frames
-        spk = spk[None].to(self.device)
-        if n <= CHUNK_FRAMES + CHUNK_OVERLAP:
-            whole = self.model.convert(x, spk, f0_shift=f0_shift)[0]
-            _report(progress, 1.0)
-            return whole
-        # equal chunks, so no short tail gets instance statistics of its own
-        k = -(-n // CHUNK_FRAMES)
-        size = -(-n // k)
-        out = torch.zeros_like(x.mel[0])
-        weight = torch.zeros(n, device=x.mel.device)
-        ramp = torch.linspace(0, 1, CHUNK_OVERLAP + 2, device=x.mel.device)[1:-1]
-        for start in range(0, n, size):
-            lo, hi = max(0, start - CHUNK_OVERLAP), min(n, start + size)
-            piece = self.model.convert(x.slice(lo, hi), spk, f0_shift=f0_shift)[0]
-            w = torch.ones(hi - lo, device=x.mel.device)
-            if lo > 0:
-                w[:CHUNK_OVERLAP] = ramp
-            out[:, lo:hi] += piece * w
-            weight[lo:hi] += w
-            _report(progress, hi / n)
-        return out / weight.clamp(min=1e-6)
+        voice = self._voice_of(target, sr)
+        return self.model.convert_utterance(self.frontend.frames(wav), voice.embedding, target_f0=voice.f0_median, pitch_shift=pitch_shift)
 
     def convert(
         self,
@@ -260,51 +235,26 @@ class Converter:
             silent, so the vocoder's faint hum does not fill the pauses.
         """
         rate = self.config.mel.sample_rate
-        wav = load_audio(source, rate, sr, trim=False, min_seconds=MIN_SOURCE_S)
-        source_wav = wav
+        wav = load_audio(source, rate, sr, trim=False, min_seconds=MIN_SOURCE_S)  # a bad source fails before the voice is made
         voice = self._voice_of(target, sr)
-        shift = float(pitch_shift or 0.0)
-        if not self.model.needs_f0:
-            # no F0 path: move the source itself (a phase vocoder, which costs words)
-            if match_pitch:
-                shift += self.pitch_offset(wav, voice)
-            if shift:
-                from vckit.pitch import shift_pitch
-
-                wav = shift_pitch(wav, rate, shift)
-            shift = 0.0
-        mel = self._convert_wav(wav, voice, shift, progress=_span(progress, 0.0, 0.3))
-        out = self._vocode(mel, progress=_span(progress, 0.3, 1.0))
+        shift, heard = float(pitch_shift or 0.0), wav
+        if not self.model.needs_f0:  # no F0 path: move the source itself (a phase vocoder, which costs words)
+            shift += register_offset(wav, rate, voice.f0_median) if match_pitch else 0.0
+            heard, shift = (shift_pitch(wav, rate, shift) if shift else wav), 0.0
+        with torch.inference_mode():
+            x = self.frontend.frames(heard)
+            _report(progress, 0.1)  # the features (F0, the phonetic teacher) cost about as much as the model
+            mel = self.model.convert_utterance(x, voice.embedding, target_f0=voice.f0_median, pitch_shift=shift, progress=_span(progress, 0.1, 0.3))
+            out = self.vocoder.vocode(mel, chunk_frames=VOCODER_CHUNK, progress=_span(progress, 0.3, 1.0))
+        out = out.detach().float().cpu().numpy().astype(np.float32)
         # the vocoder hums faintly where the source is silent: mute it there
-        from vckit.activity import silence_gate
-
-        return out * silence_gate(source_wav, rate, len(out), self.sample_rate)
-
-    @torch.inference_mode()
-    def _convert_wav(self, wav: np.ndarray, voice: Voice, pitch_shift: float = 0.0, *, progress: Progress = None) -> torch.Tensor:
-        from vckit.models.vc import register_shift
-
-        x: Frames = self.frontend.frames(wav)
-        _report(progress, 0.3)  # the features (F0, the phonetic teacher) cost about as much as the model
-        f0_shift = 0.0
-        if self.model.needs_f0:
-            if voice.f0_median is None:
-                log.warning("the target voice has no F0 median: the conversion keeps the source's register")
-            f0_shift = register_shift(x.f0[0], voice.f0_median, pitch_shift)
-        return self._convert_chunked(x, voice.embedding, f0_shift, _span(progress, 0.3, 1.0))
+        return out * silence_gate(wav, rate, len(out), self.sample_rate)
 
     def pitch_offset(self, source_wav: np.ndarray, voice: Voice) -> float:
         """Semitones from the median F0 of ``source_wav`` (at the model's rate) to
         ``voice``'s F0 median (0 when either is unknown): what ``match_pitch``
         shifts by, and about what a model with an F0 path moves the register by."""
-        from vckit.pitch import median_f0, semitones_between
-
-        target_f0 = self._voice_of(voice, None).f0_median
-        src_f0 = median_f0(source_wav, self.config.mel.sample_rate)
-        if not src_f0 or not target_f0:
-            log.warning("pitch matching skipped: no F0 found in the %s", "source" if not src_f0 else "reference")
-            return 0.0
-        return semitones_between(src_f0, target_f0)
+        return register_offset(source_wav, self.config.mel.sample_rate, self._voice_of(voice, None).f0_median)
 
     def save(self, path: str | os.PathLike, wav: np.ndarray, *, overwrite: bool = False, sample_rate: int | None = None) -> Path:
         """Write ``wav`` (from :meth:`convert`) atomically, resampled to
@@ -338,11 +288,6 @@ class Converter:
         if isinstance(target, (torch.Tensor, np.ndarray)) and tuple(target.shape) in ((dim,), (1, dim)):
             raise VckitError(NOT_A_VOICE)  # a waveform that short would be refused anyway (under MIN_REFERENCE_S)
         return self.voice(target, sr)
-
-    @torch.inference_mode()
-    def _vocode(self, mel: torch.Tensor, *, progress: Progress = None) -> np.ndarray:
-        wav = self.vocoder.vocode(mel, chunk_frames=VOCODER_CHUNK, progress=progress)
-        return wav.detach().float().cpu().numpy().astype(np.float32)
 
 
 def load(checkpoint: str | os.PathLike | None = None, *, device: str = "auto", vocoder: str = "hifigan", quantize: bool | float | None = None,

@@ -153,26 +153,28 @@ class Frontend:
         cfg = self.mel
         n = len(wav) // cfg.hop_length if n_frames is None else n_frames
         out = Features()
-        if mel:
-            out.mel = log_mel(wav, cfg).numpy()
-        if self.f0:
-            out.f0 = f0_track(wav, cfg.sample_rate, hop=cfg.hop_length, n_frames=n)
         if posteriors and self.stream is not None:
             raise VckitError("the teacher's posteriors are made from the whole utterance only")
-        if self.phonetic and self.stream is not None:
+        if self.phonetic and self.stream is not None:  # the teacher first: it costs the most
             out.hidden = self._streamed_hidden(wav, n)
         elif self.phonetic or posteriors:
             fr = self.teacher.frames(wav, cfg.sample_rate, n, cfg.hop_length)
             out.hidden = fr.hidden if self.phonetic else None
             out.log_probs = fr.log_probs if posteriors else None
+        if mel:
+            out.mel = log_mel(wav, cfg).numpy()
+        if self.f0:
+            out.f0 = f0_track(wav, cfg.sample_rate, hop=cfg.hop_length, n_frames=n)
         return out
 
     def frames(self, wav: np.ndarray) -> Frames:
         """``wav (samples,)`` at ``mel.sample_rate`` -> :class:`Frames` with a batch of one, on ``device``."""
-        mel = log_mel(wav, self.mel, self.device)[None]
-        feats = self.features(wav, mel.shape[-1])
+        feats = self.features(wav, mel=True)
+        mel = torch.from_numpy(feats.mel).to(self.device)[None]
         f0 = None if feats.f0 is None else torch.from_numpy(feats.f0).to(self.device)[None]
-        return Frames(mel, f0, self._projected(feats.hidden))
+        if feats.hidden is None or self.project is None:
+            return Frames(mel, f0)
+        return Frames(mel, f0, self.project(torch.from_numpy(feats.hidden).to(self.device)[None]))
 
     def _projected(self, hidden: np.ndarray | None) -> torch.Tensor | None:
         if hidden is None or self.project is None:

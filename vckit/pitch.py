@@ -8,11 +8,14 @@ contour, moved to the target's register) and the F0 figures of ``vckit eval``.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 F0_MIN = 55.0
 BLOCK_FRAMES = 2048  # frames analysed at once (about 50 MB of spectra at 22.05 kHz)
@@ -123,6 +126,16 @@ def median_f0(wav: np.ndarray, sr: int) -> float | None:
     if len(voiced) < 10:
         return None
     return float(np.median(voiced))
+
+
+def register_offset(wav: np.ndarray, sr: int, target_f0: float | None) -> float:
+    """Semitones from the median F0 of ``wav`` to ``target_f0`` (Hz), 0 with a warning when either is unknown:
+    what ``match_pitch`` shifts a source by before a model without an F0 path converts it."""
+    src_f0 = median_f0(wav, sr)
+    if not src_f0 or not target_f0:
+        log.warning("pitch matching skipped: no F0 found in the %s", "source" if not src_f0 else "reference")
+        return 0.0
+    return semitones_between(src_f0, target_f0)
 
 
 def semitones_from_log(log_f0_from: float, f0_to: float) -> float:

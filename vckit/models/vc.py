@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -24,6 +25,10 @@ from vckit.models.speaker import SpeakerEncoder
 from vckit.pitch import harmonic_prior, semitone_ratio, semitones_from_log
 
 F0_CHANNELS = 2  # normalised log-F0 (0 where unvoiced) and voicing
+CHUNK_FRAMES = 4096  # convert_utterance converts longer sources in equal chunks of at most this many frames (~48 s)
+CHUNK_OVERLAP = 128  # frames cross-faded between neighbouring chunks
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -181,6 +186,44 @@ class VoiceConversionModel(nn.Module):
             shift = torch.as_tensor(f0_shift, dtype=torch.float32, device=x.f0.device).reshape(-1, 1)
             f0 = x.f0.float() * semitone_ratio(shift)
         return self.decode(self.encode_content(x, state).codes, spk, x.frames, f0, state)
+
+    def convert_utterance(self, x: Frames, spk: torch.Tensor, *, target_f0: float | None = None, pitch_shift: float = 0.0,
+                          progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """One utterance of any length (a batch of one) -> log-mel ``(n_mels, T)`` in the voice of ``spk`` ``(spk_dim,)``.
+
+        A model with an F0 path moves the source's register onto ``target_f0`` (Hz: the voice's
+        median; None keeps the source's) plus ``pitch_shift`` semitones. Sources over
+        ``CHUNK_FRAMES`` are converted in equal, overlapping chunks with a linear cross-fade, so
+        memory stays bounded and no short tail gets instance statistics of its own; ``progress``
+        is called with the share done.
+        """
+        f0_shift = 0.0
+        if self.needs_f0 and x.f0 is not None:
+            if target_f0 is None:
+                log.warning("the target voice has no F0 median: the conversion keeps the source's register")
+            f0_shift = register_shift(x.f0[0], target_f0, pitch_shift)
+        n, spk = x.frames, spk[None]
+        if n <= CHUNK_FRAMES + CHUNK_OVERLAP:
+            whole = self.convert(x, spk, f0_shift=f0_shift)[0]
+            if progress is not None:
+                progress(1.0)
+            return whole
+        k = -(-n // CHUNK_FRAMES)
+        size = -(-n // k)
+        out = torch.zeros_like(x.mel[0])
+        weight = torch.zeros(n, device=x.mel.device)
+        ramp = torch.linspace(0, 1, CHUNK_OVERLAP + 2, device=x.mel.device)[1:-1]
+        for start in range(0, n, size):
+            lo, hi = max(0, start - CHUNK_OVERLAP), min(n, start + size)
+            piece = self.convert(x.slice(lo, hi), spk, f0_shift=f0_shift)[0]
+            w = torch.ones(hi - lo, device=x.mel.device)
+            if lo > 0:
+                w[:CHUNK_OVERLAP] = ramp
+            out[:, lo:hi] += piece * w
+            weight[lo:hi] += w
+            if progress is not None:
+                progress(hi / n)
+        return out / weight.clamp(min=1e-6)
 
     # -- training ----------------------------------------------------------
     def forward(
