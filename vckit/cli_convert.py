@@ -104,12 +104,21 @@ def _seconds(path: Path) -> float:
         return 0.0
 
 
-def _load(args: argparse.Namespace):
+def _model(args: argparse.Namespace):
+    """The converter --checkpoint names, once --ref / --speaker are known to be there."""
     from vckit.api import load
 
     check_target(args)
-    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq, precision=args.precision)
-    return vc, _target(args, vc), dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
+    return load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq, precision=args.precision)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
+
+
+def _load(args: argparse.Namespace):
+    vc = _model(args)
+    return vc, _target(args, vc), _options(args)
 
 
 def _convert_one(args: argparse.Namespace, out: Path) -> int:
@@ -125,17 +134,16 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     output_format(out, args.sample_rate)
     if out.exists() and not args.overwrite:
         raise VckitError(f"{out} already exists (use --overwrite to replace it)")
-    from vckit.api import MIN_SOURCE_S, load
+    from vckit.api import MIN_SOURCE_S
     from vckit.audio import load_audio
 
-    check_target(args)
-    vc = load(args.checkpoint, device=args.device, vocoder=args.vocoder, quantize=args.vq, precision=args.precision)
+    vc = _model(args)
     rate = vc.config.mel.sample_rate
     # a bad source fails before the voice is made
     source = load_audio(args.source, rate, trim=False, min_seconds=MIN_SOURCE_S, what=f"source {src.name}")
     if len(source) < SHORT_SOURCE_S * rate:
         print(f"warning: source {src.name} is only {len(source) / rate:.1f} s long, too short to hold a word: converted anyway", file=sys.stderr)
-    target, opts = _target(args, vc), dict(pitch_shift=args.pitch_shift, match_pitch=args.match_pitch)
+    target, opts = _target(args, vc), _options(args)
     bar, at = _bar(1.0, "", args.quiet or _seconds(src) <= LONG_SOURCE_S)
     try:
         wav = vc.convert(source, target=target, sr=rate, progress=at, **opts)
