@@ -172,9 +172,7 @@ class Frontend:
         feats = self.features(wav, mel=True)
         mel = torch.from_numpy(feats.mel).to(self.device)[None]
         f0 = None if feats.f0 is None else torch.from_numpy(feats.f0).to(self.device)[None]
-        if feats.hidden is None or self.project is None:
-            return Frames(mel, f0)
-        return Frames(mel, f0, self.project(torch.from_numpy(feats.hidden).to(self.device)[None]))
+        return Frames(mel, f0, self._projected(feats.hidden))
 
     def _projected(self, hidden: np.ndarray | None) -> torch.Tensor | None:
         if hidden is None or self.project is None:
