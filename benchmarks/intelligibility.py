@@ -46,7 +46,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from word_sets import CONDITIONS, build_broad_set, build_set, build_wide_set, pseudo_texts
+from word_sets import CONDITIONS, SHORT_S, build_broad_set, build_set, build_wide_set, pseudo_texts
 
 
 def bootstrap(errors: list[tuple[int, int]], groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in table.items():
         g = by_source(items, r)
         print(f"  {name}: " + "; ".join(f"{c} {v.get('M', float('nan')):.1%} / {v.get('F', float('nan')):.1%}" for c, v in g.items()))
+    print(f"\nby the source's length (WER of the conversions of short (up to {SHORT_S:.0f} s) / long sources; the short read sentences lose the most):")
+    for name, r in table.items():
+        g = by_source(items, r, "length")
+        print(f"  {name}: " + "; ".join(f"{c} {v.get('short', float('nan')):.1%} / {v.get('long', float('nan')):.1%}" for c, v in g.items()))
     print("\nby the source speaker (WER of each speaker's conversions, per condition; the genders rest on these few):")
     for name, r in table.items():
         g = by_source(items, r, "speaker")
@@ -323,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             d, lo, hi = paired_bootstrap(base["per_item"]["cross"] + base["per_item"]["same"], r["per_item"]["cross"] + r["per_item"]["same"], groups + groups)
             r["paired_conversions"] = [d, lo, hi]
             parts.append(f"conversions {d:+.1%} ({lo:+.1%} to {hi:+.1%}){' GAIN' if hi < 0 else ''}")
+            short = [k for k, it in enumerate(items) if it.get("length") == "short"]
+            if 0 < len(short) < len(items):  # the same on the short sources alone (not the shipping rule: a reading of where)
+                pick = [(c, k) for c in ("cross", "same") for k in short]
+                d, lo, hi = paired_bootstrap([base["per_item"][c][k] for c, k in pick], [r["per_item"][c][k] for c, k in pick], [groups[k] for _, k in pick])
+                r["paired_conversions_short"] = [d, lo, hi]
+                parts.append(f"conversions of short sources {d:+.1%} ({lo:+.1%} to {hi:+.1%})")
             if "per_item_cos" in base and "per_item_cos" in r:  # the voice on the same conversions: judge cosine to the target
                 for c in ("cross", "same"):
                     # a mean difference is paired_bootstrap's with each conversion weighing one

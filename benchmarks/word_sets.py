@@ -2,7 +2,8 @@
 
 Each item is one source with a target per condition, drawn from the validation speakers of
 ``recipes/shared_dev`` (never trained on):
-``{src, text, speaker, gender, group, cross: {speaker, refs, heldout}, same: {...}, recon: {...}}``.
+``{src, text, speaker, gender, length, group, cross: {speaker, refs, heldout}, same: {...}, recon: {...}}``
+(``length``: ``short`` up to ``SHORT_S`` seconds, else ``long``).
 
 * ``build_set`` (fast): up to 25-30 sources with a corpus transcript, the old 378-word set.
 * ``build_wide_set`` (wide): every validation utterance with a corpus transcript, twice. Its
@@ -23,6 +24,9 @@ from typing import Any, Callable
 CONDITIONS = ("cross", "same", "recon")
 # StarGAN-VC2 outputs in VCTK p232's name (vctk_more/metadata.csv: converted/p229_to_p232): not a person's speech
 NOT_SPEECH = ("vctk:p232",)
+# a source this long or shorter is a "short" one: the read sentences (VCTK, VCC, ARCTIC) that lose the most words;
+# the long LibriSpeech readings give the judge context that carries it over a blurred word
+SHORT_S = 8.0
 
 
 def _pools(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[str], dict[str, Any]]:
@@ -42,7 +46,8 @@ def _item(s: dict[str, Any], rng: random.Random, by_spk: dict[str, list[dict[str
     ``avoid`` maps a condition to a target speaker not to pick again when another may be;
     ``self_recon`` makes the source its own reference in ``recon``.
     """
-    item = {"src": s["path"], "text": s.get("text"), "speaker": s["speaker"], "gender": s.get("gender")}
+    item = {"src": s["path"], "text": s.get("text"), "speaker": s["speaker"], "gender": s.get("gender"),
+            "length": "short" if s["duration"] <= SHORT_S else "long"}
     for cond in CONDITIONS:
         if cond == "recon" and self_recon:
             item[cond] = {"speaker": s["speaker"], "refs": [s["path"]], "heldout": s["path"]}

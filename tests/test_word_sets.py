@@ -24,7 +24,7 @@ def _rows() -> list[dict]:
     add("vctk:p228", "F", "vctk", 9)
     add("vcc2016:SM1", "M", "vcc2016", 8, text=False)
     add("vcc2016:SF1", "F", "vcc2016", 8, text=False)
-    add("libri:1034", "M", "librispeech", 1, text=False, dur=8.0)
+    add("libri:1034", "M", "librispeech", 1, text=False, dur=12.0)
     add("fsdd:lucas", "M", "fsdd", 10, dur=0.5)
     add("vctk:p232", "M", "vctk_more", 9, text=False)
     return rows
@@ -43,6 +43,16 @@ def test_broad_set_takes_every_real_speaker_with_or_without_text_and_reconstruct
         assert it["same"]["speaker"] != it["speaker"] and "vctk:p232" not in (it["cross"]["speaker"], it["same"]["speaker"])
         assert it["src"] not in it["cross"]["refs"] + it["same"]["refs"]
     assert build_broad_set(_rows(), per_speaker=6) == items  # the same set every time
+    assert {it["speaker"] for it in items if it["length"] == "long"} == {"libri:1034"}  # 12 s; the read sentences are short
+
+
+def test_the_wer_splits_by_the_sources_length():
+    from intelligibility import by_source
+
+    items = build_broad_set(_rows(), per_speaker=2)
+    per_item = [(3, 10) if it["length"] == "long" else (1, 10) for it in items]
+    split = by_source(items, {"per_item": {"cross": per_item}}, "length")
+    assert split == {"cross": {"long": 0.3, "short": 0.1}}
 
 
 def test_pseudo_texts_hear_each_untranscribed_source_once_and_leave_corpus_text_alone():
