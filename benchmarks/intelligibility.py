@@ -303,20 +303,20 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in table.items():
         print(f"| {name} | {_ci(r, 'cross')} | {_ci(r, 'same')} | {_ci(r, 'recon')} | {r['cos_target_cross']:.3f} | {r['cos_source_cross']:.3f} | {r['closer_cross']:.0%} | {r['closer_same']:.0%} |")
-    print("\nby the source's gender (WER of the conversions of male / female sources):")
-    for name, r in table.items():
-        g = by_source(items, r)
-        print(f"  {name}: " + "; ".join(f"{c} {v.get('M', float('nan')):.1%} / {v.get('F', float('nan')):.1%}" for c, v in g.items()))
-    print(f"\nby the source's length (WER of the conversions of short (up to {SHORT_S:.0f} s) / long sources; the short read sentences lose the most):")
-    for name, r in table.items():
-        g = by_source(items, r, "length")
-        print(f"  {name}: " + "; ".join(f"{c} {v.get('short', float('nan')):.1%} / {v.get('long', float('nan')):.1%}" for c, v in g.items()))
+    for key, (a, b), what in (("gender", ("M", "F"), "male / female sources"),
+                              ("length", ("short", "long"), f"short (up to {SHORT_S:.0f} s) / long sources; the short read sentences lose the most")):
+        print(f"\nby the source's {key} (WER of the conversions of {what}):")
+        for name, r in table.items():
+            g = by_source(items, r, key)
+            print(f"  {name}: " + "; ".join(f"{c} {v.get(a, float('nan')):.1%} / {v.get(b, float('nan')):.1%}" for c, v in g.items()))
     print("\nby the source speaker (WER of each speaker's conversions, per condition; the genders rest on these few):")
     for name, r in table.items():
         g = by_source(items, r, "speaker")
         print(f"  {name}: " + "; ".join(f"{c} " + ", ".join(f"{s} {v:.0%}" for s, v in per.items()) for c, per in g.items()))
     if len(table) > 1:
         (base_name, base), groups = next(iter(table.items())), [it.get("group", it["src"]) for it in items]
+        short = [k for k, it in enumerate(items) if it.get("length") == "short"]
+        short_pick = [(c, k) for c in ("cross", "same") for k in short] if 0 < len(short) < len(items) else []
         print(f"\npaired against {base_name} (WER difference, 95 % CI over sources; an interval wholly below 0 is a gain):")
         for name, r in list(table.items())[1:]:
             parts = []
@@ -327,10 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             d, lo, hi = paired_bootstrap(base["per_item"]["cross"] + base["per_item"]["same"], r["per_item"]["cross"] + r["per_item"]["same"], groups + groups)
             r["paired_conversions"] = [d, lo, hi]
             parts.append(f"conversions {d:+.1%} ({lo:+.1%} to {hi:+.1%}){' GAIN' if hi < 0 else ''}")
-            short = [k for k, it in enumerate(items) if it.get("length") == "short"]
-            if 0 < len(short) < len(items):  # the same on the short sources alone (not the shipping rule: a reading of where)
-                pick = [(c, k) for c in ("cross", "same") for k in short]
-                d, lo, hi = paired_bootstrap([base["per_item"][c][k] for c, k in pick], [r["per_item"][c][k] for c, k in pick], [groups[k] for _, k in pick])
+            if short_pick:  # the same on the short sources alone (not the shipping rule: a reading of where)
+                d, lo, hi = paired_bootstrap([base["per_item"][c][k] for c, k in short_pick], [r["per_item"][c][k] for c, k in short_pick], [groups[k] for _, k in short_pick])
                 r["paired_conversions_short"] = [d, lo, hi]
                 parts.append(f"conversions of short sources {d:+.1%} ({lo:+.1%} to {hi:+.1%})")
             if "per_item_cos" in base and "per_item_cos" in r:  # the voice on the same conversions: judge cosine to the target
